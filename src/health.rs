@@ -1,0 +1,1 @@
+//! Keep-alive and RTT estimation (filled in by the health work).

@@ -1,0 +1,83 @@
+//! The object-safe interface each transport implements behind a [`Connection`].
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use bytes::Bytes;
+
+use super::{BoxFuture, ByteStream};
+use crate::{error::Result, wire::CloseCode};
+
+/// Live counters of one connection, shared by its backend, its streams and its
+/// [`Connection`](super::Connection) handle.
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    /// Payload bytes sent (messages and stream data).
+    pub bytes_sent: AtomicU64,
+    /// Payload bytes received.
+    pub bytes_received: AtomicU64,
+    /// Smoothed RTT in microseconds; 0 until measured.
+    pub rtt_micros: AtomicU64,
+    /// Bandwidth estimate in bytes per second; 0 until measured.
+    pub bandwidth: AtomicU64,
+}
+
+impl ConnStats {
+    /// Adds to the sent counter.
+    pub fn sent(&self, n: usize) {
+        self.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Adds to the received counter.
+    pub fn received(&self, n: usize) {
+        self.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Records a smoothed RTT.
+    pub fn set_rtt(&self, rtt: Duration) {
+        self.rtt_micros.store(rtt.as_micros().max(1) as u64, Ordering::Relaxed);
+    }
+
+    /// The smoothed RTT, once measured.
+    pub fn rtt(&self) -> Option<Duration> {
+        match self.rtt_micros.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+}
+
+/// What a transport implements to back a [`Connection`](super::Connection).
+///
+/// Implementations must be cancel safe in `recv_message`, `accept_stream` and
+/// `recv_datagram` (dropping the future loses nothing) and bound every buffer.
+pub trait ConnectionBackend: Send + Sync + 'static {
+    /// Sends one message (reliable, ordered). Waits while the send buffer is full.
+    fn send_message(&self, msg: Bytes) -> BoxFuture<'_, Result<()>>;
+
+    /// Receives the next message; `Ok(None)` when the peer closed cleanly.
+    fn recv_message(&self) -> BoxFuture<'_, Result<Option<Bytes>>>;
+
+    /// Opens a new bidirectional byte stream to the peer.
+    fn open_stream(&self) -> BoxFuture<'_, Result<ByteStream>>;
+
+    /// Waits for the peer to open a stream; `Ok(None)` when the connection closed.
+    fn accept_stream(&self) -> BoxFuture<'_, Result<Option<ByteStream>>>;
+
+    /// Sends an unreliable datagram, if the transport supports them.
+    fn send_datagram(&self, data: Bytes) -> Result<()>;
+
+    /// Receives the next unreliable datagram.
+    fn recv_datagram(&self) -> BoxFuture<'_, Result<Bytes>>;
+
+    /// Closes the connection, telling the peer why. Idempotent.
+    fn close(&self, code: CloseCode, reason: &str) -> BoxFuture<'_, ()>;
+
+    /// Whether the connection is still usable.
+    fn is_connected(&self) -> bool;
+
+    /// The local socket address, if any (may change under QUIC migration).
+    fn local_addr(&self) -> Option<std::net::SocketAddr>;
+}

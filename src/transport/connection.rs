@@ -1,0 +1,171 @@
+//! [`Connection`]: the uniform handle to one authenticated connection.
+
+use std::{
+    fmt,
+    sync::{atomic::Ordering, Arc},
+    time::SystemTime,
+};
+
+use bytes::Bytes;
+
+use super::{ByteStream, ConnStats, ConnectionBackend};
+use crate::{
+    address::{ConnectionInfo, PathKind, Protocol, TransportAddr},
+    error::{Result, TransportError},
+    identity::PeerId,
+    wire::{CloseCode, Hello, MAX_MESSAGE_LEN},
+};
+
+/// An authenticated connection to one peer, over any transport.
+///
+/// Cheap to clone; all clones share the connection. Dropping the last clone does not
+/// close it gracefully: call [`Connection::close`].
+#[derive(Clone)]
+pub struct Connection {
+    backend: Arc<dyn ConnectionBackend>,
+    stats: Arc<ConnStats>,
+    meta: Arc<Meta>,
+}
+
+struct Meta {
+    peer: PeerId,
+    remote_addr: TransportAddr,
+    protocol: Protocol,
+    path: PathKind,
+    established_at: SystemTime,
+    remote_hello: Hello,
+    dialer: bool,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.meta.peer)
+            .field("protocol", &self.meta.protocol)
+            .field("remote", &self.meta.remote_addr)
+            .finish()
+    }
+}
+
+/// Everything a transport knows about a connection when it hands it over.
+#[derive(Debug)]
+pub struct ConnectionParts {
+    /// The authenticated peer.
+    pub peer: PeerId,
+    /// The remote address.
+    pub remote_addr: TransportAddr,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// Direct or relayed.
+    pub path: PathKind,
+    /// The peer's hello.
+    pub remote_hello: Hello,
+    /// Whether this side dialed.
+    pub dialer: bool,
+}
+
+impl Connection {
+    /// Wraps a transport backend. Transports call this once the hello is done.
+    pub fn new(parts: ConnectionParts, backend: Arc<dyn ConnectionBackend>, stats: Arc<ConnStats>) -> Self {
+        let meta = Meta {
+            peer: parts.peer,
+            remote_addr: parts.remote_addr,
+            protocol: parts.protocol,
+            path: parts.path,
+            established_at: SystemTime::now(),
+            remote_hello: parts.remote_hello,
+            dialer: parts.dialer,
+        };
+        Self { backend, stats, meta: Arc::new(meta) }
+    }
+
+    /// The authenticated remote peer.
+    pub fn peer(&self) -> PeerId {
+        self.meta.peer
+    }
+
+    /// The protocol carrying this connection.
+    pub fn protocol(&self) -> Protocol {
+        self.meta.protocol
+    }
+
+    /// Whether this side dialed the connection.
+    pub fn is_dialer(&self) -> bool {
+        self.meta.dialer
+    }
+
+    /// The hello the peer sent (its capabilities, listen addresses, observed address).
+    pub fn remote_hello(&self) -> &Hello {
+        &self.meta.remote_hello
+    }
+
+    /// The live counters of this connection.
+    pub fn stats(&self) -> &Arc<ConnStats> {
+        &self.stats
+    }
+
+    /// A snapshot of the connection's state and statistics.
+    pub fn info(&self) -> ConnectionInfo {
+        let bw = self.stats.bandwidth.load(Ordering::Relaxed);
+        ConnectionInfo {
+            peer: self.meta.peer,
+            local_addr: self.backend.local_addr(),
+            remote_addr: self.meta.remote_addr.clone(),
+            protocol: self.meta.protocol,
+            path: self.meta.path,
+            established_at: self.meta.established_at,
+            bytes_sent: self.stats.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: self.stats.bytes_received.load(Ordering::Relaxed),
+            rtt: self.stats.rtt(),
+            bandwidth_estimate: (bw > 0).then_some(bw),
+        }
+    }
+
+    /// Whether the connection is still usable.
+    pub fn is_connected(&self) -> bool {
+        self.backend.is_connected()
+    }
+
+    /// Sends one message (at most [`MAX_MESSAGE_LEN`] bytes). Waits while the peer is
+    /// slow: this is where backpressure reaches the sender.
+    pub async fn send(&self, msg: Bytes) -> Result<()> {
+        if msg.len() > MAX_MESSAGE_LEN {
+            return Err(TransportError::LimitExceeded {
+                limit: "message size",
+                max: MAX_MESSAGE_LEN as u64,
+                attempted: msg.len() as u64,
+            });
+        }
+        self.backend.send_message(msg).await
+    }
+
+    /// Receives the next message; `Ok(None)` once the peer closed. Cancel safe.
+    pub async fn recv(&self) -> Result<Option<Bytes>> {
+        self.backend.recv_message().await
+    }
+
+    /// Opens a bidirectional byte stream to the peer.
+    pub async fn open_stream(&self) -> Result<ByteStream> {
+        self.backend.open_stream().await
+    }
+
+    /// Waits for a stream opened by the peer; `Ok(None)` once closed. Cancel safe.
+    pub async fn accept_stream(&self) -> Result<Option<ByteStream>> {
+        self.backend.accept_stream().await
+    }
+
+    /// Sends an unreliable datagram (QUIC datagrams; an error where unsupported).
+    pub fn send_datagram(&self, data: Bytes) -> Result<()> {
+        self.backend.send_datagram(data)
+    }
+
+    /// Receives the next unreliable datagram. Cancel safe.
+    pub async fn recv_datagram(&self) -> Result<Bytes> {
+        self.backend.recv_datagram().await
+    }
+
+    /// Closes the connection gracefully (pending sends are flushed first).
+    pub async fn close(&self, code: CloseCode, reason: &str) {
+        self.backend.close(code, reason).await
+    }
+}

@@ -1,0 +1,1 @@
+//! QUIC via quinn (filled in by the QUIC work).

@@ -1,0 +1,1 @@
+//! TLS 1.3 over TCP (filled in by the TCP work).
