@@ -20,6 +20,7 @@ pub mod error;
 pub mod health;
 pub mod identity;
 pub mod mux;
+pub mod negotiate;
 pub mod node;
 pub mod pool;
 pub mod secure;

@@ -1,1 +1,25 @@
-//! Kizuna's actor runtime on actix (filled in by the actor-runtime work).
+//! # kizuna-actors
+//!
+//! Kizuna's actor runtime on actix. An application starts one [`Supervisor`], sends it the
+//! typed messages of [`api`] and subscribes to [`Event`]s.
+
+pub mod api;
+mod child;
+mod connection;
+pub mod events;
+mod listener;
+mod negotiator;
+pub mod runtime;
+pub mod supervision;
+mod supervisor;
+mod transports;
+
+pub use api::{
+    Connect, Disconnect, Event, GetStats, Listen, NodeError, OpenStream, Send, Shutdown, Subscribe,
+};
+pub use child::Fault;
+pub use connection::ConnectionActor;
+pub use events::EventStream;
+pub use listener::ListenerActor;
+pub use negotiator::NegotiatorActor;
+pub use supervisor::{GetChildren, InjectFault, Supervisor, SupervisorConfig};

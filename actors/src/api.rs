@@ -1,0 +1,338 @@
+//! The whole public interface of a Kizuna node in one place: the messages an application
+//! sends to the [`Supervisor`](crate::Supervisor), their replies, and the [`Event`]s it
+//! subscribes to.
+//!
+//! Commands are imperative (`Connect`), notifications past tense (`PeerConnected`), queries
+//! start with `Get`. Every command is answered asynchronously; none blocks the supervisor.
+
+use std::{
+    fmt,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use actix::Message;
+use bytes::Bytes;
+use kizuna::{ByteStream, Connection, ConnectionInfo, PeerAddress, PeerId, TransportAddr, TransportError};
+
+use crate::events::EventStream;
+
+/// Errors answered to commands.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Every address and transport of the peer was tried and failed.
+    #[error("could not connect to {peer}: {}", fmt_attempts(.attempts))]
+    ConnectFailed {
+        /// The peer.
+        peer: PeerId,
+        /// Each attempt and why it failed (empty if the peer had no usable address).
+        attempts: Vec<(String, String)>,
+    },
+    /// The peer proved a different identity than the one dialed.
+    #[error("authentication failed: {0}")]
+    AuthenticationFailed(String),
+    /// No connection to the peer exists.
+    #[error("not connected to {0}")]
+    NotConnected(PeerId),
+    /// Listening failed.
+    #[error("cannot listen on {addr}: {reason}")]
+    ListenFailed {
+        /// The requested address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The node has no transport for this protocol.
+    #[error("no transport for {0} on this node")]
+    NoTransport(String),
+    /// A transport-level failure on an established connection.
+    #[error("{0}")]
+    Transport(Arc<TransportError>),
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+    /// An actor needed for the command has stopped.
+    #[error("internal actor unavailable: {0}")]
+    ActorGone(String),
+}
+
+fn fmt_attempts(a: &[(String, String)]) -> String {
+    if a.is_empty() {
+        return "the peer has no address this node can use".into();
+    }
+    a.iter().map(|(addr, why)| format!("{addr}: {why}")).collect::<Vec<_>>().join("; ")
+}
+
+impl From<TransportError> for NodeError {
+    fn from(e: TransportError) -> Self {
+        NodeError::Transport(Arc::new(e))
+    }
+}
+
+impl From<actix::MailboxError> for NodeError {
+    fn from(e: actix::MailboxError) -> Self {
+        NodeError::ActorGone(e.to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Commands
+
+/// Start listening on an address (port 0 picks one). Replies with the bound address.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<TransportAddr, NodeError>")]
+pub struct Listen {
+    /// Where to listen, e.g. `TransportAddr::Tcp("0.0.0.0:0".parse()?)`.
+    pub addr: TransportAddr,
+}
+
+/// Connect to a peer (or return the existing connection). Tries the peer's transports in
+/// ranked order with fallback, bounded by the connect timeout (10 s by default).
+/// Concurrent `Connect`s to one peer share one attempt. The peer stays *wanted*: if the
+/// connection later fails, the supervisor reconnects with backoff until [`Disconnect`].
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<ConnectionInfo, NodeError>")]
+pub struct Connect {
+    /// Who and where.
+    pub addr: PeerAddress,
+}
+
+/// Send one message to a connected peer. Replies once the message is queued on the
+/// connection (ordered, reliable). Waits while the peer is slow (backpressure).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), NodeError>")]
+pub struct Send {
+    /// The recipient.
+    pub peer: PeerId,
+    /// The message (at most 4 MiB).
+    pub data: Bytes,
+}
+
+/// Open a byte stream to a connected peer, for bulk data that bypasses every mailbox.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<ByteStream, NodeError>")]
+pub struct OpenStream {
+    /// The peer.
+    pub peer: PeerId,
+}
+
+/// Get a direct sending handle for a connected peer: the hot path for many small
+/// messages, bypassing the supervisor's mailbox (the connection still batches writes).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<PeerSender, NodeError>")]
+pub struct GetSender {
+    /// The peer.
+    pub peer: PeerId,
+}
+
+/// Close the connection to a peer and stop wanting it (no reconnect).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), NodeError>")]
+pub struct Disconnect {
+    /// The peer.
+    pub peer: PeerId,
+}
+
+/// Subscribe to events. Replies with a bounded [`EventStream`]; a subscriber that stops
+/// consuming slows the peers sending to this node (messages are not dropped).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "EventStream")]
+pub struct Subscribe {
+    /// Events buffered for this subscriber before backpressure starts.
+    pub capacity: usize,
+}
+
+impl Default for Subscribe {
+    fn default() -> Self {
+        Self { capacity: 1024 }
+    }
+}
+
+/// Query statistics: connections, listeners, supervision counters.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "NodeStats")]
+pub struct GetStats;
+
+/// Query this node's address (peer id and listen addresses) as a ticket.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "PeerAddress")]
+pub struct GetAddress;
+
+/// Shut down gracefully: stop listeners, close every connection after flushing what was
+/// queued, then stop the supervisor. Messages acknowledged before are not lost.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+// ---------------------------------------------------------------------------------------
+// Replies
+
+/// Statistics of a node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeStats {
+    /// Live connections.
+    pub connections: Vec<ConnectionInfo>,
+    /// Active listeners.
+    pub listeners: Vec<TransportAddr>,
+    /// Children restarted so far.
+    pub restarts: u64,
+    /// Children given up on (restart intensity exceeded).
+    pub given_up: u64,
+    /// Connections established so far (inbound and outbound).
+    pub connections_established: u64,
+    /// Connect attempts that failed.
+    pub connects_failed: u64,
+}
+
+/// A direct handle for sending messages to one connected peer (see [`GetSender`]).
+#[derive(Clone)]
+pub struct PeerSender {
+    pub(crate) conn: Connection,
+}
+
+impl fmt::Debug for PeerSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerSender({})", self.conn.peer().short())
+    }
+}
+
+impl PeerSender {
+    /// The peer.
+    pub fn peer(&self) -> PeerId {
+        self.conn.peer()
+    }
+
+    /// Sends one message; waits while the peer is slow.
+    pub async fn send(&self, data: Bytes) -> Result<(), NodeError> {
+        self.conn.send(data).await.map_err(NodeError::from)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Events
+
+/// Why a peer disconnected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// This node asked ([`Disconnect`] or [`Shutdown`]).
+    Local,
+    /// The peer closed the connection.
+    Remote(String),
+    /// The connection failed (I/O error, protocol violation, keep-alive timeout).
+    Failed(String),
+    /// Replaced by another connection to the same peer (simultaneous dial or upgrade).
+    Replaced,
+    /// The connection's actor was killed or panicked.
+    ActorFailed(String),
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DisconnectReason::Local => f.write_str("closed locally"),
+            DisconnectReason::Remote(r) => write!(f, "closed by peer: {r}"),
+            DisconnectReason::Failed(r) => write!(f, "failed: {r}"),
+            DisconnectReason::Replaced => f.write_str("replaced by another connection"),
+            DisconnectReason::ActorFailed(r) => write!(f, "actor failed: {r}"),
+        }
+    }
+}
+
+/// A stream the peer opened, delivered in [`Event::StreamOpened`]. The first subscriber to
+/// [`take`](IncomingStream::take) it owns it.
+#[derive(Clone)]
+pub struct IncomingStream(Arc<Mutex<Option<ByteStream>>>);
+
+impl IncomingStream {
+    pub(crate) fn new(s: ByteStream) -> Self {
+        Self(Arc::new(Mutex::new(Some(s))))
+    }
+
+    /// Takes the stream; `None` if another subscriber already took it.
+    pub fn take(&self) -> Option<ByteStream> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl fmt::Debug for IncomingStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IncomingStream")
+    }
+}
+
+/// Something that happened on the node.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// A connection to a peer is established (after authentication and hello).
+    PeerConnected {
+        /// The connection.
+        info: ConnectionInfo,
+    },
+    /// The connection to a peer ended.
+    PeerDisconnected {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// A message arrived.
+    MessageReceived {
+        /// From whom.
+        peer: PeerId,
+        /// The message.
+        data: Bytes,
+    },
+    /// The peer opened a byte stream.
+    StreamOpened {
+        /// The peer.
+        peer: PeerId,
+        /// The stream (take it).
+        stream: IncomingStream,
+    },
+    /// A listener is accepting.
+    ListenerStarted {
+        /// Where.
+        addr: TransportAddr,
+    },
+    /// A listener failed (it will be restarted per policy).
+    ListenerFailed {
+        /// The requested address.
+        addr: TransportAddr,
+        /// Why.
+        error: String,
+    },
+    /// A connect attempt failed.
+    ConnectFailed {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        error: String,
+    },
+    /// A supervised actor was restarted.
+    ActorRestarted {
+        /// The child's name, e.g. `listener/tcp=127.0.0.1:4000`.
+        child: String,
+        /// Restart number within the current intensity window.
+        attempt: u32,
+        /// Backoff waited before the restart.
+        after: Duration,
+    },
+    /// The supervisor gave up on a child: it failed more often than the restart intensity
+    /// allows.
+    ChildGivenUp {
+        /// The child's name.
+        child: String,
+        /// Its last failure.
+        last_error: String,
+    },
+    /// A limit was hit (message size, connection count, ...).
+    LimitHit {
+        /// Which limit.
+        limit: String,
+        /// Details.
+        detail: String,
+    },
+}

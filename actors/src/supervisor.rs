@@ -1,0 +1,657 @@
+//! The [`Supervisor`]: a node's connection manager and the root of its supervision tree.
+//!
+//! ```text
+//! Supervisor ─┬─ ListenerActor     (permanent: one per listen address)
+//!             ├─ NegotiatorActor   (never restarted: one per outbound connect)
+//!             └─ ConnectionActor   (transient: one per live connection)
+//! ```
+//!
+//! It keeps the registry (listeners, connections per peer, pending connects, wanted peers),
+//! answers the commands of [`crate::api`], routes messages to connection actors, and
+//! restarts children per [`RestartPolicy`] with backoff and an intensity limit, emitting
+//! [`Event::ActorRestarted`] and [`Event::ChildGivenUp`]. Children report exits through an
+//! exit guard that fires even on panic, so one child's failure never takes the node down.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use actix::{
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult,
+    Recipient, ResponseActFuture, ResponseFuture, WrapFuture,
+};
+use kizuna::{
+    negotiate::{resolve_duplicate, Candidate, Keep},
+    wire::CloseCode,
+    Connection, ConnectionInfo, Incoming, LocalNode, NodeConfig, PeerAddress, PeerId, Protocol, Transport,
+    TransportAddr,
+};
+use tokio::sync::oneshot;
+
+use crate::{
+    api::*,
+    child::{ChildExited, ChildId, Fault},
+    connection::{CloseConnection, ConnectionActor, OpenStreamTo, SendMessage},
+    events::EventBus,
+    listener::{Inbound, ListenerActor, ListenerPorts, ListenerReady, StopListener},
+    negotiator::{Negotiated, NegotiatorActor},
+    runtime::io_runtime,
+    supervision::{Decision, ExitReason, RestartLimits, RestartPolicy, RestartTracker},
+    transports::build_transports,
+};
+
+/// Configuration of a node's supervisor.
+#[derive(Clone, Debug)]
+pub struct SupervisorConfig {
+    /// The core node configuration (identity, timeouts, windows).
+    pub node: NodeConfig,
+    /// Transports to enable. Default: QUIC and TCP.
+    pub protocols: Vec<Protocol>,
+    /// Restart intensity and backoff.
+    pub restart: RestartLimits,
+}
+
+impl SupervisorConfig {
+    /// Defaults for a node with identity `keypair`.
+    pub fn new(keypair: kizuna::Keypair) -> Self {
+        Self {
+            node: NodeConfig::new(keypair),
+            protocols: vec![Protocol::Quic, Protocol::Tcp],
+            restart: RestartLimits::default(),
+        }
+    }
+}
+
+/// Inject a fault into the named child (see [`crate::testing`]). Replies `false` if no
+/// child has that name.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "bool")]
+pub struct InjectFault {
+    /// The child's name, as listed by [`GetChildren`].
+    pub child: String,
+    /// What to do to it.
+    pub fault: Fault,
+}
+
+/// List the supervisor's live children by name (e.g. `listener/tcp=127.0.0.1:4000`,
+/// `connection/<peer id>`).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Vec<String>")]
+pub struct GetChildren;
+
+enum ChildKind {
+    Listener { transport: Arc<dyn Transport>, addr: TransportAddr, stop: Recipient<StopListener> },
+    Connection { peer: PeerId },
+    Negotiator { peer: PeerId },
+}
+
+struct Child {
+    name: String,
+    kind: ChildKind,
+    fault: Recipient<Fault>,
+}
+
+struct PeerEntry {
+    conn: Connection,
+    actor: Addr<ConnectionActor>,
+    child: ChildId,
+    established: Instant,
+}
+
+type Waiter = oneshot::Sender<Result<ConnectionInfo, NodeError>>;
+
+/// The connection manager actor. Start it with [`Supervisor::start`] inside an actix
+/// system, then send it the messages of [`crate::api`].
+pub struct Supervisor {
+    node: Arc<LocalNode>,
+    transports: Vec<Arc<dyn Transport>>,
+    limits: RestartLimits,
+    bus: EventBus,
+    next_id: ChildId,
+    children: HashMap<ChildId, Child>,
+    trackers: HashMap<String, RestartTracker>,
+    peers: HashMap<PeerId, PeerEntry>,
+    wanted: HashMap<PeerId, PeerAddress>,
+    pending: HashMap<PeerId, Vec<Waiter>>,
+    listen_waiters: HashMap<ChildId, oneshot::Sender<Result<TransportAddr, NodeError>>>,
+    listeners: HashMap<ChildId, TransportAddr>,
+    stats: NodeStats,
+    shutting_down: bool,
+}
+
+impl Supervisor {
+    /// Builds the node (identity, TLS material, transports) and starts the supervisor on
+    /// the current actix arbiter.
+    pub fn start(config: SupervisorConfig) -> Result<Addr<Supervisor>, NodeError> {
+        let node = LocalNode::new(config.node)?;
+        let transports = build_transports(&node, &config.protocols)?;
+        Ok(Supervisor {
+            node,
+            transports,
+            limits: config.restart,
+            bus: EventBus::default(),
+            next_id: 1,
+            children: HashMap::new(),
+            trackers: HashMap::new(),
+            peers: HashMap::new(),
+            wanted: HashMap::new(),
+            pending: HashMap::new(),
+            listen_waiters: HashMap::new(),
+            listeners: HashMap::new(),
+            stats: NodeStats::default(),
+            shutting_down: false,
+        }
+        .start())
+    }
+
+    fn id(&mut self) -> ChildId {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn transport_for(&self, p: Protocol) -> Option<Arc<dyn Transport>> {
+        self.transports.iter().find(|t| t.protocol() == p).cloned()
+    }
+
+    fn spawn_listener(
+        &mut self,
+        id: ChildId,
+        transport: Arc<dyn Transport>,
+        addr: TransportAddr,
+        ctx: &mut Context<Self>,
+    ) {
+        let me = ctx.address();
+        let ports = ListenerPorts {
+            ready: me.clone().recipient(),
+            inbound: me.clone().recipient(),
+            exited: me.recipient(),
+        };
+        let actor = ListenerActor::new(id, transport.clone(), addr.clone(), ports).start();
+        let child = Child {
+            name: format!("listener/{addr}"),
+            kind: ChildKind::Listener { transport, addr, stop: actor.clone().recipient() },
+            fault: actor.recipient(),
+        };
+        self.children.insert(id, child);
+    }
+
+    fn spawn_negotiator(&mut self, peer: PeerAddress, ctx: &mut Context<Self>) {
+        let id = self.id();
+        let me = ctx.address();
+        let pid = peer.peer_id;
+        let timeout = self.node.config().connect_timeout;
+        let actor = NegotiatorActor::new(
+            id,
+            peer,
+            self.transports.clone(),
+            timeout,
+            me.clone().recipient(),
+            me.recipient(),
+        )
+        .start();
+        self.children.insert(
+            id,
+            Child {
+                name: format!("negotiator/{pid}"),
+                kind: ChildKind::Negotiator { peer: pid },
+                fault: actor.recipient(),
+            },
+        );
+    }
+
+    /// Adopts a new connection, tie-breaking against an existing one to the same peer.
+    /// Returns the info of the connection that survives.
+    fn adopt(&mut self, conn: Connection, ctx: &mut Context<Self>) -> ConnectionInfo {
+        let peer = conn.peer();
+        if self.shutting_down {
+            let info = conn.info();
+            io_runtime().spawn(async move { conn.close(CloseCode::Shutdown, "node shutting down").await });
+            return info;
+        }
+        if let Some(existing) = self.peers.get(&peer) {
+            let keep = resolve_duplicate(
+                self.node.peer_id(),
+                peer,
+                Candidate { dialed_locally: existing.conn.is_dialer(), age: existing.established.elapsed() },
+                Candidate { dialed_locally: conn.is_dialer(), age: Duration::ZERO },
+            );
+            match keep {
+                Keep::Existing => {
+                    tracing::debug!(%peer, "duplicate connection: keeping the existing one");
+                    io_runtime()
+                        .spawn(async move { conn.close(CloseCode::Replaced, "duplicate connection").await });
+                    return existing.conn.info();
+                }
+                Keep::New => {
+                    tracing::debug!(%peer, "duplicate connection: replacing the existing one");
+                    if let Some(old) = self.peers.remove(&peer) {
+                        self.children.remove(&old.child);
+                        old.actor.do_send(CloseConnection {
+                            code: CloseCode::Replaced,
+                            reason: "replaced".into(),
+                        });
+                        self.bus.publish_later(Event::PeerDisconnected {
+                            peer,
+                            reason: DisconnectReason::Replaced,
+                        });
+                    }
+                }
+            }
+        }
+        let id = self.id();
+        let actor =
+            ConnectionActor::new(id, conn.clone(), self.bus.clone(), ctx.address().recipient()).start();
+        self.children.insert(
+            id,
+            Child {
+                name: format!("connection/{peer}"),
+                kind: ChildKind::Connection { peer },
+                fault: actor.clone().recipient(),
+            },
+        );
+        let info = conn.info();
+        self.peers.insert(peer, PeerEntry { conn, actor, child: id, established: Instant::now() });
+        self.stats.connections_established += 1;
+        info
+    }
+
+    fn restart_decision(
+        &mut self,
+        name: &str,
+        policy: RestartPolicy,
+        reason: &ExitReason,
+        wanted: bool,
+    ) -> Decision {
+        let limits = self.limits;
+        let tracker = self.trackers.entry(name.to_string()).or_insert_with(|| RestartTracker::new(limits));
+        let d = tracker.on_exit(Instant::now(), policy, reason, wanted);
+        match &d {
+            Decision::Restart { after, attempt } => {
+                self.stats.restarts += 1;
+                tracing::info!(child = name, %reason, attempt, ?after, "restarting");
+                self.bus.publish_later(Event::ActorRestarted {
+                    child: name.to_string(),
+                    attempt: *attempt,
+                    after: *after,
+                });
+            }
+            Decision::GiveUp => {
+                self.stats.given_up += 1;
+                tracing::warn!(child = name, %reason, "restart intensity exceeded: giving up");
+                self.bus.publish_later(Event::ChildGivenUp {
+                    child: name.to_string(),
+                    last_error: reason.to_string(),
+                });
+            }
+            Decision::Stop => {}
+        }
+        d
+    }
+
+    fn connection_failed(&mut self, peer: PeerId, reason: ExitReason, ctx: &mut Context<Self>) {
+        let wanted = self.wanted.contains_key(&peer) && !self.shutting_down;
+        let name = format!("connection/{peer}");
+        match self.restart_decision(&name, RestartPolicy::Transient, &reason, wanted) {
+            Decision::Restart { after, .. } => {
+                ctx.run_later(after, move |act, ctx| {
+                    if act.peers.contains_key(&peer) || act.pending.contains_key(&peer) || act.shutting_down {
+                        return;
+                    }
+                    if let Some(addr) = act.wanted.get(&peer).cloned() {
+                        act.pending.insert(peer, Vec::new());
+                        act.spawn_negotiator(addr, ctx);
+                    }
+                });
+            }
+            Decision::GiveUp => {
+                self.wanted.remove(&peer);
+            }
+            Decision::Stop => {}
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Commands queue here; beyond 256 the callers' `send` waits.
+        ctx.set_mailbox_capacity(256);
+        tracing::info!(peer = %self.node.peer_id(), "supervisor started");
+    }
+}
+
+impl Handler<Listen> for Supervisor {
+    type Result = ResponseFuture<Result<TransportAddr, NodeError>>;
+    fn handle(&mut self, msg: Listen, ctx: &mut Context<Self>) -> Self::Result {
+        let Some(t) = self.transport_for(msg.addr.protocol()) else {
+            let p = msg.addr.protocol().to_string();
+            return Box::pin(async move { Err(NodeError::NoTransport(p)) });
+        };
+        if self.shutting_down {
+            return Box::pin(async { Err(NodeError::ShuttingDown) });
+        }
+        let id = self.id();
+        let (tx, rx) = oneshot::channel();
+        self.listen_waiters.insert(id, tx);
+        self.spawn_listener(id, t, msg.addr, ctx);
+        Box::pin(async move { rx.await.unwrap_or(Err(NodeError::ShuttingDown)) })
+    }
+}
+
+impl Handler<ListenerReady> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: ListenerReady, _: &mut Context<Self>) {
+        if let Some(Child { kind: ChildKind::Listener { addr, .. }, .. }) = self.children.get_mut(&msg.id) {
+            // Restarts re-bind the port actually bound, so tickets stay valid.
+            *addr = msg.addr.clone();
+        }
+        self.node.add_listen_addr(msg.addr.clone());
+        self.listeners.insert(msg.id, msg.addr.clone());
+        self.bus.publish_later(Event::ListenerStarted { addr: msg.addr.clone() });
+        if let Some(w) = self.listen_waiters.remove(&msg.id) {
+            let _ = w.send(Ok(msg.addr));
+        }
+    }
+}
+
+impl Handler<Inbound> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
+        match msg.0 {
+            Incoming::Connection(conn) => {
+                tracing::debug!(peer = %conn.peer(), protocol = %conn.protocol(), "inbound connection");
+                self.adopt(conn, ctx);
+            }
+            Incoming::Rejected { remote, error } => {
+                tracing::warn!(%remote, %error, "inbound handshake rejected");
+                if let kizuna::TransportError::LimitExceeded { limit, .. } = &error {
+                    self.bus.publish_later(Event::LimitHit {
+                        limit: limit.to_string(),
+                        detail: error.to_string(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Handler<Connect> for Supervisor {
+    type Result = ResponseFuture<Result<ConnectionInfo, NodeError>>;
+    fn handle(&mut self, msg: Connect, ctx: &mut Context<Self>) -> Self::Result {
+        if self.shutting_down {
+            return Box::pin(async { Err(NodeError::ShuttingDown) });
+        }
+        let peer = msg.addr.peer_id;
+        self.wanted.insert(peer, msg.addr.clone());
+        if let Some(e) = self.peers.get(&peer) {
+            let info = e.conn.info();
+            return Box::pin(async move { Ok(info) });
+        }
+        let (tx, rx) = oneshot::channel();
+        match self.pending.get_mut(&peer) {
+            Some(waiters) => waiters.push(tx),
+            None => {
+                self.pending.insert(peer, vec![tx]);
+                self.spawn_negotiator(msg.addr, ctx);
+            }
+        }
+        Box::pin(async move { rx.await.unwrap_or(Err(NodeError::ShuttingDown)) })
+    }
+}
+
+impl Handler<Negotiated> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: Negotiated, ctx: &mut Context<Self>) {
+        let waiters = self.pending.remove(&msg.peer).unwrap_or_default();
+        let reconnect = waiters.is_empty();
+        let reply: Result<ConnectionInfo, NodeError> = match msg.result {
+            Ok(conn) => Ok(self.adopt(conn, ctx)),
+            Err(e) => {
+                self.stats.connects_failed += 1;
+                self.bus.publish_later(Event::ConnectFailed { peer: msg.peer, error: e.to_string() });
+                if reconnect {
+                    self.connection_failed(msg.peer, ExitReason::Failed(e.to_string()), ctx);
+                } else if !self.peers.contains_key(&msg.peer) {
+                    self.wanted.remove(&msg.peer);
+                }
+                // An inbound connection may have arrived meanwhile.
+                match self.peers.get(&msg.peer) {
+                    Some(entry) => Ok(entry.conn.info()),
+                    None => Err(e),
+                }
+            }
+        };
+        for w in waiters {
+            let _ = w.send(reply.clone());
+        }
+    }
+}
+
+impl Handler<ChildExited> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: ChildExited, ctx: &mut Context<Self>) {
+        let Some(child) = self.children.remove(&msg.id) else { return };
+        let reason = msg.reason;
+        tracing::debug!(child = %child.name, %reason, "child exited");
+        match child.kind {
+            ChildKind::Listener { transport, addr, .. } => {
+                if let Some(bound) = self.listeners.remove(&msg.id) {
+                    self.node.remove_listen_addr(&bound);
+                }
+                if let Some(w) = self.listen_waiters.remove(&msg.id) {
+                    // Failed before it ever bound: a configuration problem, reported to
+                    // the caller rather than retried.
+                    self.bus.publish_later(Event::ListenerFailed {
+                        addr: addr.clone(),
+                        error: reason.to_string(),
+                    });
+                    let _ = w.send(Err(NodeError::ListenFailed {
+                        addr: addr.to_string(),
+                        reason: reason.to_string(),
+                    }));
+                    return;
+                }
+                if self.shutting_down {
+                    return;
+                }
+                self.bus
+                    .publish_later(Event::ListenerFailed { addr: addr.clone(), error: reason.to_string() });
+                match self.restart_decision(&child.name, RestartPolicy::Permanent, &reason, true) {
+                    Decision::Restart { after, .. } => {
+                        ctx.run_later(after, move |act, ctx| {
+                            if !act.shutting_down {
+                                act.spawn_listener(msg.id, transport, addr, ctx);
+                            }
+                        });
+                    }
+                    Decision::GiveUp | Decision::Stop => {}
+                }
+            }
+            ChildKind::Connection { peer } => {
+                let Some(entry) = self.peers.remove(&peer) else { return };
+                if entry.child != msg.id {
+                    self.peers.insert(peer, entry);
+                    return;
+                }
+                let conn = entry.conn;
+                io_runtime()
+                    .spawn(async move { conn.close(CloseCode::Normal, "connection actor exited").await });
+                let why = match &reason {
+                    ExitReason::Normal if self.shutting_down => DisconnectReason::Local,
+                    ExitReason::Normal => DisconnectReason::Remote("closed".into()),
+                    ExitReason::Failed(e) => DisconnectReason::Failed(e.clone()),
+                    other => DisconnectReason::ActorFailed(other.to_string()),
+                };
+                self.bus.publish_later(Event::PeerDisconnected { peer, reason: why });
+                self.connection_failed(peer, reason, ctx);
+            }
+            ChildKind::Negotiator { peer } => {
+                if reason.is_abnormal() {
+                    // It died without reporting: fail whoever waits for it.
+                    for w in self.pending.remove(&peer).unwrap_or_default() {
+                        let _ = w.send(Err(NodeError::ActorGone(format!("negotiator {reason}"))));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Handler<Send> for Supervisor {
+    type Result = ResponseFuture<Result<(), NodeError>>;
+    fn handle(&mut self, msg: Send, _: &mut Context<Self>) -> Self::Result {
+        match self.peers.get(&msg.peer) {
+            Some(e) => {
+                let actor = e.actor.clone();
+                Box::pin(async move { actor.send(SendMessage(msg.data)).await? })
+            }
+            None => Box::pin(async move { Err(NodeError::NotConnected(msg.peer)) }),
+        }
+    }
+}
+
+impl Handler<OpenStream> for Supervisor {
+    type Result = ResponseFuture<Result<kizuna::ByteStream, NodeError>>;
+    fn handle(&mut self, msg: OpenStream, _: &mut Context<Self>) -> Self::Result {
+        match self.peers.get(&msg.peer) {
+            Some(e) => {
+                let actor = e.actor.clone();
+                Box::pin(async move { actor.send(OpenStreamTo).await? })
+            }
+            None => Box::pin(async move { Err(NodeError::NotConnected(msg.peer)) }),
+        }
+    }
+}
+
+impl Handler<GetSender> for Supervisor {
+    type Result = Result<PeerSender, NodeError>;
+    fn handle(&mut self, msg: GetSender, _: &mut Context<Self>) -> Self::Result {
+        self.peers
+            .get(&msg.peer)
+            .map(|e| PeerSender { conn: e.conn.clone() })
+            .ok_or(NodeError::NotConnected(msg.peer))
+    }
+}
+
+impl Handler<Disconnect> for Supervisor {
+    type Result = ResponseFuture<Result<(), NodeError>>;
+    fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) -> Self::Result {
+        self.wanted.remove(&msg.peer);
+        match self.peers.get(&msg.peer) {
+            Some(e) => {
+                let actor = e.actor.clone();
+                Box::pin(async move {
+                    actor
+                        .send(CloseConnection { code: CloseCode::Normal, reason: "disconnect".into() })
+                        .await?;
+                    Ok(())
+                })
+            }
+            None => Box::pin(async move { Err(NodeError::NotConnected(msg.peer)) }),
+        }
+    }
+}
+
+impl Handler<Subscribe> for Supervisor {
+    type Result = MessageResult<Subscribe>;
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.bus.subscribe(msg.capacity))
+    }
+}
+
+impl Handler<GetStats> for Supervisor {
+    type Result = MessageResult<GetStats>;
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        let mut s = self.stats.clone();
+        s.connections = self.peers.values().map(|e| e.conn.info()).collect();
+        s.listeners = self.listeners.values().cloned().collect();
+        MessageResult(s)
+    }
+}
+
+impl Handler<GetAddress> for Supervisor {
+    type Result = MessageResult<GetAddress>;
+    fn handle(&mut self, _: GetAddress, _: &mut Context<Self>) -> Self::Result {
+        let mut addrs: Vec<TransportAddr> = self.listeners.values().map(dialable).collect();
+        addrs.sort_by_key(|a| {
+            std::cmp::Reverse(self.transport_for(a.protocol()).map(|t| t.priority()).unwrap_or(0))
+        });
+        MessageResult(PeerAddress::new(self.node.peer_id(), addrs))
+    }
+}
+
+/// A listen address as others can dial it: an unspecified IP becomes loopback.
+fn dialable(a: &TransportAddr) -> TransportAddr {
+    let fix = |s: std::net::SocketAddr| {
+        let mut s = s;
+        if s.ip().is_unspecified() {
+            s.set_ip(if s.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        s
+    };
+    match a {
+        TransportAddr::Tcp(s) => TransportAddr::Tcp(fix(*s)),
+        TransportAddr::Quic(s) => TransportAddr::Quic(fix(*s)),
+        other => other.clone(),
+    }
+}
+
+impl Handler<InjectFault> for Supervisor {
+    type Result = bool;
+    fn handle(&mut self, msg: InjectFault, _: &mut Context<Self>) -> bool {
+        match self.children.values().find(|c| c.name == msg.child) {
+            Some(c) => {
+                c.fault.do_send(msg.fault);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Handler<GetChildren> for Supervisor {
+    type Result = MessageResult<GetChildren>;
+    fn handle(&mut self, _: GetChildren, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.children.values().map(|c| c.name.clone()).collect())
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
+        self.shutting_down = true;
+        self.wanted.clear();
+        for child in self.children.values() {
+            if let ChildKind::Listener { stop, .. } = &child.kind {
+                stop.do_send(StopListener);
+            }
+        }
+        let closes: Vec<_> = self
+            .peers
+            .values()
+            .map(|e| {
+                e.actor
+                    .send(CloseConnection { code: CloseCode::Shutdown, reason: "node shutting down".into() })
+            })
+            .collect();
+        Box::pin(
+            async move {
+                for c in closes {
+                    let _ = c.await;
+                }
+            }
+            .into_actor(self)
+            .map(|_, _, ctx| {
+                tracing::info!("supervisor shut down");
+                ctx.stop();
+            }),
+        )
+    }
+}

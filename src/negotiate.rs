@@ -1,0 +1,146 @@
+//! Negotiation policy (sans-IO): which of a peer's addresses to try in which order, and
+//! which of two connections to the same peer survives.
+
+use std::time::Duration;
+
+use crate::{
+    address::{PeerAddress, Protocol, TransportAddr},
+    identity::PeerId,
+};
+
+/// Delay before starting the next attempt while the previous one is still pending
+/// (happy eyeballs). 250 ms: RFC 8305's recommended Connection Attempt Delay.
+pub const ATTEMPT_STAGGER: Duration = Duration::from_millis(250);
+
+/// Two connections to one peer established within this window are treated as a
+/// simultaneous dial and tie-broken deterministically. 5 s: comfortably above a connect
+/// (10 s bound, but typically milliseconds) racing the other side's.
+pub const SIMULTANEOUS_WINDOW: Duration = Duration::from_secs(5);
+
+/// Orders the peer's addresses for dialing.
+///
+/// Only addresses whose protocol appears in `local` (this node's transports with their
+/// priorities) are kept. Higher local priority first; among equals, the peer's own order
+/// (its hints). Duplicates are removed.
+pub fn plan(peer: &PeerAddress, local: &[(Protocol, u8)]) -> Vec<TransportAddr> {
+    let prio = |a: &TransportAddr| local.iter().find(|(p, _)| *p == a.protocol()).map(|(_, pr)| *pr);
+    let mut out: Vec<(u8, usize, TransportAddr)> = Vec::new();
+    for (i, a) in peer.addrs.iter().enumerate() {
+        if let Some(p) = prio(a) {
+            if !out.iter().any(|(_, _, b)| b == a) {
+                out.push((p, i, a.clone()));
+            }
+        }
+    }
+    out.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
+    out.into_iter().map(|(_, _, a)| a).collect()
+}
+
+/// One side of a duplicate-connection decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// Whether the local node dialed this connection.
+    pub dialed_locally: bool,
+    /// How long ago it was established.
+    pub age: Duration,
+}
+
+/// Which connection survives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// Keep the existing connection, close the new one.
+    Existing,
+    /// Keep the new connection, close the existing one.
+    New,
+}
+
+/// Decides between an existing and a new connection to the same peer.
+///
+/// A simultaneous dial (both young, opposite directions) keeps the connection dialed by
+/// the smaller peer id — both nodes compute the same answer without talking. Otherwise
+/// the newer connection wins: the peer evidently wanted a fresh one (its view of the old
+/// one may be dead).
+pub fn resolve_duplicate(local: PeerId, remote: PeerId, existing: Candidate, new: Candidate) -> Keep {
+    let simultaneous = existing.age < SIMULTANEOUS_WINDOW && existing.dialed_locally != new.dialed_locally;
+    if !simultaneous {
+        return Keep::New;
+    }
+    let local_is_smaller = local < remote;
+    // The surviving connection is the one whose dialer is the smaller id.
+    let keep_locally_dialed = local_is_smaller;
+    if existing.dialed_locally == keep_locally_dialed {
+        Keep::Existing
+    } else {
+        Keep::New
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Keypair;
+
+    #[test]
+    fn plan_orders_by_local_priority_then_peer_order() {
+        let id = Keypair::from_seed([1; 32]).peer_id();
+        let peer: PeerAddress =
+            format!("{id}@tcp=127.0.0.1:1,ws=ws://h:2,quic=127.0.0.1:3,tcp=127.0.0.1:4,tcp=127.0.0.1:1")
+                .parse()
+                .unwrap();
+        let local = [(Protocol::Quic, 200), (Protocol::Tcp, 100)];
+        let p = plan(&peer, &local);
+        let s: Vec<String> = p.iter().map(|a| a.to_string()).collect();
+        assert_eq!(s, vec!["quic=127.0.0.1:3", "tcp=127.0.0.1:1", "tcp=127.0.0.1:4"]);
+        assert!(plan(&peer, &[]).is_empty());
+    }
+
+    #[test]
+    fn simultaneous_dial_both_sides_agree() {
+        let a = Keypair::from_seed([1; 32]).peer_id();
+        let b = Keypair::from_seed([2; 32]).peer_id();
+        let young = Duration::from_millis(10);
+        for existing_local in [true, false] {
+            // At A: existing dialed by A iff existing_local; at B the same connection is
+            // dialed remotely.
+            let at_a = resolve_duplicate(
+                a,
+                b,
+                Candidate { dialed_locally: existing_local, age: young },
+                Candidate { dialed_locally: !existing_local, age: Duration::ZERO },
+            );
+            let at_b = resolve_duplicate(
+                b,
+                a,
+                Candidate { dialed_locally: !existing_local, age: young },
+                Candidate { dialed_locally: existing_local, age: Duration::ZERO },
+            );
+            // Same physical connection survives on both sides: the one dialed by min(a, b).
+            let survivor_dialed_by_a = match at_a {
+                Keep::Existing => existing_local,
+                Keep::New => !existing_local,
+            };
+            let survivor_dialed_by_a_at_b = match at_b {
+                Keep::Existing => existing_local,
+                Keep::New => !existing_local,
+            };
+            assert_eq!(survivor_dialed_by_a, survivor_dialed_by_a_at_b);
+            assert_eq!(survivor_dialed_by_a, a < b);
+        }
+    }
+
+    #[test]
+    fn newer_wins_when_not_simultaneous() {
+        let a = Keypair::from_seed([1; 32]).peer_id();
+        let b = Keypair::from_seed([2; 32]).peer_id();
+        let old = Candidate { dialed_locally: true, age: Duration::from_secs(60) };
+        assert_eq!(
+            resolve_duplicate(a, b, old, Candidate { dialed_locally: false, age: Duration::ZERO }),
+            Keep::New
+        );
+        let young_same_dir = Candidate { dialed_locally: true, age: Duration::from_millis(1) };
+        assert_eq!(
+            resolve_duplicate(a, b, young_same_dir, Candidate { dialed_locally: true, age: Duration::ZERO }),
+            Keep::New
+        );
+    }
+}
