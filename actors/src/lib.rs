@@ -11,6 +11,7 @@ mod listener;
 mod negotiator;
 pub mod runtime;
 pub mod supervision;
+pub mod testing;
 mod supervisor;
 mod transports;
 
