@@ -400,3 +400,20 @@ fn hello_skips_entries_of_unknown_protocols() {
     let err = Hello::decode(&[&b"KZ\x00\x01"[..], &body].concat()).unwrap_err();
     assert!(matches!(err, WireError::Malformed { what: "hello", .. }), "{err:?}");
 }
+
+#[test]
+fn deep_nesting_is_rejected_without_deep_recursion() {
+    // `{"type": "ping", "x": [[[…]]]}` nested 1000 deep: under rmp-serde's own depth limit
+    // (1024), and enough to overflow a thread stack if the decoder recursed per level.
+    let nested = [&b"\x82\xa4type\xa4ping\xa1x"[..], &[0x91; 1000], &[0xc0]].concat();
+    let hello = [&b"KZ\x00\x01\x81\xa5agent"[..], &[0x91; 1000], &[0xc0]].concat();
+    // A small stack, as a constrained worker thread might have.
+    let worker = std::thread::Builder::new().stack_size(128 * 1024).spawn(move || {
+        let c = Control::decode(&nested);
+        let h = Hello::decode(&hello);
+        (c, h)
+    });
+    let (c, h) = worker.unwrap().join().unwrap();
+    assert!(matches!(c, Err(WireError::Malformed { .. })), "{c:?}");
+    assert!(matches!(h, Err(WireError::Malformed { .. })), "{h:?}");
+}
