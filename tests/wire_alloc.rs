@@ -67,7 +67,7 @@ fn hostile_declared_lengths_do_not_allocate() {
     assert!(peak < BOUND, "hello decode peaked at {peak} bytes");
 
     // A header announcing a maximal message, then only a few bytes.
-    let mut input = (kizuna::wire::MAX_FRAME_LEN as u32).to_be_bytes().to_vec();
+    let mut input = (kizuna::wire::MAX_MESSAGE_LEN as u32).to_be_bytes().to_vec();
     input.extend_from_slice(&[0x02, 1, 2, 3]);
     let peak = peak_during(|| {
         let mut buf = BytesMut::from(&input[..]);
