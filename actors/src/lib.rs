@@ -11,8 +11,8 @@ mod listener;
 mod negotiator;
 pub mod runtime;
 pub mod supervision;
-pub mod testing;
 mod supervisor;
+pub mod testing;
 mod transports;
 
 pub use api::{
