@@ -1,1 +1,1 @@
-//! Per-peer connection pool (filled in by the pool work).
+//! Per-peer connection pool.
