@@ -969,19 +969,24 @@ async fn supervise(inner: Arc<Inner>, mut reader: JoinHandle<()>, mut writer: Jo
     let mut closing = inner.closing.subscribe();
     let _ = closing.wait_for(|c| *c).await;
     let deadline = tokio::time::Instant::now() + inner.config.close_timeout;
-    let _ = tokio::time::timeout_at(deadline, &mut writer).await;
+    let writer_done = tokio::time::timeout_at(deadline, &mut writer).await.is_ok();
     let local = matches!(inner.lock().cause, Some(Cause::Local { .. }));
+    let mut reader_done = false;
     if local {
         // Read until the peer ends its side, so that no unread bytes turn our socket
         // close into a reset that could destroy our own last frames at the peer.
-        let _ = tokio::time::timeout_at(deadline, &mut reader).await;
+        reader_done = tokio::time::timeout_at(deadline, &mut reader).await.is_ok();
     }
-    for h in [&reader, &writer, &keep_alive] {
-        h.abort();
-    }
-    let _ = reader.await;
-    let _ = writer.await;
+    keep_alive.abort();
     let _ = keep_alive.await;
+    if !reader_done {
+        reader.abort();
+        let _ = reader.await;
+    }
+    if !writer_done {
+        writer.abort();
+        let _ = writer.await;
+    }
     inner.lock().wake_all();
     inner.done.send_replace(true);
 }

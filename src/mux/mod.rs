@@ -14,6 +14,8 @@
 
 mod driver;
 mod state;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use driver::clone_wire_error;
 pub use driver::{Mux, MuxConfig, MuxStream, DEFAULT_ACCEPT_BACKLOG, DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_STREAMS};
