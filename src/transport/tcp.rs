@@ -121,7 +121,7 @@ async fn dial(node: &LocalNode, sa: SocketAddr, expected: PeerId) -> Result<Conn
     let stream = TcpStream::connect(sa).await.map_err(|e| TransportError::connect_failed(sa, e))?;
     configure(&stream).map_err(|e| TransportError::connect_failed(sa, e))?;
     let local = stream.local_addr().ok();
-    let (mut tls, peer) = node.secure().connect(stream, expected, bound).await?;
+    let (mut tls, peer) = node.secure().connect_labeled(stream, expected, &sa.to_string(), bound).await?;
     let ours = node.hello(Some(TransportAddr::Tcp(sa)));
     let theirs = exchange_hello(&mut tls, &ours, peer, &sa.to_string(), bound).await?;
     Ok(build_connection(node, tls, peer, sa, local, theirs, true))
@@ -234,7 +234,7 @@ async fn handshake(node: &LocalNode, stream: TcpStream, remote: SocketAddr) -> R
     let bound = node.config().handshake_timeout;
     configure(&stream)?;
     let local = stream.local_addr().ok();
-    let (mut tls, peer) = node.secure().accept(stream, bound).await?;
+    let (mut tls, peer) = node.secure().accept_labeled(stream, &remote.to_string(), bound).await?;
     let ours = node.hello(Some(TransportAddr::Tcp(remote)));
     match exchange_hello(&mut tls, &ours, peer, &remote.to_string(), bound).await {
         Ok(theirs) => Ok(build_connection(node, tls, peer, remote, local, theirs, false)),
