@@ -124,7 +124,10 @@ pub struct ConnectionPool {
 
 impl fmt::Debug for ConnectionPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConnectionPool").field("config", &self.inner.config).field("peers", &self.peers()).finish()
+        f.debug_struct("ConnectionPool")
+            .field("config", &self.inner.config)
+            .field("peers", &self.peers())
+            .finish()
     }
 }
 
@@ -248,7 +251,11 @@ impl ConnectionPool {
         }
     }
 
-    async fn await_shared_dial(&self, mut rx: watch::Receiver<DialOutcome>, peer: PeerId) -> Result<Connection> {
+    async fn await_shared_dial(
+        &self,
+        mut rx: watch::Receiver<DialOutcome>,
+        peer: PeerId,
+    ) -> Result<Connection> {
         let outcome = match rx.wait_for(Option::is_some).await {
             Ok(v) => v.clone(),
             Err(_) => None,
@@ -317,7 +324,8 @@ impl ConnectionPool {
                         let mut peers = self.inner.lock();
                         peers.get_mut(&addr.peer_id).is_some_and(|s| {
                             s.prune();
-                            s.conns.iter().any(|e| !e.busy) || s.conns.len() + s.dialing < self.inner.config.max_per_peer
+                            s.conns.iter().any(|e| !e.busy)
+                                || s.conns.len() + s.dialing < self.inner.config.max_per_peer
                         })
                     };
                     if !free {

@@ -1,4 +1,5 @@
 //! Connection pool over real TCP on loopback.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::{
     net::SocketAddr,
@@ -10,7 +11,8 @@ use kizuna::{
     pool::{ConnectionPool, PoolConfig},
     transport::tcp::TcpTransport,
     wire::CloseCode,
-    Connection, Incoming, Keypair, LocalNode, NodeConfig, PeerAddress, Transport, TransportAddr, TransportError,
+    Connection, Incoming, Keypair, LocalNode, NodeConfig, PeerAddress, Transport, TransportAddr,
+    TransportError,
 };
 use tokio::sync::mpsc;
 
@@ -25,7 +27,10 @@ async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
 /// A listening server; every inbound connection is reported on the channel (and kept).
 async fn server() -> (PeerAddress, mpsc::Receiver<Connection>) {
     let n = node();
-    let mut l = TcpTransport::new(n.clone()).listen(&TransportAddr::Tcp("127.0.0.1:0".parse().unwrap())).await.unwrap();
+    let mut l = TcpTransport::new(n.clone())
+        .listen(&TransportAddr::Tcp("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
     let addr = PeerAddress::new(n.peer_id(), vec![l.local_addr()]);
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -52,7 +57,10 @@ fn local(c: &Connection) -> SocketAddr {
 
 /// No further inbound connection arrives within a short while.
 async fn no_more(rx: &mut mpsc::Receiver<Connection>) {
-    assert!(tokio::time::timeout(Duration::from_millis(200), rx.recv()).await.is_err(), "unexpected extra dial");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), rx.recv()).await.is_err(),
+        "unexpected extra dial"
+    );
 }
 
 #[tokio::test]
@@ -163,7 +171,10 @@ async fn sweep_closes_idle_connections_but_not_busy_ones() {
 #[tokio::test]
 async fn a_failed_dial_reaches_every_waiting_caller() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = PeerAddress::new(node().peer_id(), vec![TransportAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))]);
+    let addr = PeerAddress::new(
+        node().peer_id(),
+        vec![TransportAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))],
+    );
     let p = pool(PoolConfig::default());
     let (a, b) = tokio::join!(p.get(&addr), p.get(&addr));
     for r in [a, b] {

@@ -1,4 +1,5 @@
 //! TLS-over-TCP transport over real loopback sockets.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::{
     net::SocketAddr,
@@ -10,7 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kizuna::{
     error::WireError,
     transport::tcp::TcpTransport,
-    wire::{encode_frame, read_frame, CloseCode, Frame, FrameDecoder, FrameType, MAX_CONTROL_LEN, MAGIC},
+    wire::{encode_frame, read_frame, CloseCode, Frame, FrameDecoder, FrameType, MAGIC, MAX_CONTROL_LEN},
     Connection, Incoming, Keypair, Listener, LocalNode, NodeConfig, Transport, TransportAddr, TransportError,
 };
 use tokio::{
@@ -57,7 +58,10 @@ async fn next_rejection(l: &mut Box<dyn Listener>) -> TransportError {
 }
 
 /// A connected pair: (dialer side, listener side).
-async fn connected(server: &Arc<LocalNode>, client: &Arc<LocalNode>) -> (Connection, Connection, Box<dyn Listener>) {
+async fn connected(
+    server: &Arc<LocalNode>,
+    client: &Arc<LocalNode>,
+) -> (Connection, Connection, Box<dyn Listener>) {
     let (mut l, addr) = listen(server).await;
     let dial = TcpTransport::new(client.clone());
     let (c, s) = tokio::join!(dial.connect(&addr, server.peer_id()), next_connection(&mut l));
@@ -116,7 +120,12 @@ async fn bulk_64_mib_each_way_and_many_messages() {
     let (mut cr, mut cw) = tokio::io::split(&mut cs);
     let (mut sr, mut sw) = tokio::io::split(&mut ss);
     within(async {
-        tokio::join!(send_pattern(&mut cw, 1), check_pattern(&mut sr, 1), send_pattern(&mut sw, 2), check_pattern(&mut cr, 2));
+        tokio::join!(
+            send_pattern(&mut cw, 1),
+            check_pattern(&mut sr, 1),
+            send_pattern(&mut sw, 2),
+            check_pattern(&mut cr, 2)
+        );
     })
     .await;
     eprintln!("2 x 64 MiB over one stream in {:?}", started.elapsed());
@@ -165,15 +174,7 @@ async fn raw_client_sends(server: &Arc<LocalNode>, addr: &TransportAddr, bytes: 
     tls.flush().await.unwrap();
     // The server's hello, possibly its close frame, then the end of the stream.
     let decoder = FrameDecoder::default();
-    within(async {
-        loop {
-            match read_frame(&mut tls, &decoder).await {
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => break,
-            }
-        }
-    })
-    .await;
+    within(async { while let Ok(Some(_)) = read_frame(&mut tls, &decoder).await {} }).await;
 }
 
 fn hello_frame(payload: &[u8]) -> Vec<u8> {
@@ -195,7 +196,10 @@ async fn bad_hellos_are_rejected_and_the_listener_keeps_serving() {
     malformed.extend_from_slice(&[0xc1, 0xc1, 0xc1]);
     raw_client_sends(&server, &addr, &hello_frame(&malformed)).await;
     let e = next_rejection(&mut l).await;
-    assert!(matches!(&e, TransportError::ProtocolViolation { source: WireError::Malformed { .. }, .. }), "{e}");
+    assert!(
+        matches!(&e, TransportError::ProtocolViolation { source: WireError::Malformed { .. }, .. }),
+        "{e}"
+    );
 
     // (b) A well-formed hello of another protocol version.
     let me = node();
@@ -205,7 +209,10 @@ async fn bad_hellos_are_rejected_and_the_listener_keeps_serving() {
     raw_client_sends(&server, &addr, &buf).await;
     let e = next_rejection(&mut l).await;
     assert!(
-        matches!(&e, TransportError::ProtocolViolation { source: WireError::UnsupportedVersion { got: 99, .. }, .. }),
+        matches!(
+            &e,
+            TransportError::ProtocolViolation { source: WireError::UnsupportedVersion { got: 99, .. }, .. }
+        ),
         "{e}"
     );
 
@@ -215,7 +222,10 @@ async fn bad_hellos_are_rejected_and_the_listener_keeps_serving() {
     header.put_u8(FrameType::Hello as u8);
     raw_client_sends(&server, &addr, &header).await;
     let e = next_rejection(&mut l).await;
-    assert!(matches!(&e, TransportError::ProtocolViolation { source: WireError::FrameTooLarge { .. }, .. }), "{e}");
+    assert!(
+        matches!(&e, TransportError::ProtocolViolation { source: WireError::FrameTooLarge { .. }, .. }),
+        "{e}"
+    );
 
     // A well-behaved client is still served.
     let client = node();
@@ -252,7 +262,10 @@ async fn connecting_to_a_closed_port_fails_fast() {
     let addr = TransportAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], port)));
     let started = Instant::now();
     let err = TcpTransport::new(node()).connect(&addr, node().peer_id()).await.unwrap_err();
-    assert!(matches!(&err, TransportError::ConnectFailed { addr, .. } if addr.contains(&port.to_string())), "{err}");
+    assert!(
+        matches!(&err, TransportError::ConnectFailed { addr, .. } if addr.contains(&port.to_string())),
+        "{err}"
+    );
     assert!(started.elapsed() < Duration::from_secs(1));
 }
 
@@ -290,7 +303,10 @@ async fn connecting_to_a_black_hole_times_out_within_the_bound() {
     let started = Instant::now();
     let err = TcpTransport::new(client).connect(&TransportAddr::Tcp(sa), node().peer_id()).await.unwrap_err();
     let took = started.elapsed();
-    assert!(matches!(&err, TransportError::Timeout { what, after } if what.contains(&sa.to_string()) && *after == bound), "{err}");
+    assert!(
+        matches!(&err, TransportError::Timeout { what, after } if what.contains(&sa.to_string()) && *after == bound),
+        "{err}"
+    );
     assert!(took >= bound && took < bound + Duration::from_millis(500), "took {took:?}");
 }
 

@@ -46,7 +46,9 @@ use crate::{
     health::KeepAlive,
     node::NodeConfig,
     transport::{BoxFuture, ByteStream, ConnStats, ConnectionBackend},
-    wire::{encode_frame, encode_header, CloseCode, Control, Frame, FrameDecoder, FrameType, MAX_MESSAGE_LEN},
+    wire::{
+        encode_frame, encode_header, CloseCode, Control, Frame, FrameDecoder, FrameType, MAX_MESSAGE_LEN,
+    },
 };
 
 /// Default bound on concurrently open streams per connection. 1024: far above what any
@@ -158,9 +160,10 @@ impl Cause {
             }
             Cause::Eof => TransportError::Closed(format!("{remote} ended the connection")),
             Cause::Violation(w) => TransportError::violation(remote, w.clone().0),
-            Cause::Timeout(after) => {
-                TransportError::Timeout { what: format!("keep-alive of connection to {remote}"), after: *after }
-            }
+            Cause::Timeout(after) => TransportError::Timeout {
+                what: format!("keep-alive of connection to {remote}"),
+                after: *after,
+            },
             Cause::Io(kind, msg) => TransportError::Io(io::Error::new(*kind, msg.clone())),
         }
     }
@@ -554,10 +557,13 @@ fn stream_error(id: u32, e: StreamClosed) -> io::Error {
         StreamClosed::Finished => {
             io::Error::new(io::ErrorKind::BrokenPipe, format!("stream {id}: writing after shutdown"))
         }
-        StreamClosed::Reset(code) => {
-            io::Error::new(io::ErrorKind::ConnectionReset, format!("stream {id} reset by the peer (code {code})"))
+        StreamClosed::Reset(code) => io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            format!("stream {id} reset by the peer (code {code})"),
+        ),
+        StreamClosed::Unknown => {
+            io::Error::new(io::ErrorKind::NotConnected, format!("stream {id} is closed"))
         }
-        StreamClosed::Unknown => io::Error::new(io::ErrorKind::NotConnected, format!("stream {id} is closed")),
     }
 }
 
@@ -954,7 +960,10 @@ async fn keep_alive_loop(inner: Arc<Inner>) {
             inner.begin_close(
                 &mut sh,
                 Cause::Timeout(after),
-                Some(Control::Close { code: CloseCode::Idle, reason: format!("nothing received for {after:?}") }),
+                Some(Control::Close {
+                    code: CloseCode::Idle,
+                    reason: format!("nothing received for {after:?}"),
+                }),
             );
             return;
         }
@@ -965,7 +974,12 @@ async fn keep_alive_loop(inner: Arc<Inner>) {
     }
 }
 
-async fn supervise(inner: Arc<Inner>, mut reader: JoinHandle<()>, mut writer: JoinHandle<()>, keep_alive: JoinHandle<()>) {
+async fn supervise(
+    inner: Arc<Inner>,
+    mut reader: JoinHandle<()>,
+    mut writer: JoinHandle<()>,
+    keep_alive: JoinHandle<()>,
+) {
     let mut closing = inner.closing.subscribe();
     let _ = closing.wait_for(|c| *c).await;
     let deadline = tokio::time::Instant::now() + inner.config.close_timeout;

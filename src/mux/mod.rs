@@ -18,8 +18,10 @@ mod state;
 mod tests;
 
 pub(crate) use driver::clone_wire_error;
-pub use driver::{Mux, MuxConfig, MuxStream, DEFAULT_ACCEPT_BACKLOG, DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_STREAMS};
+pub use driver::{
+    Mux, MuxConfig, MuxStream, DEFAULT_ACCEPT_BACKLOG, DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_STREAMS,
+};
 pub use state::{
-    Event, MuxError, MuxState, ReadOutcome, StateConfig, StreamClosed, INITIAL_STREAM_CREDIT,
-    MAX_DATA_CHUNK, RESET_CANCELLED, RESET_REFUSED,
+    Event, MuxError, MuxState, ReadOutcome, StateConfig, StreamClosed, INITIAL_STREAM_CREDIT, MAX_DATA_CHUNK,
+    RESET_CANCELLED, RESET_REFUSED,
 };

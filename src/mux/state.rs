@@ -629,6 +629,7 @@ impl MuxState {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
 
@@ -837,7 +838,10 @@ mod tests {
     fn window_overflow() {
         let (mut a, mut b) = pair();
         let id = open(&mut a, &mut b);
-        assert_eq!(a.handle_frame(Frame::StreamWindow { id, credit: u32::MAX }), Err(MuxError::WindowOverflow { id }));
+        assert_eq!(
+            a.handle_frame(Frame::StreamWindow { id, credit: u32::MAX }),
+            Err(MuxError::WindowOverflow { id })
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! Driver tests over in-memory `tokio::io::duplex` pairs.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::{
     sync::{
@@ -16,7 +17,10 @@ use super::*;
 use crate::{
     error::{TransportError, WireError},
     transport::{ConnStats, ConnectionBackend},
-    wire::{encode_header, read_frame, write_frame, CloseCode, Control, Frame, FrameDecoder, FrameType, MAX_FRAME_LEN},
+    wire::{
+        encode_header, read_frame, write_frame, CloseCode, Control, Frame, FrameDecoder, FrameType,
+        MAX_FRAME_LEN,
+    },
 };
 
 fn config() -> MuxConfig {
@@ -32,7 +36,14 @@ fn config() -> MuxConfig {
 }
 
 fn mux(io: DuplexStream, dialer: bool, cfg: MuxConfig) -> Mux {
-    Mux::new(io, dialer, cfg, if dialer { "listener" } else { "dialer" }, None, Arc::new(ConnStats::default()))
+    Mux::new(
+        io,
+        dialer,
+        cfg,
+        if dialer { "listener" } else { "dialer" },
+        None,
+        Arc::new(ConnStats::default()),
+    )
 }
 
 fn pair_with(a: MuxConfig, b: MuxConfig) -> (Mux, Mux) {
@@ -80,7 +91,10 @@ async fn messages_both_ways() {
         a.send_message(Bytes::from(vec![0u8; crate::wire::MAX_MESSAGE_LEN + 1])).await,
         Err(TransportError::LimitExceeded { .. })
     ));
-    assert_eq!(a.stats().bytes_sent.load(Ordering::Relaxed), b.stats().bytes_received.load(Ordering::Relaxed));
+    assert_eq!(
+        a.stats().bytes_sent.load(Ordering::Relaxed),
+        b.stats().bytes_received.load(Ordering::Relaxed)
+    );
 }
 
 fn pattern(seed: usize, len: usize) -> Vec<u8> {
@@ -242,7 +256,9 @@ async fn an_oversized_frame_closes_the_connection() {
     encode_header(FrameType::Message, MAX_FRAME_LEN + 1, &mut header);
     peer.write_all(&header).await.unwrap();
     let e = violation_of(within(m.recv_message()).await);
-    assert!(matches!(e, WireError::FrameTooLarge { len, max } if len == MAX_FRAME_LEN + 1 && max == MAX_FRAME_LEN));
+    assert!(
+        matches!(e, WireError::FrameTooLarge { len, max } if len == MAX_FRAME_LEN + 1 && max == MAX_FRAME_LEN)
+    );
 }
 
 #[tokio::test]
@@ -367,10 +383,8 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         any::<Vec<u8>>().prop_map(|v| Frame::Message(Bytes::from(v))),
         id.clone().prop_map(|id| Frame::StreamOpen { id }),
-        (id.clone(), prop::collection::vec(any::<u8>(), 0..70_000)).prop_map(|(id, v)| Frame::StreamData {
-            id,
-            data: Bytes::from(v)
-        }),
+        (id.clone(), prop::collection::vec(any::<u8>(), 0..70_000))
+            .prop_map(|(id, v)| Frame::StreamData { id, data: Bytes::from(v) }),
         (id.clone(), any::<u32>()).prop_map(|(id, credit)| Frame::StreamWindow { id, credit }),
         id.clone().prop_map(|id| Frame::StreamFin { id }),
         (id, 0u32..3).prop_map(|(id, code)| Frame::StreamReset { id, code }),
@@ -391,7 +405,7 @@ proptest! {
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
-            let (m, mut peer) = raw(MuxConfig { max_streams: 4, accept_backlog: 2, ..config() });
+            let (m, peer) = raw(MuxConfig { max_streams: 4, accept_backlog: 2, ..config() });
             let acceptor = {
                 let m = m.clone();
                 tokio::spawn(async move {

@@ -104,7 +104,8 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
     let stats = Arc::new(ConnStats::default());
-    let mux = Mux::new(io, dialer, MuxConfig::from_node(node.config()), remote.to_string(), local, stats.clone());
+    let mux =
+        Mux::new(io, dialer, MuxConfig::from_node(node.config()), remote.to_string(), local, stats.clone());
     let parts = ConnectionParts {
         peer,
         remote_addr: TransportAddr::Tcp(remote),
@@ -166,7 +167,8 @@ impl Transport for TcpTransport {
 /// A bound, listening socket with `SO_REUSEADDR` and the given backlog.
 fn bind(sa: SocketAddr, backlog: u32) -> Result<tokio::net::TcpListener> {
     let fail = |e: std::io::Error| TransportError::Config(format!("cannot listen on tcp={sa}: {e}"));
-    let socket = Socket::new(Domain::for_address(sa), Type::STREAM, Some(socket2::Protocol::TCP)).map_err(fail)?;
+    let socket =
+        Socket::new(Domain::for_address(sa), Type::STREAM, Some(socket2::Protocol::TCP)).map_err(fail)?;
     socket.set_reuse_address(true).map_err(fail)?;
     socket.set_nonblocking(true).map_err(fail)?;
     socket.bind(&sa.into()).map_err(fail)?;
