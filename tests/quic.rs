@@ -202,6 +202,44 @@ async fn wrong_peer_dial_is_authentication_failure() {
 }
 
 #[tokio::test]
+async fn listener_keeps_serving_after_a_failed_handshake() {
+    let mut s = server(1, |_| {}).await;
+    let target = TransportAddr::Quic(s.addr);
+    // This client aborts the handshake: it expected somebody else.
+    let bad = QuicTransport::new(node(2, |_| {}));
+    let wrong = Keypair::from_seed([3; 32]).peer_id();
+    assert!(bad.connect(&target, wrong).await.is_err());
+    match tokio::time::timeout(WAIT, s.listener.accept()).await.unwrap() {
+        Some(Incoming::Rejected { remote, error }) => {
+            assert_eq!(remote, bad.local_addr().unwrap().to_string().replace("0.0.0.0", "127.0.0.1"));
+            assert!(matches!(error, TransportError::Quic(_)), "{error:?}");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(s.transport.stats().inbound_rejected, 1);
+    let good = QuicTransport::new(node(4, |_| {}));
+    let (c, a) = tokio::join!(good.connect(&target, s.id), accept(&mut s.listener));
+    let c = c.unwrap();
+    c.send(Bytes::from_static(b"ok")).await.unwrap();
+    assert_eq!(&a.recv().await.unwrap().unwrap()[..], b"ok");
+}
+
+#[tokio::test]
+async fn listening_after_dialing_moves_dials_to_the_listening_socket() {
+    let (client_transport, client, _s, server) = pair(|_| {}).await;
+    let before = client_transport.local_addr().unwrap();
+    let listener = client_transport.listen(&loopback()).await.unwrap();
+    let now = listener.local_addr().socket_addr().unwrap();
+    assert_ne!(before.port(), now.port());
+    assert_eq!(client_transport.local_addr(), Some(now));
+    // The connection made before followed the endpoint to its new socket.
+    client.send(Bytes::from_static(b"moved")).await.unwrap();
+    assert_eq!(&server.recv().await.unwrap().unwrap()[..], b"moved");
+    server.send(Bytes::from_static(b"back")).await.unwrap();
+    assert_eq!(&client.recv().await.unwrap().unwrap()[..], b"back");
+}
+
+#[tokio::test]
 async fn ten_concurrent_streams() {
     let (_ct, client, _s, server) = pair(|_| {}).await;
     let echo = tokio::spawn(async move {
@@ -384,4 +422,53 @@ async fn one_socket_per_transport() {
     assert_eq!(c.unwrap().info().local_addr, Some(s.addr));
     s.listener.close();
     assert!(s.listener.accept().await.is_none());
+}
+
+/// Not a timed test: a quick side-by-side of 64 KiB messages against a plain QUIC stream
+/// (the near-raw quinn path) on one connection. Run with
+/// `cargo test --release --test quic -- --ignored --nocapture message_throughput`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn message_throughput_vs_stream() {
+    const TOTAL: usize = 512 * 1024 * 1024;
+    const MSG: usize = 64 * 1024;
+    let (_ct, client, _s, server) = pair(|_| {}).await;
+
+    let (cs, ss) = tokio::join!(client.open_stream(), server.accept_stream());
+    let (mut cs, mut ss) = (cs.unwrap(), ss.unwrap().unwrap());
+    let started = Instant::now();
+    let chunk = vec![7u8; MSG];
+    tokio::join!(
+        async {
+            for _ in 0..TOTAL / MSG {
+                cs.write_all(&chunk).await.unwrap();
+            }
+            cs.shutdown().await.unwrap();
+        },
+        async {
+            let mut buf = vec![0u8; MSG];
+            let mut n = 0;
+            while n < TOTAL {
+                n += ss.read(&mut buf).await.unwrap();
+            }
+        }
+    );
+    let stream = TOTAL as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e6;
+
+    let started = Instant::now();
+    let msg = Bytes::from(vec![7u8; MSG]);
+    tokio::join!(
+        async {
+            for _ in 0..TOTAL / MSG {
+                client.send(msg.clone()).await.unwrap();
+            }
+        },
+        async {
+            for _ in 0..TOTAL / MSG {
+                server.recv().await.unwrap().unwrap();
+            }
+        }
+    );
+    let messages = TOTAL as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e6;
+    eprintln!("stream {stream:.0} Mbit/s, messages {messages:.0} Mbit/s, ratio {:.2}", messages / stream);
 }

@@ -18,7 +18,12 @@
 //! 0.5-RTT data, so a resumed connection is usable after one round trip.
 //! [`QuicTransport::connect_with_info`] tells whether 0-RTT was attempted and accepted;
 //! [`QuicTransport::stats`] counts it on both sides. Tickets arrive just after a
-//! handshake, so a connection closed immediately may leave none behind.
+//! handshake, so a connection closed immediately may leave none behind. 0-RTT data can be
+//! replayed by an attacker, so only the hello (idempotent, and read by the listener only
+//! after the client proved its identity) ever travels as 0-RTT: `connect` returns after the
+//! listener's hello arrived under 1-RTT keys, so everything the application sends is 1-RTT.
+//! The listener's hello is 0.5-RTT data, sent before the client is authenticated; it holds
+//! only what any client that completes a handshake learns.
 //!
 //! Migration: [`QuicTransport::rebind`] moves the endpoint, and every connection on it,
 //! to a new UDP socket; peers follow after path validation.
