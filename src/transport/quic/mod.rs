@@ -338,6 +338,17 @@ impl QuicTransport {
                     )));
                 }
             }
+            // Listening again on the socket this transport already has (e.g. a restarted
+            // listener re-binding its old port): the socket stays, it just serves again.
+            let reuse = state.as_ref().filter(|s| s.endpoint.local_addr().ok() == Some(addr));
+            if let Some(s) = reuse {
+                s.endpoint.set_server_config(Some(server));
+                let endpoint = s.endpoint.clone();
+                *state = Some(EndpointState { endpoint: endpoint.clone(), listening: Some(addr) });
+                drop(state);
+                shared.node.add_listen_addr(TransportAddr::Quic(addr));
+                return Ok(Box::new(QuicListener::start(shared.clone(), endpoint, addr)));
+            }
             let socket = config::bind_udp(addr, shared.node.config().udp_buffer)?;
             let endpoint = match state.as_ref() {
                 // Dials already went out from an ephemeral socket: move them to this one.
