@@ -224,7 +224,14 @@ async fn handshakes(opts: &Opts) -> Result<(), BoxError> {
     let mut ql = qa.listen(&TransportAddr::Quic("127.0.0.1:0".parse()?)).await?;
     let qladdr = ql.local_addr();
     let Some(qsock) = qladdr.socket_addr() else { return Err("no quic addr".into()) };
-    tokio::spawn(async move { while ql.accept().await.is_some() {} });
+    // Keep accepted connections: dropping the last handle closes a connection, which would
+    // cut a 0-RTT dial short while its handshake is still completing.
+    tokio::spawn(async move {
+        let mut keep = Vec::new();
+        while let Some(c) = ql.accept().await {
+            keep.push(c);
+        }
+    });
     let qtarget = Keypair::from_seed([5; 32]).peer_id();
     let mut kiz_q = vec![];
     for i in 0..N {
