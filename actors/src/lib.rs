@@ -12,6 +12,7 @@ mod negotiator;
 pub mod runtime;
 pub mod services;
 pub mod supervision;
+pub mod testing;
 mod supervisor;
 mod transports;
 

@@ -161,6 +161,11 @@ fn check_len(len: usize, max: usize) -> Result<(), WireError> {
     Ok(())
 }
 
+/// How far [`FrameDecoder::decode`] reserves buffer space beyond the bytes received for
+/// an incomplete frame: one maximal control frame. Larger frames grow the buffer as their
+/// bytes arrive (amortized doubling in `BytesMut`).
+const RESERVE_AHEAD: usize = MAX_CONTROL_LEN;
+
 /// A bounded, incremental frame decoder (sans-IO).
 ///
 /// Feed bytes into a `BytesMut` and call [`FrameDecoder::decode`] until it returns
@@ -210,7 +215,9 @@ impl FrameDecoder {
         header.copy_from_slice(&buf[..HEADER_LEN]);
         let (ty, len) = self.parse_header(header)?;
         if buf.len() < HEADER_LEN + len {
-            buf.reserve(HEADER_LEN + len - buf.len());
+            // Make room for the rest of the frame, but at most one chunk ahead of the bytes
+            // actually received: a bare header must not make us allocate 4 MiB.
+            buf.reserve((HEADER_LEN + len - buf.len()).min(RESERVE_AHEAD));
             return Ok(None);
         }
         buf.advance(HEADER_LEN);

@@ -16,6 +16,9 @@
 mod control;
 mod frame;
 mod hello;
+mod msgpack;
+#[cfg(test)]
+mod tests;
 
 pub use control::{CloseCode, Control};
 pub use frame::{encode_frame, encode_header, Frame, FrameDecoder, FrameType, HEADER_LEN};
