@@ -263,16 +263,14 @@ where
         })
         .await?;
 
-        header::write(&mut s, &Request::FileStat { name: name.clone(), size, sha256: sha256.clone() }).await?;
+        header::write(&mut s, &Request::FileStat { name: name.clone(), size, sha256: sha256.clone() })
+            .await?;
         let (have, prefix_sha256) = match header::expect::<_, Response>(&mut s).await? {
             Response::FileStat { have, prefix_sha256 } if have <= size => (have, prefix_sha256),
             other => return Err(unexpected(other)),
         };
-        let offset = if have > 0 && hash_file(&mut f, have, &path, |_| {}).await? == prefix_sha256 {
-            have
-        } else {
-            0
-        };
+        let offset =
+            if have > 0 && hash_file(&mut f, have, &path, |_| {}).await? == prefix_sha256 { have } else { 0 };
 
         header::write(&mut s, &Request::File { name: name.clone(), size, sha256: sha256.clone(), offset })
             .await?;

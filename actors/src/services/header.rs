@@ -205,6 +205,7 @@ pub async fn expect<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) -> Res
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
 mod tests {
     use super::*;
 
@@ -273,10 +274,10 @@ mod tests {
     fn garbage_is_malformed_not_a_panic() {
         let bodies: [&[u8]; 6] = [
             b"",
-            b"\xc1",                         // never-used MessagePack byte
-            b"\x81\xa4type\xa4nope",         // unknown variant
-            b"\x81\xa4type\xa4perf",         // missing fields
-            b"\x92\x01\x02",                 // an array, not a map
+            b"\xc1",                           // never-used MessagePack byte
+            b"\x81\xa4type\xa4nope",           // unknown variant
+            b"\x81\xa4type\xa4perf",           // missing fields
+            b"\x92\x01\x02",                   // an array, not a map
             b"\x82\xa4type\xa4perf\xa6upload", // map shorter than announced
         ];
         for body in bodies {
@@ -308,10 +309,7 @@ mod tests {
             write(&mut a, &Request::Perf { upload: 3, download: 4 }).await.unwrap();
         });
         assert_eq!(read::<_, Request>(&mut b).await.unwrap(), Some(file_req()));
-        assert_eq!(
-            expect::<_, Request>(&mut b).await.unwrap(),
-            Request::Perf { upload: 3, download: 4 }
-        );
+        assert_eq!(expect::<_, Request>(&mut b).await.unwrap(), Request::Perf { upload: 3, download: 4 });
         w.await.unwrap();
         assert!(read::<_, Request>(&mut b).await.unwrap().is_none());
     }
@@ -330,6 +328,9 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(64);
         a.write_all(&[0, 0, 0, 10, 1, 2]).await.unwrap();
         drop(a);
-        assert!(matches!(read::<_, Request>(&mut b).await, Err(HeaderError::Truncated { got: 2, expected: 10 })));
+        assert!(matches!(
+            read::<_, Request>(&mut b).await,
+            Err(HeaderError::Truncated { got: 2, expected: 10 })
+        ));
     }
 }

@@ -81,6 +81,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
 mod tests {
     use super::*;
 
@@ -94,7 +95,8 @@ mod tests {
 
     #[test]
     fn traversal_and_oddities_are_refused() {
-        let cases: [(&str, fn(&NameError) -> bool); 12] = [
+        type Check = fn(&NameError) -> bool;
+        let cases: [(&str, Check); 12] = [
             ("", |e| matches!(e, NameError::Empty)),
             ("/etc/passwd", |e| matches!(e, NameError::Separator(_))),
             ("../x", |e| matches!(e, NameError::Separator(_))),

@@ -158,7 +158,9 @@ async fn handle_stream(mut s: ByteStream, peer: PeerId, shared: &Shared) {
         tracing::debug!(%peer, ?req, "service request");
         let r = match req {
             Request::Perf { upload, download } => serve_perf(&mut s, peer, shared, upload, download).await,
-            Request::FileStat { name, size, sha256 } => serve_file_stat(&mut s, shared, &name, size, &sha256).await,
+            Request::FileStat { name, size, sha256 } => {
+                serve_file_stat(&mut s, shared, &name, size, &sha256).await
+            }
             Request::File { name, size, sha256, offset } => {
                 serve_file(&mut s, peer, shared, FileReq { name, size, sha256, offset }).await
             }
@@ -223,10 +225,9 @@ pub(crate) async fn write_zeros(s: &mut ByteStream, n: u64, buf: &mut [u8]) -> R
 }
 
 fn recv_dir(shared: &Shared) -> Result<&Path, ServiceError> {
-    shared
-        .recv_dir
-        .as_deref()
-        .ok_or_else(|| ServiceError::Refused("this node does not accept files (start it with --recv-dir)".into()))
+    shared.recv_dir.as_deref().ok_or_else(|| {
+        ServiceError::Refused("this node does not accept files (start it with --recv-dir)".into())
+    })
 }
 
 fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServiceError + '_ {
@@ -242,7 +243,11 @@ fn check_hash(sha256: &str) -> Result<(), ServiceError> {
 }
 
 /// Hashes the first `len` bytes of `f` from its current position.
-async fn hash_prefix(f: &mut tokio::fs::File, len: u64, path: &Path) -> Result<digest::Context, ServiceError> {
+async fn hash_prefix(
+    f: &mut tokio::fs::File,
+    len: u64,
+    path: &Path,
+) -> Result<digest::Context, ServiceError> {
     let mut ctx = digest::Context::new(&digest::SHA256);
     let mut buf = vec![0u8; IO_CHUNK];
     let mut left = len;
@@ -304,7 +309,12 @@ impl Drop for BusyGuard<'_> {
     }
 }
 
-async fn serve_file(s: &mut ByteStream, peer: PeerId, shared: &Shared, req: FileReq) -> Result<(), ServiceError> {
+async fn serve_file(
+    s: &mut ByteStream,
+    peer: PeerId,
+    shared: &Shared,
+    req: FileReq,
+) -> Result<(), ServiceError> {
     let dir = recv_dir(shared)?;
     let (final_path, part) = target_paths(dir, &req.name)?;
     check_hash(&req.sha256)?;

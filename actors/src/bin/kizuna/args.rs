@@ -41,7 +41,8 @@ impl TransportChoice {
             ticket.addrs.iter().filter(|a| protocols.contains(&a.protocol())).cloned().collect();
         if ticket.addrs.is_empty() {
             return Err(CliError::Usage(
-                "the ticket has a peer id but no address: pass the whole ticket printed by `kizuna node`".into(),
+                "the ticket has a peer id but no address: pass the whole ticket printed by `kizuna node`"
+                    .into(),
             ));
         }
         if addrs.is_empty() {
@@ -105,7 +106,9 @@ pub(crate) fn default_key_path() -> Result<PathBuf, CliError> {
     let config = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").filter(|p| !p.is_empty()).map(|h| PathBuf::from(h).join(".config")))
+        .or_else(|| {
+            std::env::var_os("HOME").filter(|p| !p.is_empty()).map(|h| PathBuf::from(h).join(".config"))
+        })
         .ok_or_else(|| {
             CliError::Usage(format!("no default key location: set {KEY_ENV} or HOME, or pass --key FILE"))
         })?;
@@ -134,7 +137,9 @@ pub(crate) fn load_or_create_key(path: &Path) -> Result<Keypair, CliError> {
 /// A client's identity: the key file given with `--key`, else `$KIZUNA_KEY` if set, else a
 /// fresh in-memory key (servers accept any client).
 pub(crate) fn client_key(key: Option<&Path>) -> Result<Keypair, CliError> {
-    match key.map(PathBuf::from).or_else(|| std::env::var_os(KEY_ENV).filter(|p| !p.is_empty()).map(PathBuf::from))
+    match key
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os(KEY_ENV).filter(|p| !p.is_empty()).map(PathBuf::from))
     {
         Some(p) => Keypair::load(&p).map_err(key_error),
         None => Ok(Keypair::generate()),
@@ -147,6 +152,7 @@ pub(crate) fn short(p: &PeerId) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
 mod tests {
     use super::*;
 

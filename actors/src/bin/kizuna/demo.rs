@@ -134,7 +134,8 @@ impl Demo {
     async fn measure(&self, s: &Scenario, row: &mut RowResult) -> Result<(), String> {
         let (ticket, protocols) = self.ticket_for(s)?;
         let peer = ticket.peer_id;
-        let mut session = client::connect(Keypair::generate(), ticket, protocols).await.map_err(|e| e.to_string())?;
+        let mut session =
+            client::connect(Keypair::generate(), ticket, protocols).await.map_err(|e| e.to_string())?;
         row.path = Some(session.info.path);
         row.connect_ms = Some(output::ms(session.connect_time));
         let result = async {
@@ -209,7 +210,10 @@ pub(crate) async fn run(a: DemoArgs) -> CliResult {
                 ]
             })
             .collect();
-        output::line(&format!("kizuna demo: two nodes on loopback, {} each way per perf run\n", output::bytes(a.bytes)));
+        output::line(&format!(
+            "kizuna demo: two nodes on loopback, {} each way per perf run\n",
+            output::bytes(a.bytes)
+        ));
         output::line(&output::table(
             &["transport", "path", "connect ms", "rtt ms", "up Mbit/s", "down Mbit/s", "status"],
             &body,

@@ -118,7 +118,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let hint = if matches!(e, CliError::Usage(_)) { "\n\nFor more information, try '--help'." } else { "" };
+            let hint =
+                if matches!(e, CliError::Usage(_)) { "\n\nFor more information, try '--help'." } else { "" };
             eprintln!("error: {e}{hint}");
             ExitCode::from(e.code())
         }

@@ -56,7 +56,9 @@ pub(crate) async fn run(a: NodeArgs) -> CliResult {
     let mut protocols: Vec<Protocol> = Vec::new();
     for l in &listen {
         if !args::SUPPORTED.contains(&l.protocol()) {
-            return Err(CliError::Usage(format!("cannot listen on {l}: this node supports only tcp and quic")));
+            return Err(CliError::Usage(format!(
+                "cannot listen on {l}: this node supports only tcp and quic"
+            )));
         }
         if !protocols.contains(&l.protocol()) {
             protocols.push(l.protocol());
@@ -68,8 +70,9 @@ pub(crate) async fn run(a: NodeArgs) -> CliResult {
     };
     let key = args::load_or_create_key(&key_path)?;
     if let Some(dir) = &a.recv_dir {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| CliError::Failed(format!("cannot create receive directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            CliError::Failed(format!("cannot create receive directory {}: {e}", dir.display()))
+        })?;
     }
 
     let node = client::start_node(key, protocols)?;
@@ -153,7 +156,9 @@ fn log_event(ev: &Event, json: bool) {
             }
         }
         Event::ListenerFailed { addr, error } => tracing::warn!(%addr, %error, "listener failed"),
-        Event::ChildGivenUp { child, last_error } => tracing::warn!(%child, %last_error, "gave up restarting"),
+        Event::ChildGivenUp { child, last_error } => {
+            tracing::warn!(%child, %last_error, "gave up restarting")
+        }
         Event::LimitHit { limit, detail } => tracing::warn!(%limit, %detail, "limit hit"),
         _ => {}
     }
@@ -192,7 +197,9 @@ fn log_report(r: &ServiceReport, json: bool) {
         }
         ServiceReport::StreamFailed { peer, error } => {
             if json {
-                output::json_line(&json!({ "event": "stream_failed", "peer": peer.to_string(), "error": error }));
+                output::json_line(
+                    &json!({ "event": "stream_failed", "peer": peer.to_string(), "error": error }),
+                );
             } else {
                 tracing::info!(%peer, %error, "service request failed");
             }

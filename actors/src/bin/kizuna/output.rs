@@ -68,7 +68,9 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     };
     let mut out = fmt_row(header.to_vec());
     out.push('\n');
-    out.push_str(&fmt_row(widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().iter().map(|s| s.as_str()).collect()));
+    out.push_str(&fmt_row(
+        widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().iter().map(|s| s.as_str()).collect(),
+    ));
     for r in rows {
         out.push('\n');
         out.push_str(&fmt_row(r.iter().map(|s| s.as_str()).collect()));
@@ -77,6 +79,7 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
 mod tests {
     use super::*;
 
