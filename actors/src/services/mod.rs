@@ -132,3 +132,17 @@ impl From<actix::MailboxError> for ServiceError {
         ServiceError::Node(NodeError::from(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix::Addr;
+
+    use crate::{events::EventStream, Supervisor};
+
+    /// `serve` must stay spawnable on a multi-threaded runtime.
+    #[allow(dead_code)]
+    fn serve_is_send(addr: Addr<Supervisor>, events: EventStream) {
+        fn is_send<T: Send>(_: T) {}
+        is_send(super::serve(addr, events, None));
+    }
+}

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use kizuna::{ConnectionInfo, Keypair, PeerAddress, Protocol};
-use kizuna_actors::{api::Connect, EventStream, Shutdown, Subscribe, Supervisor, SupervisorConfig};
+use kizuna_actors::{
+    api::Connect, EventStream, NodeError, Shutdown, Subscribe, Supervisor, SupervisorConfig,
+};
 
 use crate::CliError;
 
@@ -42,7 +44,10 @@ pub(crate) async fn connect(
         Ok(info) => info,
         Err(e) => {
             let _ = node.send(Shutdown).await;
-            return Err(CliError::Failed(format!("could not connect to {peer}: {e}")));
+            return Err(CliError::Failed(match e {
+                NodeError::ConnectFailed { .. } => e.to_string(),
+                other => format!("could not connect to {peer}: {other}"),
+            }));
         }
     };
     Ok(Session { node, events, info, connect_time: t.elapsed() })

@@ -30,7 +30,9 @@ pub(crate) struct NodeArgs {
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
     /// Address to listen on, repeatable, e.g. tcp=0.0.0.0:4000 or quic=[::]:4001.
-    /// Default: quic=0.0.0.0:0 and tcp=0.0.0.0:0 (port 0 picks a free port).
+    /// Default: quic=0.0.0.0:0 and tcp=0.0.0.0:0 (port 0 picks a free port). The ticket shows
+    /// a wildcard address as 127.0.0.1: to be reachable from other hosts, listen on the
+    /// host's own IP.
     #[arg(long, value_name = "ADDR")]
     listen: Vec<TransportAddr>,
     /// Accept files into this directory (created if missing); without it, files are refused.
