@@ -15,6 +15,7 @@ use ring::digest;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::{
+    finish_stream,
     header::{self, Request, Response},
     names::{check_file_name, hex},
     server::write_zeros,
@@ -142,7 +143,7 @@ pub async fn perf(
             got += n as u64;
         }
         let download_time = t1.elapsed();
-        let _ = s.shutdown().await;
+        finish_stream(&mut s).await;
         Ok(PerfReport { upload_bytes: upload, download_bytes: download, upload_time, download_time })
     })
     .await?
@@ -298,7 +299,7 @@ where
         s.flush().await.map_err(ServiceError::Stream)?;
         progress(Progress { stage: Stage::Verifying, done: size, total: size });
         let reply = header::expect::<_, Response>(&mut s).await?;
-        let _ = s.shutdown().await;
+        finish_stream(&mut s).await;
         match reply {
             Response::FileDone { ok: true, sha256: theirs } if theirs == sha256 => Ok(FileReport {
                 name,

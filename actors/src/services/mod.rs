@@ -46,7 +46,8 @@ mod server;
 
 use std::time::Duration;
 
-use kizuna::PeerId;
+use kizuna::{ByteStream, PeerId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use client::{perf, ping, send_file, FileReport, PerfReport, Progress, Stage};
 pub use header::{HeaderError, Request, Response};
@@ -54,6 +55,27 @@ pub use names::NameError;
 pub use server::{serve, serve_with, ServeOptions, ServiceReport, MAX_STREAMS};
 
 use crate::api::NodeError;
+
+/// How long [`finish_stream`] waits for the server to close its side. 5 s: a server closes right
+/// after its last reply, so this only matters when the peer is gone.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Closes our side of a finished exchange and waits (bounded, discarding what arrives) for
+/// the peer to close its side, so that dropping the stream cannot reset it while the peer
+/// still reads our last bytes: a stream dropped before its receive side ended is reset, and
+/// a reset may discard data not yet read.
+pub(crate) async fn finish_stream(s: &mut ByteStream) {
+    let _ = s.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 512];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
+}
 
 /// A sensible bound on waiting for one echo: well above any RTT a working path has, short
 /// enough that a lost ping is reported promptly.

@@ -22,6 +22,7 @@ use tokio::{
 };
 
 use super::{
+    finish_stream,
     header::{self, Request, Response},
     names::{hex, is_sha256_hex, target_paths},
     ServiceError, IO_CHUNK, MAX_PERF_BYTES,
@@ -146,15 +147,23 @@ pub async fn serve_with(addr: Addr<Supervisor>, mut events: EventStream, opts: S
 }
 
 async fn handle_stream(mut s: ByteStream, peer: PeerId, shared: &Shared) {
+    let mut served = 0u64;
     loop {
         let req = match header::read::<_, Request>(&mut s).await {
             Ok(Some(r)) => r,
             Ok(None) => break,
+            Err(header::HeaderError::Io(e)) if served > 0 => {
+                // The client went away between requests (e.g. reset instead of closing):
+                // nothing was lost.
+                tracing::debug!(%peer, error = %e, "stream ended between requests");
+                break;
+            }
             Err(e) => {
                 fail(&mut s, peer, shared, ServiceError::Header(e)).await;
                 return;
             }
         };
+        served += 1;
         tracing::debug!(%peer, ?req, "service request");
         let r = match req {
             Request::Perf { upload, download } => serve_perf(&mut s, peer, shared, upload, download).await,
@@ -175,12 +184,16 @@ async fn handle_stream(mut s: ByteStream, peer: PeerId, shared: &Shared) {
 
 /// Reports `e`, tells the client if the stream still works, and closes it.
 async fn fail(s: &mut ByteStream, peer: PeerId, shared: &Shared, e: ServiceError) {
-    tracing::info!(%peer, error = %e, "service request failed");
+    let message = match &e {
+        ServiceError::Refused(m) => m.clone(),
+        other => other.to_string(),
+    };
+    tracing::debug!(%peer, error = %message, "service request failed");
     if !matches!(e, ServiceError::Stream(_) | ServiceError::Header(header::HeaderError::Io(_))) {
-        let _ = header::write(s, &Response::Error { message: e.to_string() }).await;
+        let _ = header::write(s, &Response::Error { message: message.clone() }).await;
     }
-    let _ = s.shutdown().await;
-    shared.report(ServiceReport::StreamFailed { peer, error: e.to_string() });
+    finish_stream(s).await;
+    shared.report(ServiceReport::StreamFailed { peer, error: message });
 }
 
 async fn serve_perf(
@@ -371,9 +384,9 @@ async fn serve_file(
     let ok = actual == req.sha256;
     if ok {
         tokio::fs::rename(&part, &final_path).await.map_err(file_err(&final_path))?;
-        tracing::info!(%peer, file = %final_path.display(), size = req.size, "file received");
+        tracing::debug!(%peer, file = %final_path.display(), size = req.size, "file received");
     } else {
-        tracing::warn!(%peer, name = %req.name, expected = %req.sha256, %actual, "file hash mismatch: discarded");
+        tracing::debug!(%peer, name = %req.name, expected = %req.sha256, %actual, "file hash mismatch: discarded");
         let _ = tokio::fs::remove_file(&part).await;
     }
     shared.report(ServiceReport::FileReceived {
