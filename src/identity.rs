@@ -23,7 +23,19 @@ const KEY_FILE_HEADER: &str = "kizuna-secret-key-v1";
 
 /// The identity of a node: its Ed25519 public key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "PeerIdBytes")]
 pub struct PeerId(#[serde(with = "serde_bytes")] [u8; 32]);
+
+/// Serde form of a peer id: decoding goes through [`PeerId::from_public_key`].
+#[derive(Deserialize)]
+struct PeerIdBytes(#[serde(with = "serde_bytes")] [u8; 32]);
+
+impl TryFrom<PeerIdBytes> for PeerId {
+    type Error = IdentityError;
+    fn try_from(b: PeerIdBytes) -> Result<Self, IdentityError> {
+        PeerId::from_public_key(b.0)
+    }
+}
 
 impl PeerId {
     /// The peer id of an Ed25519 public key. Fails if the bytes are not a valid point.

@@ -21,7 +21,11 @@ async fn messages_and_streams_route_both_ways_over_each_transport() {
         let info = a.addr.send(Connect { addr: b.ticket_for(p).await.unwrap() }).await.unwrap().unwrap();
         assert_eq!(info.protocol, p);
         for n in 0..20u32 {
-            a.addr.send(SendMsg { peer: b.peer, data: Bytes::from(n.to_be_bytes().to_vec()) }).await.unwrap().unwrap();
+            a.addr
+                .send(SendMsg { peer: b.peer, data: Bytes::from(n.to_be_bytes().to_vec()) })
+                .await
+                .unwrap()
+                .unwrap();
         }
         for n in 0..20u32 {
             let ev = b.wait_for(|e| matches!(e, Event::MessageReceived { .. }), secs(5)).await.unwrap();
@@ -30,7 +34,9 @@ async fn messages_and_streams_route_both_ways_over_each_transport() {
             assert_eq!(&data[..], &n.to_be_bytes(), "in order over {p}");
         }
         b.addr.send(SendMsg { peer: a.peer, data: "pong".into() }).await.unwrap().unwrap();
-        a.wait_for(|e| matches!(e, Event::MessageReceived { data, .. } if &data[..] == b"pong"), secs(5)).await.unwrap();
+        a.wait_for(|e| matches!(e, Event::MessageReceived { data, .. } if &data[..] == b"pong"), secs(5))
+            .await
+            .unwrap();
 
         let mut s = a.addr.send(OpenStream { peer: b.peer }).await.unwrap().unwrap();
         s.write_all(b"stream hello").await.unwrap();
@@ -153,7 +159,11 @@ async fn graceful_shutdown_loses_no_acknowledged_message() {
     a.connect(&b).await.unwrap();
     const N: u32 = 500;
     for n in 0..N {
-        a.addr.send(SendMsg { peer: b.peer, data: Bytes::from(n.to_be_bytes().to_vec()) }).await.unwrap().unwrap();
+        a.addr
+            .send(SendMsg { peer: b.peer, data: Bytes::from(n.to_be_bytes().to_vec()) })
+            .await
+            .unwrap()
+            .unwrap();
     }
     a.addr.send(Shutdown).await.unwrap();
     for n in 0..N {

@@ -64,9 +64,12 @@ async fn killed_connection_is_reconnected_while_wanted() {
     a.wait_for(|e| matches!(e, Event::PeerConnected { .. }), secs(10)).await.unwrap();
     // The new connection carries messages.
     a.addr.send(SendMsg { peer: b.peer, data: "after-reconnect".into() }).await.unwrap().unwrap();
-    b.wait_for(|e| matches!(e, Event::MessageReceived { data, .. } if &data[..] == b"after-reconnect"), secs(5))
-        .await
-        .unwrap();
+    b.wait_for(
+        |e| matches!(e, Event::MessageReceived { data, .. } if &data[..] == b"after-reconnect"),
+        secs(5),
+    )
+    .await
+    .unwrap();
 }
 
 #[actix_rt::test]
@@ -109,7 +112,8 @@ async fn listen_on_a_taken_port_fails_clearly() {
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = squatter.local_addr().unwrap();
     let mut a = TestNode::start_with(12, |c| c.protocols = vec![Protocol::Tcp]).await.unwrap();
-    let err = a.addr.send(kizuna_actors::Listen { addr: TransportAddr::Tcp(port) }).await.unwrap().unwrap_err();
+    let err =
+        a.addr.send(kizuna_actors::Listen { addr: TransportAddr::Tcp(port) }).await.unwrap().unwrap_err();
     assert!(err.to_string().contains(&port.to_string()), "{err}");
     a.wait_for(|e| matches!(e, Event::ListenerFailed { .. }), secs(5)).await.unwrap();
 }

@@ -2,6 +2,7 @@
 //!
 //! A counting global allocator records the peak of live heap bytes while each decoder
 //! runs; this binary holds a single test so nothing else allocates concurrently.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -50,7 +51,8 @@ fn hostile_declared_lengths_do_not_allocate() {
     let nested_arrays = [0xdd, 0xff, 0xff, 0xff, 0xff].repeat(1000);
     let nested_maps = [0xdf, 0xff, 0xff, 0xff, 0xff].repeat(1000);
     // A control map whose "type" is fine but whose extra field lies about its length.
-    let lying_field = [&b"\x82\xa4type\xa4ping\xa1x"[..], &[0xdd, 0xff, 0xff, 0xff, 0xff].repeat(1000)].concat();
+    let lying_field =
+        [&b"\x82\xa4type\xa4ping\xa1x"[..], &[0xdd, 0xff, 0xff, 0xff, 0xff].repeat(1000)].concat();
     for payload in [&nested_arrays, &nested_maps, &lying_field] {
         let peak = peak_during(|| assert!(Control::decode(payload).is_err()));
         assert!(peak < BOUND, "control decode peaked at {peak} bytes");
@@ -59,12 +61,13 @@ fn hostile_declared_lengths_do_not_allocate() {
         assert!(peak < BOUND, "hello decode peaked at {peak} bytes");
     }
     // A hello whose listen_addrs declares 2^32 - 1 entries.
-    let lying_hello = [&b"KZ\x00\x01\x81\xaclisten_addrs"[..], &[0xdd, 0xff, 0xff, 0xff, 0xff, 0xa0]].concat();
+    let lying_hello =
+        [&b"KZ\x00\x01\x81\xaclisten_addrs"[..], &[0xdd, 0xff, 0xff, 0xff, 0xff, 0xa0]].concat();
     let peak = peak_during(|| assert!(Hello::decode(&lying_hello).is_err()));
     assert!(peak < BOUND, "hello decode peaked at {peak} bytes");
 
     // A header announcing a maximal message, then only a few bytes.
-    let mut input = (kizuna::wire::MAX_FRAME_LEN as u32).to_be_bytes().to_vec();
+    let mut input = (kizuna::wire::MAX_MESSAGE_LEN as u32).to_be_bytes().to_vec();
     input.extend_from_slice(&[0x02, 1, 2, 3]);
     let peak = peak_during(|| {
         let mut buf = BytesMut::from(&input[..]);
@@ -73,7 +76,7 @@ fn hostile_declared_lengths_do_not_allocate() {
     assert!(peak < BOUND, "FrameDecoder::decode peaked at {peak} bytes");
     let peak = peak_during(|| {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        
+
         let r = rt.block_on(read_frame(&mut &input[..], &FrameDecoder::default()));
         assert!(r.is_err());
     });

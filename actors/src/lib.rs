@@ -12,8 +12,8 @@ mod negotiator;
 pub mod runtime;
 pub mod services;
 pub mod supervision;
-pub mod testing;
 mod supervisor;
+pub mod testing;
 mod transports;
 
 pub use api::{

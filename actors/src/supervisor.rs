@@ -344,9 +344,10 @@ impl Handler<Listen> for Supervisor {
 impl Handler<ListenerReady> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: ListenerReady, _: &mut Context<Self>) {
-        if let Some(Child { kind: ChildKind::Listener { addr, .. }, .. }) = self.children.get_mut(&msg.id) {
+        if let Some(Child { kind: ChildKind::Listener { addr, .. }, name, .. }) = self.children.get_mut(&msg.id) {
             // Restarts re-bind the port actually bound, so tickets stay valid.
             *addr = msg.addr.clone();
+            *name = format!("listener/{}", msg.addr);
         }
         self.node.add_listen_addr(msg.addr.clone());
         self.listeners.insert(msg.id, msg.addr.clone());

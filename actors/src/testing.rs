@@ -89,7 +89,10 @@ impl TestNode {
 
     /// Starts a node after letting `configure` adjust its configuration; listens on
     /// loopback for each configured protocol that has a socket address.
-    pub async fn start_with(seed: u8, configure: impl FnOnce(&mut SupervisorConfig)) -> Result<Self, HarnessError> {
+    pub async fn start_with(
+        seed: u8,
+        configure: impl FnOnce(&mut SupervisorConfig),
+    ) -> Result<Self, HarnessError> {
         let mut config = SupervisorConfig::new(seeded_keypair(seed));
         config.restart = RestartLimits::default();
         configure(&mut config);
@@ -128,7 +131,11 @@ impl TestNode {
 
     /// Waits until an event matching `pred` arrives (events before it are recorded in
     /// [`TestNode::history`]). Fails after `timeout`.
-    pub async fn wait_for(&mut self, mut pred: impl FnMut(&Event) -> bool, timeout: Duration) -> Result<Event, HarnessError> {
+    pub async fn wait_for(
+        &mut self,
+        mut pred: impl FnMut(&Event) -> bool,
+        timeout: Duration,
+    ) -> Result<Event, HarnessError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let start = self.history.len();
         loop {
@@ -171,7 +178,13 @@ impl TestNode {
     /// Waits for [`Event::ActorRestarted`] of a child whose name starts with `prefix`.
     pub async fn assert_restarted(&mut self, prefix: &str, timeout: Duration) -> Result<u32, HarnessError> {
         let p = prefix.to_string();
-        match self.wait_for(move |e| matches!(e, Event::ActorRestarted { child, .. } if child.starts_with(&p)), timeout).await? {
+        match self
+            .wait_for(
+                move |e| matches!(e, Event::ActorRestarted { child, .. } if child.starts_with(&p)),
+                timeout,
+            )
+            .await?
+        {
             Event::ActorRestarted { attempt, .. } => Ok(attempt),
             _ => unreachable!("wait_for returned a non-matching event"),
         }
@@ -188,7 +201,9 @@ pub fn describe(e: &Event) -> String {
     match e {
         Event::PeerConnected { info } => format!("PeerConnected({}, {})", info.peer.short(), info.protocol),
         Event::PeerDisconnected { peer, reason } => format!("PeerDisconnected({}, {reason})", peer.short()),
-        Event::MessageReceived { peer, data } => format!("MessageReceived({}, {} B)", peer.short(), data.len()),
+        Event::MessageReceived { peer, data } => {
+            format!("MessageReceived({}, {} B)", peer.short(), data.len())
+        }
         Event::StreamOpened { peer, .. } => format!("StreamOpened({})", peer.short()),
         Event::ListenerStarted { addr } => format!("ListenerStarted({addr})"),
         Event::ListenerFailed { addr, error } => format!("ListenerFailed({addr}: {error})"),

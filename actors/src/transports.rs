@@ -2,15 +2,19 @@
 
 use std::sync::Arc;
 
-use kizuna::{LocalNode, Protocol, Transport};
+use kizuna::{transport::tcp::TcpTransport, LocalNode, Protocol, Transport};
 
 use crate::api::NodeError;
 
 /// The transports for `protocols`, sharing `node`.
-pub(crate) fn build_transports(
-    node: &Arc<LocalNode>,
-    protocols: &[Protocol],
-) -> Result<Vec<Arc<dyn Transport>>, NodeError> {
-    let _ = node;
-    protocols.iter().map(|p| Err(NodeError::NoTransport(p.to_string()))).collect()
+pub(crate) fn build_transports(node: &Arc<LocalNode>, protocols: &[Protocol]) -> Result<Vec<Arc<dyn Transport>>, NodeError> {
+    protocols
+        .iter()
+        .map(|p| -> Result<Arc<dyn Transport>, NodeError> {
+            match p {
+                Protocol::Tcp => Ok(Arc::new(TcpTransport::new(node.clone()))),
+                other => Err(NodeError::NoTransport(other.to_string())),
+            }
+        })
+        .collect()
 }

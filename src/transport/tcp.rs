@@ -1,1 +1,292 @@
-//! TLS 1.3 over TCP (filled in by the TCP work).
+//! TLS 1.3 over TCP: [`TcpTransport`].
+//!
+//! A connection is a TCP socket (`TCP_NODELAY`, kernel keep-alive), the secure channel
+//! ([`SecureConfig`](crate::secure::SecureConfig)) authenticating the peer, the hello
+//! exchange, and then the stream multiplexer ([`Mux`]) carrying messages and streams.
+//!
+//! Dialing is bounded as a whole by `NodeConfig::connect_timeout`. Listening uses a
+//! `socket2` socket (`SO_REUSEADDR`, `NodeConfig::tcp_backlog`); inbound handshakes run
+//! concurrently, at most `max_pending_handshakes` at a time, each bounded by
+//! `handshake_timeout`; a client that fails its handshake is reported as
+//! [`Incoming::Rejected`] and the listener keeps serving.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
+use tokio::{
+    io::AsyncWriteExt,
+    net::TcpStream,
+    sync::{mpsc, watch, Semaphore},
+    task::{JoinHandle, JoinSet},
+};
+
+use super::{BoxFuture, ConnStats, Connection, ConnectionParts, Incoming, Listener, Transport};
+use crate::{
+    address::{PathKind, Protocol, TransportAddr},
+    error::{Result, TransportError},
+    identity::PeerId,
+    mux::{Mux, MuxConfig},
+    node::LocalNode,
+    wire::{exchange_hello, write_frame, CloseCode, Control, Frame, Hello},
+};
+
+/// Priority of TCP among transports. 100: below QUIC (which adds 0-RTT and migration),
+/// above WebSocket and relayed paths.
+pub const TCP_PRIORITY: u8 = 100;
+
+/// Idle time before the kernel sends TCP keep-alive probes, interval between probes, and
+/// probes before the socket is declared dead. 30 s / 10 s / 3: a dead peer is noticed by
+/// the kernel within about a minute even when the application-level keep-alive (15 s
+/// pings, 45 s idle timeout) is stalled behind backpressure; the probes cost nothing on a
+/// busy connection.
+const TCP_KEEPALIVE_TIME: Duration = Duration::from_secs(30);
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const TCP_KEEPALIVE_RETRIES: u32 = 3;
+
+/// Handshaken connections waiting for [`Listener::accept`]. 64: when the application
+/// stops accepting, handshake tasks wait holding their permits, so this plus
+/// `max_pending_handshakes` bounds everything a listener holds.
+const INCOMING_QUEUE: usize = 64;
+
+/// How long a rejected client is given to read our close frame. 100 ms: a courtesy for
+/// debugging the peer, never worth holding a handshake slot longer.
+const REJECT_LINGER: Duration = Duration::from_millis(100);
+
+/// Pause after a failed `accept(2)` (e.g. out of file descriptors) before retrying. 50 ms
+/// keeps a persistent failure from spinning a core.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// TLS 1.3 over TCP.
+#[derive(Debug, Clone)]
+pub struct TcpTransport {
+    node: Arc<LocalNode>,
+}
+
+impl TcpTransport {
+    /// A TCP transport for `node`.
+    pub fn new(node: Arc<LocalNode>) -> Self {
+        Self { node }
+    }
+
+    /// The node this transport belongs to.
+    pub fn node(&self) -> &Arc<LocalNode> {
+        &self.node
+    }
+}
+
+fn tcp_addr(addr: &TransportAddr) -> Result<SocketAddr> {
+    match addr {
+        TransportAddr::Tcp(sa) => Ok(*sa),
+        other => Err(TransportError::UnsupportedProtocol(format!("TCP transport cannot use {other}"))),
+    }
+}
+
+/// Sets `TCP_NODELAY` and the keep-alive probes on a connected socket.
+fn configure(stream: &TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let ka = TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_TIME)
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_RETRIES);
+    SockRef::from(stream).set_tcp_keepalive(&ka)
+}
+
+fn build_connection<S>(
+    node: &LocalNode,
+    io: S,
+    peer: PeerId,
+    remote: SocketAddr,
+    local: Option<SocketAddr>,
+    remote_hello: Hello,
+    dialer: bool,
+) -> Connection
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let stats = Arc::new(ConnStats::default());
+    let mux =
+        Mux::new(io, dialer, MuxConfig::from_node(node.config()), remote.to_string(), local, stats.clone());
+    let parts = ConnectionParts {
+        peer,
+        remote_addr: TransportAddr::Tcp(remote),
+        protocol: Protocol::Tcp,
+        path: PathKind::Direct,
+        remote_hello,
+        dialer,
+    };
+    Connection::new(parts, Arc::new(mux), stats)
+}
+
+async fn dial(node: &LocalNode, sa: SocketAddr, expected: PeerId) -> Result<Connection> {
+    let bound = node.config().connect_timeout;
+    let stream = TcpStream::connect(sa).await.map_err(|e| TransportError::connect_failed(sa, e))?;
+    configure(&stream).map_err(|e| TransportError::connect_failed(sa, e))?;
+    let local = stream.local_addr().ok();
+    let (mut tls, peer) = node.secure().connect_labeled(stream, expected, &sa.to_string(), bound).await?;
+    let ours = node.hello(Some(TransportAddr::Tcp(sa)));
+    let theirs = exchange_hello(&mut tls, &ours, peer, &sa.to_string(), bound).await?;
+    Ok(build_connection(node, tls, peer, sa, local, theirs, true))
+}
+
+impl Transport for TcpTransport {
+    fn protocol(&self) -> Protocol {
+        Protocol::Tcp
+    }
+
+    fn priority(&self) -> u8 {
+        TCP_PRIORITY
+    }
+
+    fn connect<'a>(&'a self, addr: &'a TransportAddr, expected: PeerId) -> BoxFuture<'a, Result<Connection>> {
+        Box::pin(async move {
+            let sa = tcp_addr(addr)?;
+            let bound = self.node.config().connect_timeout;
+            tokio::time::timeout(bound, dial(&self.node, sa, expected))
+                .await
+                .map_err(|_| TransportError::Timeout { what: format!("connect to {sa}"), after: bound })?
+        })
+    }
+
+    fn listen<'a>(&'a self, addr: &'a TransportAddr) -> BoxFuture<'a, Result<Box<dyn Listener>>> {
+        Box::pin(async move {
+            let sa = tcp_addr(addr)?;
+            let listener = bind(sa, self.node.config().tcp_backlog)?;
+            let local = listener.local_addr()?;
+            let local_addr = TransportAddr::Tcp(local);
+            self.node.add_listen_addr(local_addr.clone());
+            let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
+            let (shutdown, shutdown_rx) = watch::channel(false);
+            let task = tokio::spawn(accept_loop(self.node.clone(), listener, tx, shutdown_rx));
+            tracing::debug!(%local, "TCP listener started");
+            Ok(Box::new(TcpListener { node: self.node.clone(), local_addr, rx, shutdown, task })
+                as Box<dyn Listener>)
+        })
+    }
+}
+
+/// A bound, listening socket with `SO_REUSEADDR` and the given backlog.
+fn bind(sa: SocketAddr, backlog: u32) -> Result<tokio::net::TcpListener> {
+    let fail = |e: std::io::Error| TransportError::Config(format!("cannot listen on tcp={sa}: {e}"));
+    let socket =
+        Socket::new(Domain::for_address(sa), Type::STREAM, Some(socket2::Protocol::TCP)).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.set_nonblocking(true).map_err(fail)?;
+    socket.bind(&sa.into()).map_err(fail)?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32).map_err(fail)?;
+    tokio::net::TcpListener::from_std(socket.into()).map_err(fail)
+}
+
+async fn accept_loop(
+    node: Arc<LocalNode>,
+    listener: tokio::net::TcpListener,
+    tx: mpsc::Sender<Incoming>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(node.config().max_pending_handshakes.max(1)));
+    let mut handshakes = JoinSet::new();
+    loop {
+        // Reap finished handshakes so the set stays bounded by the permits.
+        while handshakes.try_join_next().is_some() {}
+        // Take a handshake slot before accepting: with all slots busy, new clients wait
+        // in the kernel backlog instead of piling up here.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let (stream, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("TCP accept failed: {e}");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let node = node.clone();
+        let tx = tx.clone();
+        handshakes.spawn(async move {
+            let bound = node.config().handshake_timeout;
+            let outcome = tokio::time::timeout(bound, handshake(&node, stream, remote)).await;
+            let incoming = match outcome {
+                Ok(Ok(conn)) => Incoming::Connection(conn),
+                Ok(Err(error)) => Incoming::Rejected { remote: remote.to_string(), error },
+                Err(_) => Incoming::Rejected {
+                    remote: remote.to_string(),
+                    error: TransportError::Timeout { what: format!("handshake with {remote}"), after: bound },
+                },
+            };
+            if let Incoming::Rejected { error, .. } = &incoming {
+                tracing::debug!(%remote, "inbound TCP handshake rejected: {error}");
+            }
+            let _ = tx.send(incoming).await;
+            drop(permit);
+        });
+    }
+    // Dropping the set aborts pending handshakes.
+    handshakes.abort_all();
+}
+
+async fn handshake(node: &LocalNode, stream: TcpStream, remote: SocketAddr) -> Result<Connection> {
+    let bound = node.config().handshake_timeout;
+    configure(&stream)?;
+    let local = stream.local_addr().ok();
+    let (mut tls, peer) = node.secure().accept_labeled(stream, &remote.to_string(), bound).await?;
+    let ours = node.hello(Some(TransportAddr::Tcp(remote)));
+    match exchange_hello(&mut tls, &ours, peer, &remote.to_string(), bound).await {
+        Ok(theirs) => Ok(build_connection(node, tls, peer, remote, local, theirs, false)),
+        Err(e) => {
+            // Tell the client why, briefly, then close.
+            let code = match e {
+                TransportError::ProtocolViolation { .. } => CloseCode::ProtocolError,
+                _ => CloseCode::Normal,
+            };
+            let close = Frame::Control(Control::Close { code, reason: e.to_string() });
+            let _ = tokio::time::timeout(REJECT_LINGER, async {
+                write_frame(&mut tls, &close).await?;
+                tls.shutdown().await?;
+                Ok::<_, TransportError>(())
+            })
+            .await;
+            Err(e)
+        }
+    }
+}
+
+/// A listening TCP socket; see [`Listener`].
+struct TcpListener {
+    node: Arc<LocalNode>,
+    local_addr: TransportAddr,
+    rx: mpsc::Receiver<Incoming>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Listener for TcpListener {
+    fn local_addr(&self) -> TransportAddr {
+        self.local_addr.clone()
+    }
+
+    fn accept(&mut self) -> BoxFuture<'_, Option<Incoming>> {
+        Box::pin(self.rx.recv())
+    }
+
+    fn close(&mut self) {
+        if !self.shutdown.send_replace(true) {
+            self.node.remove_listen_addr(&self.local_addr);
+        }
+        self.rx.close();
+    }
+}
+
+impl Drop for TcpListener {
+    fn drop(&mut self) {
+        self.close();
+        self.task.abort();
+    }
+}

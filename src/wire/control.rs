@@ -128,8 +128,12 @@ impl Control {
     /// MessagePack encoding (a map with named fields).
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
         let out = match self {
-            Control::Ping { nonce } => rmp_serde::to_vec_named(&NonceBody { ty: IgnoredTag("ping"), nonce: *nonce }),
-            Control::Pong { nonce } => rmp_serde::to_vec_named(&NonceBody { ty: IgnoredTag("pong"), nonce: *nonce }),
+            Control::Ping { nonce } => {
+                rmp_serde::to_vec_named(&NonceBody { ty: IgnoredTag("ping"), nonce: *nonce })
+            }
+            Control::Pong { nonce } => {
+                rmp_serde::to_vec_named(&NonceBody { ty: IgnoredTag("pong"), nonce: *nonce })
+            }
             Control::Close { code, reason } => rmp_serde::to_vec_named(&CloseBody {
                 ty: IgnoredTag("close"),
                 code: code.as_u32(),

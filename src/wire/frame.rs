@@ -2,7 +2,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::{control::Control, hello::Hello, MAX_CONTROL_LEN, MAX_FRAME_LEN};
+use super::{control::Control, hello::Hello, MAX_CONTROL_LEN, MAX_FRAME_LEN, MAX_MESSAGE_LEN};
 use crate::error::WireError;
 
 /// Length of a frame header: 4-byte length, 1-byte type.
@@ -113,8 +113,9 @@ pub fn encode_header(ty: FrameType, len: usize, out: &mut BytesMut) {
 
 /// Appends the encoding of `frame` to `out`.
 ///
-/// Fails only if the frame would exceed [`MAX_FRAME_LEN`] (or, for hello and control,
-/// [`MAX_CONTROL_LEN`]), so a peer can never be sent a frame it must reject.
+/// Fails only if the frame would exceed its limit ([`MAX_FRAME_LEN`]; for messages
+/// [`MAX_MESSAGE_LEN`]; for hello and control [`MAX_CONTROL_LEN`]), so a peer can never be
+/// sent a frame it must reject. On failure `out` is left unchanged.
 pub fn encode_frame(frame: &Frame, out: &mut BytesMut) -> Result<(), WireError> {
     let ty = frame.frame_type();
     match frame {
@@ -131,7 +132,7 @@ pub fn encode_frame(frame: &Frame, out: &mut BytesMut) -> Result<(), WireError> 
             out.extend_from_slice(&body);
         }
         Frame::Message(m) => {
-            check_len(m.len(), MAX_FRAME_LEN)?;
+            check_len(m.len(), MAX_MESSAGE_LEN)?;
             encode_header(ty, m.len(), out);
             out.extend_from_slice(m);
         }
@@ -199,6 +200,7 @@ impl FrameDecoder {
         let ty = FrameType::from_byte(header[4])?;
         let max = match ty {
             FrameType::Hello | FrameType::Control => MAX_CONTROL_LEN.min(self.max_frame_len),
+            FrameType::Message => MAX_MESSAGE_LEN.min(self.max_frame_len),
             _ => self.max_frame_len,
         };
         check_len(len, max)?;

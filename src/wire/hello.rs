@@ -194,7 +194,9 @@ mod addrs_codec {
         s.collect_seq(v.iter().map(|a| a.to_string()))
     }
 
-    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<TransportAddr>, D::Error> {
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<TransportAddr>, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = Vec<TransportAddr>;
@@ -217,14 +219,19 @@ mod addrs_codec {
 mod observed_codec {
     use super::*;
 
-    pub(super) fn serialize<S: serde::Serializer>(v: &Option<TransportAddr>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: serde::Serializer>(
+        v: &Option<TransportAddr>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match v {
             Some(a) => s.serialize_str(&a.to_string()),
             None => s.serialize_none(),
         }
     }
 
-    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<TransportAddr>, D::Error> {
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<TransportAddr>, D::Error> {
         match Option::<std::borrow::Cow<'de, str>>::deserialize(d)? {
             Some(s) => parse_addr(&s),
             None => Ok(None),

@@ -80,8 +80,8 @@ fn item_at(p: &[u8], pos: usize) -> Result<(usize, u64), String> {
     Ok(match m {
         // positive fixint, negative fixint, nil, false, true
         0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (1, 0),
-        0x80..=0x8f => (1, 2 * u64::from(m & 0x0f)), // fixmap
-        0x90..=0x9f => (1, u64::from(m & 0x0f)),     // fixarray
+        0x80..=0x8f => (1, 2 * u64::from(m & 0x0f)),   // fixmap
+        0x90..=0x9f => (1, u64::from(m & 0x0f)),       // fixarray
         0xa0..=0xbf => (1 + usize::from(m & 0x1f), 0), // fixstr
         0xc1 => return Err(format!("reserved marker 0xc1 at offset {pos}")),
         0xc4 | 0xd9 => (2 + as_usize(len_field(1)?)?, 0), // bin8, str8
@@ -109,6 +109,7 @@ fn item_at(p: &[u8], pos: usize) -> Result<(usize, u64), String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 mod tests {
     use super::*;
 

@@ -80,7 +80,11 @@ async fn eof_before_hello_is_truncated() {
     let r = exchange_hello(&mut a, &hello_of(1), hello_of(2).peer_id, "b", BOUND).await;
     // Our write may fail first (the pipe is closed): then it is an I/O error.
     assert!(
-        matches!(r, Err(TransportError::ProtocolViolation { source: WireError::Truncated, .. }) | Err(TransportError::Io(_))),
+        matches!(
+            r,
+            Err(TransportError::ProtocolViolation { source: WireError::Truncated, .. })
+                | Err(TransportError::Io(_))
+        ),
         "{r:?}"
     );
 }
@@ -133,7 +137,10 @@ async fn bad_version_is_reported_as_unsupported() {
     assert!(
         matches!(
             ra,
-            Err(TransportError::ProtocolViolation { source: WireError::UnsupportedVersion { got: 9, supported: 1 }, .. })
+            Err(TransportError::ProtocolViolation {
+                source: WireError::UnsupportedVersion { got: 9, supported: 1 },
+                ..
+            })
         ),
         "{ra:?}"
     );

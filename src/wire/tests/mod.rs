@@ -1,4 +1,5 @@
 //! Tests of the wire format: hex snapshots, property tests, and the hello exchange.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod exchange;
 mod props;
@@ -18,7 +19,10 @@ pub(super) fn sample_hello() -> Hello {
         peer_id: Keypair::from_seed([1; 32]).peer_id(),
         agent: "kizuna/0.1.0".into(),
         purpose: HelloPurpose::Session,
-        capabilities: [Protocol::Tcp, Protocol::Quic].into_iter().map(|p| (p, p.capabilities())).collect::<BTreeMap<_, _>>(),
+        capabilities: [Protocol::Tcp, Protocol::Quic]
+            .into_iter()
+            .map(|p| (p, p.capabilities()))
+            .collect::<BTreeMap<_, _>>(),
         listen_addrs: vec![
             TransportAddr::Tcp("192.0.2.1:4000".parse().unwrap()),
             TransportAddr::Quic("[2001:db8::1]:4001".parse().unwrap()),

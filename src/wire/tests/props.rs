@@ -17,7 +17,7 @@ use crate::{
     identity::Keypair,
     wire::{
         encode_frame, read_frame, CloseCode, Control, Frame, FrameDecoder, Hello, HelloPurpose, HEADER_LEN,
-        MAX_CONTROL_LEN, MAX_FRAME_LEN, PROTOCOL_VERSION,
+        MAX_CONTROL_LEN, MAX_FRAME_LEN, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
     },
 };
 
@@ -55,7 +55,11 @@ fn hello() -> impl Strategy<Value = Hello> {
     (
         any::<[u8; 32]>(),
         ".{0,40}",
-        proptest::collection::btree_map(proptest::sample::select(Protocol::ALL.to_vec()), capabilities(), 0..4),
+        proptest::collection::btree_map(
+            proptest::sample::select(Protocol::ALL.to_vec()),
+            capabilities(),
+            0..4,
+        ),
         proptest::collection::vec(transport_addr(), 0..8),
         proptest::option::of(transport_addr()),
     )
@@ -143,7 +147,11 @@ struct ThenStall {
 }
 
 impl AsyncRead for ThenStall {
-    fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         assert!(self.pos < self.data.len(), "read past the header: the payload was requested");
         let n = buf.remaining().min(self.data.len() - self.pos);
         let start = self.pos;
@@ -250,7 +258,11 @@ proptest! {
         max in 0usize..2048,
     ) {
         let decoder = FrameDecoder::new(max);
-        let limit = if matches!(ty, 0x01 | 0x03) { max.min(MAX_CONTROL_LEN) } else { max };
+        let limit = match ty {
+            0x01 | 0x03 => max.min(MAX_CONTROL_LEN),
+            0x02 => max.min(MAX_MESSAGE_LEN),
+            _ => max,
+        };
         let len = u32::try_from(limit).unwrap().saturating_add(excess);
         let mut header = len.to_be_bytes().to_vec();
         header.push(ty);
@@ -276,10 +288,21 @@ fn default_limits_are_the_documented_constants() {
         h[4] = ty;
         h
     };
-    assert!(d.parse_header(header(MAX_FRAME_LEN as u32, 0x02)).is_ok());
-    assert!(matches!(d.parse_header(header(MAX_FRAME_LEN as u32 + 1, 0x02)), Err(WireError::FrameTooLarge { .. })));
+    assert!(d.parse_header(header(MAX_FRAME_LEN as u32, 0x11)).is_ok());
+    assert!(matches!(
+        d.parse_header(header(MAX_FRAME_LEN as u32 + 1, 0x11)),
+        Err(WireError::FrameTooLarge { .. })
+    ));
+    assert!(d.parse_header(header(MAX_MESSAGE_LEN as u32, 0x02)).is_ok());
+    assert!(matches!(
+        d.parse_header(header(MAX_MESSAGE_LEN as u32 + 1, 0x02)),
+        Err(WireError::FrameTooLarge { max: MAX_MESSAGE_LEN, .. })
+    ));
     assert!(d.parse_header(header(MAX_CONTROL_LEN as u32, 0x03)).is_ok());
-    assert!(matches!(d.parse_header(header(MAX_CONTROL_LEN as u32 + 1, 0x01)), Err(WireError::FrameTooLarge { .. })));
+    assert!(matches!(
+        d.parse_header(header(MAX_CONTROL_LEN as u32 + 1, 0x01)),
+        Err(WireError::FrameTooLarge { .. })
+    ));
     assert!(matches!(d.parse_header(header(0, 0x04)), Err(WireError::UnknownFrameType(0x04))));
     assert!(matches!(d.parse_header(header(u32::MAX, 0xff)), Err(WireError::UnknownFrameType(0xff))));
 }
@@ -287,8 +310,10 @@ fn default_limits_are_the_documented_constants() {
 #[test]
 fn encoder_refuses_what_the_decoder_would_reject() {
     let mut buf = BytesMut::new();
-    let big = Bytes::from(vec![0u8; MAX_FRAME_LEN + 1]);
+    let big = Bytes::from(vec![0u8; MAX_MESSAGE_LEN + 1]);
     assert!(matches!(encode_frame(&Frame::Message(big), &mut buf), Err(WireError::FrameTooLarge { .. })));
+    let data = Frame::StreamData { id: 1, data: Bytes::from(vec![0u8; MAX_FRAME_LEN - 3]) };
+    assert!(matches!(encode_frame(&data, &mut buf), Err(WireError::FrameTooLarge { .. })));
     let reason = "x".repeat(MAX_CONTROL_LEN);
     let close = Frame::Control(Control::Close { code: CloseCode::Normal, reason });
     assert!(matches!(encode_frame(&close, &mut buf), Err(WireError::FrameTooLarge { .. })));
@@ -309,7 +334,8 @@ fn fixed_size_payloads_must_have_their_exact_size() {
 #[test]
 fn control_decoding_of_unknown_and_malformed() {
     // Unknown type, with fields of any shape.
-    let unknown = rmp_serde::to_vec_named(&BTreeMap::from([("type", "later"), ("nonce", "not a number")])).unwrap();
+    let unknown =
+        rmp_serde::to_vec_named(&BTreeMap::from([("type", "later"), ("nonce", "not a number")])).unwrap();
     assert_eq!(Control::decode(&unknown).unwrap(), Control::Unknown);
     // Known type with a missing or mistyped field is malformed.
     let bad_ping = rmp_serde::to_vec_named(&BTreeMap::from([("type", "ping")])).unwrap();

@@ -30,13 +30,19 @@ fn snapshot_message() {
 
 #[test]
 fn snapshot_control_ping_pong() {
-    snapshot(Frame::Control(Control::Ping { nonce: 0x0102_0304_0506_0708 }), "0000001a0382a474797065a470696e67a56e6f6e6365cf0102030405060708");
+    snapshot(
+        Frame::Control(Control::Ping { nonce: 0x0102_0304_0506_0708 }),
+        "0000001a0382a474797065a470696e67a56e6f6e6365cf0102030405060708",
+    );
     snapshot(Frame::Control(Control::Pong { nonce: 7 }), "000000120382a474797065a4706f6e67a56e6f6e636507");
 }
 
 #[test]
 fn snapshot_control_close() {
-    snapshot(Frame::Control(Control::Close { code: CloseCode::Idle, reason: "idle 45s".into() }), "000000220383a474797065a5636c6f7365a4636f646505a6726561736f6ea869646c6520343573");
+    snapshot(
+        Frame::Control(Control::Close { code: CloseCode::Idle, reason: "idle 45s".into() }),
+        "000000220383a474797065a5636c6f7365a4636f646505a6726561736f6ea869646c6520343573",
+    );
 }
 
 #[test]
@@ -63,7 +69,10 @@ fn snapshot_stream_open() {
 
 #[test]
 fn snapshot_stream_data() {
-    snapshot(Frame::StreamData { id: 3, data: Bytes::from_static(b"\x00\x01\xff") }, "0000000711000000030001ff");
+    snapshot(
+        Frame::StreamData { id: 3, data: Bytes::from_static(b"\x00\x01\xff") },
+        "0000000711000000030001ff",
+    );
 }
 
 #[test]

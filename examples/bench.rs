@@ -1,0 +1,34 @@
+//! Kizuna benchmarks: each Kizuna path measured side by side with the raw library it is
+//! built on, in the same run, on loopback, with ratios.
+//!
+//! ```text
+//! cargo run --release --example bench -- core     # TLS/TCP, QUIC, handshakes
+//! cargo run --release --example bench -- actors   # the actor API vs core vs raw
+//! cargo run --release --example bench -- all
+//! ```
+//!
+//! Options: `--bytes N` (throughput transfer size, default 256 MiB), `--runs N` (repeats;
+//! the median is reported, default 3), `--json` (one JSON object per result line).
+//! Figures and how they were taken are recorded in `docs/benchmarks.md`.
+
+#[path = "bench/actors.rs"]
+mod actors;
+#[path = "bench/core.rs"]
+mod core_bench;
+#[path = "bench/util.rs"]
+mod util;
+
+use util::Opts;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let opts = Opts::parse()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if opts.suite == "core" || opts.suite == "all" {
+        rt.block_on(core_bench::run(&opts))?;
+    }
+    if opts.suite == "actors" || opts.suite == "all" {
+        drop(rt);
+        actors::run(&opts)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! Actor-API benchmarks: messages (64 B, 64 KiB) and the stream handle through the
+//! supervisor, against the core connection directly and the raw TLS stream; memory per
+//! idle connection.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::{stream::FuturesOrdered, StreamExt};
+use kizuna::{Keypair, Protocol, TransportAddr};
+use kizuna_actors::{
+    api::{GetAddress, GetSender},
+    runtime::io_runtime,
+    Connect, Event, Listen, OpenStream, Send as SendMsg, Subscribe, Supervisor, SupervisorConfig,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+
+use crate::util::{figure, gbps, report, rss_bytes, Opts};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn config(seed: u8) -> SupervisorConfig {
+    let mut c = SupervisorConfig::new(Keypair::from_seed([seed; 32]));
+    c.protocols = vec![Protocol::Tcp];
+    c
+}
+
+/// Raw baseline for messages: u32-length-prefixed frames over raw TLS, batched writes.
+async fn raw_messages(size: usize, count: usize) -> Result<f64, BoxError> {
+    let (mut server, client) = crate::core_bench::raw_tls_pair().await?;
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; size];
+        for _ in 0..count {
+            let len = server.read_u32().await? as usize;
+            server.read_exact(&mut buf[..len]).await?;
+        }
+        Ok::<_, BoxError>(Instant::now())
+    });
+    let mut w = BufWriter::with_capacity(64 * 1024, client);
+    let msg = vec![1u8; size];
+    let start = Instant::now();
+    for _ in 0..count {
+        w.write_u32(size as u32).await?;
+        w.write_all(&msg).await?;
+    }
+    w.flush().await?;
+    let end = reader.await??;
+    Ok(count as f64 / (end - start).as_secs_f64())
+}
+
+/// Core baseline: `Connection::send` / `recv` directly, no actors.
+async fn core_messages(size: usize, count: usize) -> Result<f64, BoxError> {
+    let (server, client) = crate::core_bench::kizuna_pair(true).await?;
+    let reader = tokio::spawn(async move {
+        for _ in 0..count {
+            server.recv().await?.ok_or("closed")?;
+        }
+        Ok::<_, BoxError>(Instant::now())
+    });
+    let msg = Bytes::from(vec![1u8; size]);
+    let start = Instant::now();
+    for _ in 0..count {
+        client.send(msg.clone()).await?;
+    }
+    let end = reader.await??;
+    Ok(count as f64 / (end - start).as_secs_f64())
+}
+
+async fn actor_pair(seed: u8) -> Result<(actix::Addr<Supervisor>, actix::Addr<Supervisor>, kizuna::PeerId), BoxError> {
+    let a = Supervisor::start(config(seed))?;
+    let b = Supervisor::start(config(seed + 1))?;
+    b.send(Listen { addr: TransportAddr::Tcp("127.0.0.1:0".parse()?) }).await??;
+    let t = b.send(GetAddress).await?;
+    a.send(Connect { addr: t.clone() }).await??;
+    Ok((a, b, t.peer_id))
+}
+
+/// Through the actor API: `Send` to the supervisor (pipelined) or a `GetSender` handle;
+/// the receiver counts `MessageReceived` events.
+async fn actor_messages(size: usize, count: usize, via_supervisor: bool, seed: u8) -> Result<f64, BoxError> {
+    let (a, b, peer) = actor_pair(seed).await?;
+    let mut events = b.send(Subscribe { capacity: 8192 }).await?;
+    let reader = actix_rt::spawn(async move {
+        let mut n = 0;
+        while n < count {
+            match events.recv().await {
+                Some(Event::MessageReceived { .. }) => n += 1,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        Instant::now()
+    });
+    let msg = Bytes::from(vec![1u8; size]);
+    let start = Instant::now();
+    if via_supervisor {
+        let mut inflight = FuturesOrdered::new();
+        for _ in 0..count {
+            inflight.push_back(a.send(SendMsg { peer, data: msg.clone() }));
+            if inflight.len() >= 256 {
+                inflight.next().await.ok_or("no reply")???;
+            }
+        }
+        while let Some(r) = inflight.next().await {
+            r??;
+        }
+    } else {
+        let sender = a.send(GetSender { peer }).await??;
+        for _ in 0..count {
+            sender.send(msg.clone()).await?;
+        }
+    }
+    let end = reader.await?;
+    Ok(count as f64 / (end - start).as_secs_f64())
+}
+
+async fn actor_stream(bytes: u64, seed: u8) -> Result<f64, BoxError> {
+    let (a, b, peer) = actor_pair(seed).await?;
+    let mut events = b.send(Subscribe { capacity: 64 }).await?;
+    let reader = actix_rt::spawn(async move {
+        loop {
+            if let Some(Event::StreamOpened { stream, .. }) = events.recv().await {
+                let mut s = stream.take()?;
+                let done = io_runtime().spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut n = 0u64;
+                    while let Ok(k) = s.read(&mut buf).await {
+                        if k == 0 {
+                            break;
+                        }
+                        n += k as u64;
+                    }
+                    (n, Instant::now())
+                });
+                return done.await.ok();
+            }
+        }
+    });
+    let mut s = a.send(OpenStream { peer }).await??;
+    let start = Instant::now();
+    let writer = io_runtime().spawn(async move {
+        let buf = vec![7u8; 64 * 1024];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            s.write_all(&buf[..n]).await?;
+            left -= n as u64;
+        }
+        s.shutdown().await
+    });
+    writer.await??;
+    let (n, end) = reader.await?.ok_or("stream reader failed")?;
+    assert_eq!(n, bytes);
+    Ok(gbps(bytes, end - start))
+}
+
+async fn idle_memory(opts: &Opts) -> Result<(), BoxError> {
+    const N: usize = 100;
+    let server = Supervisor::start(config(200))?;
+    server.send(Listen { addr: TransportAddr::Tcp("127.0.0.1:0".parse()?) }).await??;
+    let t = server.send(GetAddress).await?;
+    let mut clients = Vec::new();
+    for i in 0..N {
+        clients.push(Supervisor::start(config(i as u8))?);
+    }
+    // Warm up allocator and runtime with one connection before measuring.
+    clients[0].send(Connect { addr: t.clone() }).await??;
+    let before = rss_bytes();
+    for c in &clients[1..] {
+        c.send(Connect { addr: t.clone() }).await??;
+    }
+    let after = rss_bytes();
+    // Both ends of each connection live in this process.
+    figure(opts, "memory per idle connection (both ends)", "KiB", (after.saturating_sub(before)) as f64 / (N - 1) as f64 / 1024.0);
+    Ok(())
+}
+
+pub fn run(opts: &Opts) -> Result<(), Box<dyn std::error::Error>> {
+    let sys = actix::System::new();
+    let opts = Opts { suite: opts.suite.clone(), bytes: opts.bytes, runs: opts.runs, json: opts.json };
+    sys.block_on(async move {
+        let small = 1_000_000;
+        let raw = io_runtime().spawn(raw_messages(64, small)).await??;
+        let core = io_runtime().spawn(core_messages(64, small)).await??;
+        let handle = actor_messages(64, small, false, 10).await?;
+        let sup = actor_messages(64, small / 4, true, 12).await?;
+        report(&opts, "64 B msgs: core Connection vs raw TLS", "msg/s", core, raw, true);
+        report(&opts, "64 B msgs: actor GetSender vs raw TLS", "msg/s", handle, raw, true);
+        report(&opts, "64 B msgs: actor Send (supervisor) vs raw", "msg/s", sup, raw, true);
+        let big = (opts.bytes / (64 * 1024)) as usize;
+        let to_gbps = |rate: f64| rate * 64.0 * 1024.0 * 8.0 / 1e9;
+        let raw = to_gbps(io_runtime().spawn(raw_messages(64 * 1024, big)).await??);
+        let core = to_gbps(io_runtime().spawn(core_messages(64 * 1024, big)).await??);
+        let handle = to_gbps(actor_messages(64 * 1024, big, false, 14).await?);
+        let sup = to_gbps(actor_messages(64 * 1024, big, true, 16).await?);
+        report(&opts, "64 KiB msgs: core Connection vs raw TLS", "Gbit/s", core, raw, true);
+        report(&opts, "64 KiB msgs: actor GetSender vs raw TLS", "Gbit/s", handle, raw, true);
+        report(&opts, "64 KiB msgs: actor Send (supervisor) vs raw", "Gbit/s", sup, raw, true);
+        let bytes = opts.bytes;
+        let raw_stream = io_runtime().spawn(async move {
+            let (mut server, mut client) = crate::core_bench::raw_tls_pair().await?;
+            let r = tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut n = 0u64;
+                loop {
+                    let k = server.read(&mut buf).await?;
+                    if k == 0 {
+                        break;
+                    }
+                    n += k as u64;
+                }
+                Ok::<_, BoxError>((n, Instant::now()))
+            });
+            let buf = vec![7u8; 64 * 1024];
+            let start = Instant::now();
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                client.write_all(&buf[..n]).await?;
+                left -= n as u64;
+            }
+            client.shutdown().await?;
+            let (_, end) = r.await??;
+            Ok::<_, BoxError>(gbps(bytes, end - start))
+        });
+        let raw_stream = raw_stream.await??;
+        let stream = actor_stream(opts.bytes, 18).await?;
+        report(&opts, "stream handle (OpenStream) vs raw TLS", "Gbit/s", stream, raw_stream, true);
+        idle_memory(&opts).await?;
+        Ok::<_, BoxError>(())
+    })
+    .map_err(|e| e as Box<dyn std::error::Error>)
+}
