@@ -56,8 +56,8 @@ pub use server::{serve, serve_with, ServeOptions, ServiceReport, MAX_STREAMS};
 
 use crate::api::NodeError;
 
-/// How long [`finish_stream`] waits for the server to close its side. 5 s: a server closes right
-/// after its last reply, so this only matters when the peer is gone.
+/// How long [`finish_stream`] waits for the peer to close its side. 5 s: a well-behaved peer
+/// closes right after its last reply, so this only matters when the peer is gone or stuck.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Closes our side of a finished exchange and waits (bounded, discarding what arrives) for
