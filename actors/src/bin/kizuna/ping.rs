@@ -25,10 +25,10 @@ pub(crate) struct PingArgs {
     #[arg(long, value_enum, default_value_t = TransportChoice::Auto)]
     transport: TransportChoice,
     /// Pings to send; 0 = until Ctrl-C.
-    #[arg(long, short = 'c', default_value_t = 4)]
+    #[arg(long, default_value_t = 4)]
     count: u64,
     /// Milliseconds between pings.
-    #[arg(long, short = 'i', default_value_t = 1000, value_name = "MS")]
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
     interval: u64,
     /// Key file (default: $KIZUNA_KEY if set, else a fresh temporary identity).
     #[arg(long, value_name = "FILE")]
