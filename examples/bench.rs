@@ -20,7 +20,7 @@ mod util;
 
 use util::Opts;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let opts = Opts::parse()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if opts.suite == "core" || opts.suite == "all" {

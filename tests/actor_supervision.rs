@@ -14,17 +14,20 @@ fn tcp_only(c: &mut kizuna_actors::SupervisorConfig) {
 
 #[actix_rt::test]
 async fn killed_listener_is_restarted_and_accepts_again() {
-    let mut a = TestNode::start_with(1, tcp_only).await.unwrap();
-    let b = TestNode::start_with(2, tcp_only).await.unwrap();
-    let before = a.ticket().await.unwrap();
-    let name = a.child("listener/tcp=").await.unwrap().expect("tcp listener child");
-    assert!(a.inject(&name, Fault::Kill).await.unwrap());
-    a.assert_restarted("listener/tcp=", secs(5)).await.unwrap();
-    a.wait_for(|e| matches!(e, Event::ListenerStarted { .. }), secs(5)).await.unwrap();
-    // Re-bound to the same port: the old ticket still works.
-    assert_eq!(a.ticket().await.unwrap(), before);
-    b.addr.send(kizuna_actors::Connect { addr: before }).await.unwrap().unwrap();
-    a.wait_for(|e| matches!(e, Event::PeerConnected { .. }), secs(5)).await.unwrap();
+    for (i, p) in [Protocol::Tcp, Protocol::Quic].into_iter().enumerate() {
+        let mut a = TestNode::start_with(100 + 2 * i as u8, |c| c.protocols = vec![p]).await.unwrap();
+        let b = TestNode::start_with(101 + 2 * i as u8, |c| c.protocols = vec![p]).await.unwrap();
+        let before = a.ticket().await.unwrap();
+        let prefix = format!("listener/{}=", p.name());
+        let name = a.child(&prefix).await.unwrap().expect("listener child");
+        assert!(a.inject(&name, Fault::Kill).await.unwrap());
+        a.assert_restarted(&prefix, secs(5)).await.unwrap();
+        a.wait_for(|e| matches!(e, Event::ListenerStarted { .. }), secs(5)).await.unwrap();
+        // Re-bound to the same port: the old ticket still works.
+        assert_eq!(a.ticket().await.unwrap(), before, "{p}");
+        b.addr.send(kizuna_actors::Connect { addr: before }).await.unwrap().unwrap();
+        a.wait_for(|e| matches!(e, Event::PeerConnected { .. }), secs(5)).await.unwrap();
+    }
 }
 
 #[actix_rt::test]

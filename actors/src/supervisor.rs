@@ -344,7 +344,9 @@ impl Handler<Listen> for Supervisor {
 impl Handler<ListenerReady> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: ListenerReady, _: &mut Context<Self>) {
-        if let Some(Child { kind: ChildKind::Listener { addr, .. }, name, .. }) = self.children.get_mut(&msg.id) {
+        if let Some(Child { kind: ChildKind::Listener { addr, .. }, name, .. }) =
+            self.children.get_mut(&msg.id)
+        {
             // Restarts re-bind the port actually bound, so tickets stay valid.
             *addr = msg.addr.clone();
             *name = format!("listener/{}", msg.addr);

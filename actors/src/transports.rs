@@ -2,17 +2,24 @@
 
 use std::sync::Arc;
 
-use kizuna::{transport::tcp::TcpTransport, LocalNode, Protocol, Transport};
+use kizuna::{
+    transport::{quic::QuicTransport, tcp::TcpTransport},
+    LocalNode, Protocol, Transport,
+};
 
 use crate::api::NodeError;
 
 /// The transports for `protocols`, sharing `node`.
-pub(crate) fn build_transports(node: &Arc<LocalNode>, protocols: &[Protocol]) -> Result<Vec<Arc<dyn Transport>>, NodeError> {
+pub(crate) fn build_transports(
+    node: &Arc<LocalNode>,
+    protocols: &[Protocol],
+) -> Result<Vec<Arc<dyn Transport>>, NodeError> {
     protocols
         .iter()
         .map(|p| -> Result<Arc<dyn Transport>, NodeError> {
             match p {
                 Protocol::Tcp => Ok(Arc::new(TcpTransport::new(node.clone()))),
+                Protocol::Quic => Ok(Arc::new(QuicTransport::new(node.clone()))),
                 other => Err(NodeError::NoTransport(other.to_string())),
             }
         })

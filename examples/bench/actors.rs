@@ -65,7 +65,9 @@ async fn core_messages(size: usize, count: usize) -> Result<f64, BoxError> {
     Ok(count as f64 / (end - start).as_secs_f64())
 }
 
-async fn actor_pair(seed: u8) -> Result<(actix::Addr<Supervisor>, actix::Addr<Supervisor>, kizuna::PeerId), BoxError> {
+async fn actor_pair(
+    seed: u8,
+) -> Result<(actix::Addr<Supervisor>, actix::Addr<Supervisor>, kizuna::PeerId), BoxError> {
     let a = Supervisor::start(config(seed))?;
     let b = Supervisor::start(config(seed + 1))?;
     b.send(Listen { addr: TransportAddr::Tcp("127.0.0.1:0".parse()?) }).await??;
@@ -170,11 +172,16 @@ async fn idle_memory(opts: &Opts) -> Result<(), BoxError> {
     }
     let after = rss_bytes();
     // Both ends of each connection live in this process.
-    figure(opts, "memory per idle connection (both ends)", "KiB", (after.saturating_sub(before)) as f64 / (N - 1) as f64 / 1024.0);
+    figure(
+        opts,
+        "memory per idle connection (both ends)",
+        "KiB",
+        (after.saturating_sub(before)) as f64 / (N - 1) as f64 / 1024.0,
+    );
     Ok(())
 }
 
-pub fn run(opts: &Opts) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn run(opts: &Opts) -> Result<(), BoxError> {
     let sys = actix::System::new();
     let opts = Opts { suite: opts.suite.clone(), bytes: opts.bytes, runs: opts.runs, json: opts.json };
     sys.block_on(async move {
@@ -228,5 +235,4 @@ pub fn run(opts: &Opts) -> Result<(), Box<dyn std::error::Error>> {
         idle_memory(&opts).await?;
         Ok::<_, BoxError>(())
     })
-    .map_err(|e| e as Box<dyn std::error::Error>)
 }

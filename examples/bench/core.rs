@@ -18,7 +18,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const CHUNK: usize = 64 * 1024;
 
-pub fn node(seed: u8) -> Result<Arc<LocalNode>, BoxError> {
+pub(crate) fn node(seed: u8) -> Result<Arc<LocalNode>, BoxError> {
     Ok(LocalNode::new(NodeConfig::new(Keypair::from_seed([seed; 32])))?)
 }
 
@@ -46,7 +46,7 @@ async fn drain<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<u64> {
 }
 
 /// A listener node and a dialer node connected over `proto`.
-pub async fn kizuna_pair(tcp: bool) -> Result<(Connection, Connection), BoxError> {
+pub(crate) async fn kizuna_pair(tcp: bool) -> Result<(Connection, Connection), BoxError> {
     let (a, b) = (node(1)?, node(2)?);
     let (ta, tb): (Arc<dyn Transport>, Arc<dyn Transport>) = if tcp {
         (Arc::new(TcpTransport::new(a.clone())), Arc::new(TcpTransport::new(b.clone())))
@@ -86,7 +86,8 @@ async fn kizuna_stream_throughput(tcp: bool, bytes: u64) -> Result<Duration, Box
     Ok(end - start)
 }
 
-pub async fn raw_tls_pair() -> Result<(impl AsyncRead + AsyncWrite + Unpin, impl AsyncRead + AsyncWrite + Unpin), BoxError> {
+pub(crate) async fn raw_tls_pair(
+) -> Result<(impl AsyncRead + AsyncWrite + Unpin, impl AsyncRead + AsyncWrite + Unpin), BoxError> {
     let (a, b) = (node(1)?, node(2)?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -118,7 +119,8 @@ async fn raw_tls_throughput(bytes: u64) -> Result<Duration, BoxError> {
     Ok(end - start)
 }
 
-async fn raw_quinn_pair() -> Result<(quinn::Endpoint, quinn::Endpoint, quinn::Connection, quinn::Connection), BoxError> {
+async fn raw_quinn_pair(
+) -> Result<(quinn::Endpoint, quinn::Endpoint, quinn::Connection, quinn::Connection), BoxError> {
     let (a, b) = (node(1)?, node(2)?);
     let server = quinn::Endpoint::server(a.secure().quic_server_config()?, "127.0.0.1:0".parse()?)?;
     let addr = server.local_addr()?;
@@ -253,7 +255,7 @@ async fn handshakes(opts: &Opts) -> Result<(), BoxError> {
     Ok(())
 }
 
-pub async fn run(opts: &Opts) -> Result<(), BoxError> {
+pub(crate) async fn run(opts: &Opts) -> Result<(), BoxError> {
     let mb = opts.bytes;
     let mut k = vec![];
     let mut r = vec![];

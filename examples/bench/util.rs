@@ -2,24 +2,32 @@
 
 use std::time::Duration;
 
-pub struct Opts {
-    pub suite: String,
-    pub bytes: u64,
-    pub runs: usize,
-    pub json: bool,
+pub(crate) struct Opts {
+    pub(crate) suite: String,
+    pub(crate) bytes: u64,
+    pub(crate) runs: usize,
+    pub(crate) json: bool,
 }
 
 impl Opts {
-    pub fn parse() -> Result<Self, String> {
+    pub(crate) fn parse() -> Result<Self, String> {
         let mut o = Opts { suite: "all".into(), bytes: 256 << 20, runs: 3, json: false };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
                 "core" | "actors" | "all" => o.suite = a,
                 "--json" => o.json = true,
-                "--bytes" => o.bytes = args.next().and_then(|v| v.parse().ok()).ok_or("--bytes needs a number")?,
-                "--runs" => o.runs = args.next().and_then(|v| v.parse().ok()).ok_or("--runs needs a number")?,
-                other => return Err(format!("unknown argument {other:?} (use core|actors|all, --bytes N, --runs N, --json)")),
+                "--bytes" => {
+                    o.bytes = args.next().and_then(|v| v.parse().ok()).ok_or("--bytes needs a number")?
+                }
+                "--runs" => {
+                    o.runs = args.next().and_then(|v| v.parse().ok()).ok_or("--runs needs a number")?
+                }
+                other => {
+                    return Err(format!(
+                        "unknown argument {other:?} (use core|actors|all, --bytes N, --runs N, --json)"
+                    ))
+                }
             }
         }
         Ok(o)
@@ -27,7 +35,7 @@ impl Opts {
 }
 
 /// Median of the samples (sorted copy).
-pub fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     if v.is_empty() {
         return 0.0;
@@ -35,12 +43,12 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn gbps(bytes: u64, d: Duration) -> f64 {
+pub(crate) fn gbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 * 8.0 / d.as_secs_f64() / 1e9
 }
 
 /// Prints one comparison: Kizuna's figure against the raw library's, with the ratio.
-pub fn report(opts: &Opts, what: &str, unit: &str, kizuna: f64, raw: f64, higher_is_better: bool) {
+pub(crate) fn report(opts: &Opts, what: &str, unit: &str, kizuna: f64, raw: f64, higher_is_better: bool) {
     let ratio = if higher_is_better { kizuna / raw } else { raw / kizuna };
     if opts.json {
         println!(
@@ -52,7 +60,7 @@ pub fn report(opts: &Opts, what: &str, unit: &str, kizuna: f64, raw: f64, higher
 }
 
 /// Prints one single figure.
-pub fn figure(opts: &Opts, what: &str, unit: &str, value: f64) {
+pub(crate) fn figure(opts: &Opts, what: &str, unit: &str, value: f64) {
     if opts.json {
         println!("{{\"bench\":\"{what}\",\"unit\":\"{unit}\",\"value\":{value:.4}}}");
     } else {
@@ -61,7 +69,7 @@ pub fn figure(opts: &Opts, what: &str, unit: &str, value: f64) {
 }
 
 /// Resident set size of this process in bytes (Linux).
-pub fn rss_bytes() -> u64 {
+pub(crate) fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
     pages * 4096

@@ -1,1 +1,0 @@
-//! QUIC via quinn (filled in by the QUIC work).
