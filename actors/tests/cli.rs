@@ -83,18 +83,18 @@ impl NodeProc {
         self.lines.recv_timeout(timeout).ok()
     }
 
-    /// Sends SIGTERM and waits for a graceful exit.
-    fn terminate(mut self) -> std::process::ExitStatus {
+    /// Sends `signal` (`TERM`, `INT`) and waits for the process to exit.
+    fn signal(mut self, signal: &str) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        let ok = Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success();
-        assert!(ok, "kill -TERM failed");
+        let ok = Command::new("kill").arg(format!("-{signal}")).arg(&pid).status().expect("kill").success();
+        assert!(ok, "kill -{signal} failed");
         for _ in 0..200 {
             if let Some(s) = self.child.try_wait().expect("wait") {
                 return s;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("node did not exit within 10 s of SIGTERM");
+        panic!("node did not exit within 10 s of SIG{signal}");
     }
 }
 
@@ -316,7 +316,7 @@ fn node_serves_ping_perf_and_files_over_tcp_and_quic() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("nope.bin"), "{}", stderr(&o));
 
-    let status = node.terminate();
+    let status = node.signal("TERM");
     assert!(status.success(), "node exit status after SIGTERM: {status}");
 }
 
@@ -330,6 +330,23 @@ fn node_without_recv_dir_refuses_files() {
     let o = send(home.path(), &node.first, &file, "auto");
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("does not accept files"), "{}", stderr(&o));
+    // Ctrl-C stops the node gracefully.
+    let status = node.signal("INT");
+    assert!(status.success(), "node exit status after SIGINT: {status}");
+}
+
+#[test]
+fn node_reports_a_port_in_use_and_exits_1() {
+    let home = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let o = run(kizuna(home.path())
+        .args(["node", "--key"])
+        .arg(home.path().join("k"))
+        .args(["--listen", &format!("tcp=127.0.0.1:{port}")]));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("cannot listen on tcp=127.0.0.1:{port}")), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty(), "no ticket for a node that is not listening: {}", stdout(&o));
 }
 
 #[test]
@@ -372,6 +389,25 @@ fn node_json_reports_listening_connections_and_shutdown() {
     }
     let last: Value = serde_json::from_str(&last.expect("lines after SIGTERM")).unwrap();
     assert_eq!(last["event"], "shutdown");
+}
+
+#[test]
+fn demo_prints_a_table_with_one_row_per_transport() {
+    let home = tempfile::tempdir().unwrap();
+    let o = run(kizuna(home.path()).args(["demo", "--bytes", "1MiB"]));
+    assert!(o.status.success(), "demo failed: {}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    let header = out.lines().find(|l| l.starts_with("transport")).expect("a table header");
+    for col in ["path", "connect ms", "rtt ms", "up Mbit/s", "down Mbit/s", "status"] {
+        assert!(header.contains(col), "{header}");
+    }
+    for t in ["quic", "tcp"] {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{t} ")))
+            .unwrap_or_else(|| panic!("no {t} row: {out}"));
+        assert!(row.contains("direct") && row.trim_end().ends_with("ok"), "{row}");
+    }
 }
 
 #[test]
