@@ -330,6 +330,12 @@ fn node_without_recv_dir_refuses_files() {
     let o = send(home.path(), &node.first, &file, "auto");
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("does not accept files"), "{}", stderr(&o));
+    // Dialing the node's address under another peer id fails authentication.
+    let other = stdout(&run(kizuna(home.path()).args(["id", "--key"]).arg(home.path().join("other"))));
+    let (_, addrs) = node.first.split_once('@').unwrap();
+    let o = run(kizuna(home.path()).args(["ping", &format!("{}@{addrs}", other.trim()), "--count", "1"]));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("authentication failed"), "{}", stderr(&o));
     // Ctrl-C stops the node gracefully.
     let status = node.signal("INT");
     assert!(status.success(), "node exit status after SIGINT: {status}");
