@@ -31,17 +31,25 @@ use crate::{
 /// Prefix of ping messages; the echo service returns them unchanged.
 const PING_MAGIC: &[u8] = b"kizuna-ping/1\0";
 
+/// The outcome of one [`ping`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PingReport {
+    /// The sequence number sent.
+    pub seq: u64,
+    /// From handing the message to the node to reading its echo.
+    pub rtt: Duration,
+}
+
 /// Sends one ping message to `peer` (already connected) and waits for its echo, at most
 /// `timeout`. `events` must be a subscription of the same node; other events read from it
-/// while waiting are discarded, and so are stale echoes of earlier pings. Returns the
-/// round-trip time.
+/// while waiting are discarded, and so are stale echoes of earlier pings.
 pub async fn ping(
     addr: &Addr<Supervisor>,
     events: &mut EventStream,
     peer: PeerId,
     seq: u64,
     timeout: Duration,
-) -> Result<Duration, ServiceError> {
+) -> Result<PingReport, ServiceError> {
     let mut payload = PING_MAGIC.to_vec();
     payload.extend_from_slice(&seq.to_be_bytes());
     // A per-call nonce so an echo of an earlier run with the same seq is not mistaken.
@@ -58,7 +66,7 @@ pub async fn ping(
         loop {
             match events.recv().await {
                 Some(Event::MessageReceived { peer: p, data }) if p == peer && data == payload => {
-                    return Ok(start.elapsed());
+                    return Ok(PingReport { seq, rtt: start.elapsed() });
                 }
                 Some(Event::PeerDisconnected { peer: p, .. }) if p == peer => {
                     return Err(ServiceError::Disconnected(peer));

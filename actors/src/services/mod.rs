@@ -33,9 +33,9 @@
 //! let mut events = client.send(Subscribe::default()).await?;
 //! let peer = ticket.peer_id;
 //! client.send(Connect { addr: ticket }).await??;
-//! let rtt = services::ping(&client, &mut events, peer, 1, services::PING_TIMEOUT).await?;
+//! let ping = services::ping(&client, &mut events, peer, 1, services::PING_TIMEOUT).await?;
 //! let perf = services::perf(&client, peer, 8 << 20, 8 << 20).await?;
-//! println!("rtt {rtt:?}, up {:.0} Mbit/s", perf.upload_mbps());
+//! println!("rtt {:?}, up {:.0} Mbit/s", ping.rtt, perf.upload_mbps());
 //! # Ok(()) }
 //! ```
 
@@ -49,7 +49,7 @@ use std::time::Duration;
 use kizuna::{ByteStream, PeerId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub use client::{perf, ping, send_file, FileReport, PerfReport, Progress, Stage};
+pub use client::{perf, ping, send_file, FileReport, PerfReport, PingReport, Progress, Stage};
 pub use header::{HeaderError, Request, Response};
 pub use names::NameError;
 pub use server::{serve, serve_with, ServeOptions, ServiceReport, MAX_STREAMS};

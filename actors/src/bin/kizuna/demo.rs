@@ -146,7 +146,8 @@ impl Demo {
             for seq in 1..=PINGS {
                 total += services::ping(&session.node, &mut session.events, peer, seq, PING_TIMEOUT)
                     .await
-                    .map_err(|e| format!("ping {seq}: {e}"))?;
+                    .map_err(|e| format!("ping {seq}: {e}"))?
+                    .rtt;
             }
             row.rtt_ms = Some(output::ms(total / PINGS as u32));
             let r = services::perf(&session.node, peer, self.bytes, self.bytes)

@@ -75,7 +75,7 @@ pub(crate) async fn run(a: PingArgs) -> CliResult {
             _ = &mut ctrl_c => break,
         };
         let (rtt, status) = match &r {
-            Ok(rtt) => (Some(*rtt), "ok"),
+            Ok(p) => (Some(p.rtt), "ok"),
             Err(ServiceError::Timeout(_)) => (None, "timeout"),
             Err(_) => (None, "error"),
         };
