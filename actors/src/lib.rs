@@ -10,6 +10,7 @@ pub mod events;
 mod listener;
 mod negotiator;
 pub mod runtime;
+pub mod services;
 pub mod supervision;
 mod supervisor;
 pub mod testing;

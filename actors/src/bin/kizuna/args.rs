@@ -1,0 +1,204 @@
+//! Argument types and parsers shared by several commands.
+
+use std::path::{Path, PathBuf};
+
+use kizuna::{identity::PeerId, Keypair, PeerAddress, Protocol};
+
+use crate::CliError;
+
+/// The environment variable naming the default key file.
+pub(crate) const KEY_ENV: &str = "KIZUNA_KEY";
+
+/// Which transport a client may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum TransportChoice {
+    /// Every transport the ticket offers, best first, falling back to the next.
+    Auto,
+    /// TLS 1.3 over TCP only.
+    Tcp,
+    /// QUIC only.
+    Quic,
+}
+
+/// Transports this build of the CLI can dial and listen on.
+pub(crate) const SUPPORTED: [Protocol; 2] = [Protocol::Quic, Protocol::Tcp];
+
+impl TransportChoice {
+    /// The protocols this choice allows.
+    pub(crate) fn protocols(self) -> Vec<Protocol> {
+        match self {
+            TransportChoice::Auto => SUPPORTED.to_vec(),
+            TransportChoice::Tcp => vec![Protocol::Tcp],
+            TransportChoice::Quic => vec![Protocol::Quic],
+        }
+    }
+
+    /// The ticket restricted to the addresses of the allowed protocols, and the protocols;
+    /// a usage error if nothing is left.
+    pub(crate) fn restrict(self, ticket: &PeerAddress) -> Result<(PeerAddress, Vec<Protocol>), CliError> {
+        let protocols = self.protocols();
+        let addrs: Vec<_> =
+            ticket.addrs.iter().filter(|a| protocols.contains(&a.protocol())).cloned().collect();
+        if ticket.addrs.is_empty() {
+            return Err(CliError::Usage(
+                "the ticket has a peer id but no address: pass the whole ticket printed by `kizuna node`"
+                    .into(),
+            ));
+        }
+        if addrs.is_empty() {
+            let wanted = protocols.iter().map(|p| p.name()).collect::<Vec<_>>().join(" or ");
+            let has = ticket.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+            return Err(CliError::Usage(format!(
+                "the ticket has no {wanted} address (it has {has}); choose another --transport"
+            )));
+        }
+        Ok((PeerAddress::new(ticket.peer_id, addrs), protocols))
+    }
+}
+
+/// Parses a ticket (`PEERID@quic=IP:PORT,tcp=IP:PORT`), saying what is wrong.
+pub(crate) fn parse_ticket(s: &str) -> Result<PeerAddress, String> {
+    s.parse::<PeerAddress>().map_err(|e| {
+        format!("not a valid ticket: {e}\n  a ticket looks like PEERID@quic=IP:PORT,tcp=IP:PORT, as printed by `kizuna node`")
+    })
+}
+
+/// Parses a byte count: a number with an optional unit. `K`, `M`, `G`, `T` and
+/// `KiB`, `MiB`, `GiB`, `TiB` are powers of 1024; `KB`, `MB`, `GB`, `TB` powers of 1000;
+/// `B` or nothing is bytes. Case-insensitive; fractions allowed (`1.5G`).
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim().to_ascii_lowercase();
+    let mult: u64 = match unit.as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(format!("unknown size unit {unit:?} in {s:?} (use e.g. 1000000, 64MiB, 1G, 500MB)")),
+    };
+    if num.is_empty() {
+        return Err(format!("{s:?} is not a size (use e.g. 1000000, 64MiB, 1G, 500MB)"));
+    }
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"));
+    }
+    let f: f64 = num.parse().map_err(|_| format!("{s:?} is not a size (use e.g. 1000000, 64MiB, 1G)"))?;
+    let bytes = (f * mult as f64).round();
+    if !(0.0..1.8e19).contains(&bytes) {
+        return Err(format!("size {s:?} is too large"));
+    }
+    Ok(bytes as u64)
+}
+
+/// The default key file: `$KIZUNA_KEY`, else `$XDG_CONFIG_HOME/kizuna/key`, else
+/// `$HOME/.config/kizuna/key`.
+pub(crate) fn default_key_path() -> Result<PathBuf, CliError> {
+    if let Some(p) = std::env::var_os(KEY_ENV).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").filter(|p| !p.is_empty()).map(|h| PathBuf::from(h).join(".config"))
+        })
+        .ok_or_else(|| {
+            CliError::Usage(format!("no default key location: set {KEY_ENV} or HOME, or pass --key FILE"))
+        })?;
+    Ok(config.join("kizuna").join("key"))
+}
+
+fn key_error(e: kizuna::error::IdentityError) -> CliError {
+    match e {
+        kizuna::error::IdentityError::KeyFileMissing { .. } => CliError::Usage(e.to_string()),
+        other => CliError::Failed(other.to_string()),
+    }
+}
+
+/// Loads the key at `path`, creating it (and a private parent directory) if missing.
+pub(crate) fn load_or_create_key(path: &Path) -> Result<Keypair, CliError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+        b.create(dir).map_err(|e| CliError::Failed(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    Keypair::load_or_create(path).map_err(key_error)
+}
+
+/// A client's identity: the key file given with `--key`, else `$KIZUNA_KEY` if set, else a
+/// fresh in-memory key (servers accept any client).
+pub(crate) fn client_key(key: Option<&Path>) -> Result<Keypair, CliError> {
+    match key
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os(KEY_ENV).filter(|p| !p.is_empty()).map(PathBuf::from))
+    {
+        Some(p) => Keypair::load(&p).map_err(key_error),
+        None => Ok(Keypair::generate()),
+    }
+}
+
+/// The short form of a peer id for human output.
+pub(crate) fn short(p: &PeerId) -> String {
+    p.short()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        let ok = [
+            ("1000000", 1_000_000),
+            ("0", 0),
+            ("64MiB", 64 << 20),
+            ("64mib", 64 << 20),
+            ("64M", 64 << 20),
+            ("1G", 1 << 30),
+            ("1GiB", 1 << 30),
+            ("1GB", 1_000_000_000),
+            ("500MB", 500_000_000),
+            ("8KiB", 8192),
+            ("12B", 12),
+            ("1.5K", 1536),
+            (" 2 MiB ", 2 << 20),
+        ];
+        for (s, n) in ok {
+            assert_eq!(parse_size(s), Ok(n), "{s}");
+        }
+        for bad in ["", "MiB", "12XB", "-1", "1.2.3M", "99999999999999999999", "20000000T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn restrict_by_transport() {
+        let id = Keypair::from_seed([1; 32]).peer_id();
+        let t: PeerAddress = format!("{id}@quic=127.0.0.1:1,tcp=127.0.0.1:2").parse().unwrap();
+        let (a, p) = TransportChoice::Tcp.restrict(&t).unwrap();
+        assert_eq!(a.addrs.len(), 1);
+        assert_eq!(a.addrs[0].protocol(), Protocol::Tcp);
+        assert_eq!(p, vec![Protocol::Tcp]);
+        let (a, _) = TransportChoice::Auto.restrict(&t).unwrap();
+        assert_eq!(a.addrs, t.addrs);
+        let only_tcp: PeerAddress = format!("{id}@tcp=127.0.0.1:2").parse().unwrap();
+        let e = TransportChoice::Quic.restrict(&only_tcp).unwrap_err();
+        assert!(matches!(&e, CliError::Usage(m) if m.contains("no quic address")), "{e}");
+    }
+
+    #[test]
+    fn ticket_errors_are_explained() {
+        let e = parse_ticket("garbage").unwrap_err();
+        assert!(e.contains("not a valid ticket") && e.contains("PEERID@"), "{e}");
+    }
+}

@@ -1,0 +1,227 @@
+//! `kizuna demo`: two nodes in one process on loopback, one row per transport.
+//!
+//! Each row ([`Scenario`]) starts a fresh client node limited to the row's transport,
+//! connects to the serving node, pings, runs perf and reports. To add a row (WebSocket, a
+//! relayed path, WebRTC): add what it needs to [`Setup`] (e.g. `Relayed { .. }` starting a
+//! relay and listening through it), handle it in [`Demo::ticket_for`], and append the
+//! scenario to [`SCENARIOS`].
+
+use std::time::Duration;
+
+use actix::Addr;
+use kizuna::{Keypair, PathKind, PeerAddress, Protocol, TransportAddr};
+use kizuna_actors::{
+    api::{GetAddress, Listen},
+    services::{self, PING_TIMEOUT},
+    Shutdown, Subscribe, Supervisor,
+};
+use serde_json::json;
+
+use crate::{args, client, output, CliError, CliResult};
+
+/// Run two nodes in this process on loopback and measure every transport.
+///
+/// Prints a table (transport, path, connect ms, RTT ms, upload/download Mbit/s, status);
+/// with --json, one JSON object per row: {"transport", "path", "connect_ms", "rtt_ms",
+/// "upload_mbps", "download_mbps", "status" (ok|failed), "error"}. Exits 0 only if every
+/// row worked.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DemoArgs {
+    /// Print one JSON object per row instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Bytes each way in each perf run (e.g. 16MiB, 1G, 1000000).
+    #[arg(long, value_parser = args::parse_size, default_value = "16MiB", value_name = "SIZE")]
+    bytes: u64,
+}
+
+/// How a row reaches the serving node.
+#[derive(Debug, Clone, Copy)]
+enum Setup {
+    /// Dial the server's own listener of this protocol.
+    Direct(Protocol),
+}
+
+/// One row of the demo.
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    /// The row's label (the transport column).
+    label: &'static str,
+    /// How to reach the server.
+    setup: Setup,
+    /// The path the connection must take for the row to pass.
+    path: PathKind,
+}
+
+/// The rows, in display order.
+const SCENARIOS: &[Scenario] = &[
+    Scenario { label: "quic", setup: Setup::Direct(Protocol::Quic), path: PathKind::Direct },
+    Scenario { label: "tcp", setup: Setup::Direct(Protocol::Tcp), path: PathKind::Direct },
+];
+
+/// Pings per row; the row reports their mean.
+const PINGS: u64 = 5;
+
+/// Bound on one row: connect (10 s) + pings + a perf run of a few hundred MiB on loopback
+/// fit comfortably, and a hung row cannot hang the demo.
+const ROW_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What a row measured.
+#[derive(Debug, Default)]
+struct RowResult {
+    path: Option<PathKind>,
+    connect_ms: Option<f64>,
+    rtt_ms: Option<f64>,
+    upload_mbps: Option<f64>,
+    download_mbps: Option<f64>,
+    error: Option<String>,
+}
+
+struct Demo {
+    server: Addr<Supervisor>,
+    ticket: PeerAddress,
+    bytes: u64,
+}
+
+impl Demo {
+    async fn start(bytes: u64) -> Result<Self, CliError> {
+        let mut protocols = Vec::new();
+        for s in SCENARIOS {
+            let Setup::Direct(p) = s.setup;
+            if !protocols.contains(&p) {
+                protocols.push(p);
+            }
+        }
+        let server = client::start_node(Keypair::generate(), protocols.clone())?;
+        let events = server.send(Subscribe::default()).await?;
+        let lo = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        for p in protocols {
+            let addr = match p {
+                Protocol::Quic => TransportAddr::Quic(lo),
+                _ => TransportAddr::Tcp(lo),
+            };
+            server.send(Listen { addr }).await??;
+        }
+        let ticket = server.send(GetAddress).await?;
+        actix::spawn(services::serve(server.clone(), events, None));
+        Ok(Self { server, ticket, bytes })
+    }
+
+    /// The ticket a scenario dials, and the protocols its client enables.
+    fn ticket_for(&self, s: &Scenario) -> Result<(PeerAddress, Vec<Protocol>), String> {
+        match s.setup {
+            Setup::Direct(p) => {
+                let addrs: Vec<_> = self.ticket.addrs.iter().filter(|a| a.protocol() == p).cloned().collect();
+                if addrs.is_empty() {
+                    return Err(format!("the server has no {p} listener"));
+                }
+                Ok((PeerAddress::new(self.ticket.peer_id, addrs), vec![p]))
+            }
+        }
+    }
+
+    async fn run_row(&self, s: &Scenario) -> RowResult {
+        let mut row = RowResult::default();
+        let work = self.measure(s, &mut row);
+        match tokio::time::timeout(ROW_TIMEOUT, work).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => row.error = Some(e),
+            Err(_) => row.error = Some(format!("did not finish within {ROW_TIMEOUT:?}")),
+        }
+        row
+    }
+
+    async fn measure(&self, s: &Scenario, row: &mut RowResult) -> Result<(), String> {
+        let (ticket, protocols) = self.ticket_for(s)?;
+        let peer = ticket.peer_id;
+        let mut session =
+            client::connect(Keypair::generate(), ticket, protocols).await.map_err(|e| e.to_string())?;
+        row.path = Some(session.info.path);
+        row.connect_ms = Some(output::ms(session.connect_time));
+        let result = async {
+            if session.info.path != s.path {
+                return Err(format!("expected a {} path, got {}", s.path, session.info.path));
+            }
+            let mut total = Duration::ZERO;
+            for seq in 1..=PINGS {
+                total += services::ping(&session.node, &mut session.events, peer, seq, PING_TIMEOUT)
+                    .await
+                    .map_err(|e| format!("ping {seq}: {e}"))?
+                    .rtt;
+            }
+            row.rtt_ms = Some(output::ms(total / PINGS as u32));
+            let r = services::perf(&session.node, peer, self.bytes, self.bytes)
+                .await
+                .map_err(|e| format!("perf: {e}"))?;
+            row.upload_mbps = Some(output::round2(r.upload_mbps()));
+            row.download_mbps = Some(output::round2(r.download_mbps()));
+            Ok(())
+        }
+        .await;
+        session.close().await;
+        result
+    }
+}
+
+fn cell(v: Option<f64>, prec: usize) -> String {
+    v.map(|x| format!("{x:.prec$}")).unwrap_or_else(|| "-".into())
+}
+
+/// Runs `kizuna demo`.
+pub(crate) async fn run(a: DemoArgs) -> CliResult {
+    let demo = Demo::start(a.bytes).await?;
+    let mut rows = Vec::new();
+    let mut failed = 0;
+    for s in SCENARIOS {
+        let r = demo.run_row(s).await;
+        if r.error.is_some() {
+            failed += 1;
+        }
+        if a.json {
+            output::json_line(&json!({
+                "transport": s.label,
+                "path": r.path.map(|p| p.name()),
+                "connect_ms": r.connect_ms,
+                "rtt_ms": r.rtt_ms,
+                "upload_mbps": r.upload_mbps,
+                "download_mbps": r.download_mbps,
+                "bytes": a.bytes,
+                "status": if r.error.is_none() { "ok" } else { "failed" },
+                "error": r.error,
+            }));
+        }
+        rows.push((s, r));
+    }
+    let _ = demo.server.send(Shutdown).await;
+    if !a.json {
+        let body: Vec<Vec<String>> = rows
+            .iter()
+            .map(|(s, r)| {
+                vec![
+                    s.label.to_string(),
+                    r.path.map(|p| p.name().to_string()).unwrap_or_else(|| "-".into()),
+                    cell(r.connect_ms, 2),
+                    cell(r.rtt_ms, 3),
+                    cell(r.upload_mbps, 1),
+                    cell(r.download_mbps, 1),
+                    match &r.error {
+                        None => "ok".into(),
+                        Some(e) => format!("FAILED: {e}"),
+                    },
+                ]
+            })
+            .collect();
+        output::line(&format!(
+            "kizuna demo: two nodes on loopback, {} each way per perf run\n",
+            output::bytes(a.bytes)
+        ));
+        output::line(&output::table(
+            &["transport", "path", "connect ms", "rtt ms", "up Mbit/s", "down Mbit/s", "status"],
+            &body,
+        ));
+    }
+    if failed > 0 {
+        return Err(CliError::Failed(format!("{failed} of {} demo rows failed", SCENARIOS.len())));
+    }
+    Ok(())
+}

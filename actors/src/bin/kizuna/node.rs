@@ -1,0 +1,211 @@
+//! `kizuna node`: a node serving echo, perf and file receive until stopped.
+
+use std::path::PathBuf;
+
+use kizuna::{Protocol, TransportAddr};
+use kizuna_actors::{
+    api::{Event, GetAddress, Listen},
+    services::{self, ServeOptions, ServiceReport},
+    Shutdown, Subscribe,
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::{args, client, output, CliError, CliResult};
+
+/// Run a node: listen, print its ticket, serve echo, perf and file receive until Ctrl-C or
+/// SIGTERM.
+///
+/// The FIRST line of stdout is the ticket (PEERID@quic=IP:PORT,tcp=IP:PORT) to pass to
+/// `kizuna ping/perf/send`; connection events are logged to stderr. With --json, stdout
+/// carries one JSON object per line instead, the first being
+/// {"event":"listening","ticket":...,"peer":...,"addrs":[...]}, then "connected"
+/// {peer, transport, path, remote}, "disconnected" {peer, reason}, "file_received"
+/// {peer, path, size, resumed_from, ok}, "perf_served" {peer, upload, download, ms},
+/// "stream_failed" {peer, error}, and "shutdown" last.
+#[derive(Debug, clap::Args)]
+pub(crate) struct NodeArgs {
+    /// Key file, created if missing. Default: $KIZUNA_KEY if set, else
+    /// $XDG_CONFIG_HOME/kizuna/key, else ~/.config/kizuna/key.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Address to listen on, repeatable, e.g. tcp=0.0.0.0:4000 or quic=[::]:4001.
+    /// Default: quic=0.0.0.0:0 and tcp=0.0.0.0:0 (port 0 picks a free port). The ticket shows
+    /// a wildcard address as 127.0.0.1: to be reachable from other hosts, listen on the
+    /// host's own IP.
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<TransportAddr>,
+    /// Accept files into this directory (created if missing); without it, files are refused.
+    #[arg(long, value_name = "DIR")]
+    recv_dir: Option<PathBuf>,
+    /// Print JSON lines on stdout (see above) instead of the bare ticket.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Reports buffered between the service and the output loop; beyond that they are dropped
+/// (they are logs, and the service must never wait for its log).
+const REPORT_BUFFER: usize = 256;
+
+fn default_listen() -> Vec<TransportAddr> {
+    let any = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    vec![TransportAddr::Quic(any), TransportAddr::Tcp(any)]
+}
+
+/// Runs `kizuna node`.
+pub(crate) async fn run(a: NodeArgs) -> CliResult {
+    let listen = if a.listen.is_empty() { default_listen() } else { a.listen };
+    let mut protocols: Vec<Protocol> = Vec::new();
+    for l in &listen {
+        if !args::SUPPORTED.contains(&l.protocol()) {
+            return Err(CliError::Usage(format!(
+                "cannot listen on {l}: this node supports only tcp and quic"
+            )));
+        }
+        if !protocols.contains(&l.protocol()) {
+            protocols.push(l.protocol());
+        }
+    }
+    let key_path = match a.key {
+        Some(p) => p,
+        None => args::default_key_path()?,
+    };
+    let key = args::load_or_create_key(&key_path)?;
+    if let Some(dir) = &a.recv_dir {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            CliError::Failed(format!("cannot create receive directory {}: {e}", dir.display()))
+        })?;
+    }
+
+    let node = client::start_node(key, protocols)?;
+    let service_events = node.send(Subscribe::default()).await?;
+    let mut log_events = node.send(Subscribe::default()).await?;
+    for l in &listen {
+        if let Err(e) = node.send(Listen { addr: l.clone() }).await? {
+            let _ = node.send(Shutdown).await;
+            return Err(CliError::Failed(e.to_string()));
+        }
+    }
+    let ticket = node.send(GetAddress).await?;
+    if a.json {
+        output::json_line(&json!({
+            "event": "listening",
+            "ticket": ticket.ticket(),
+            "peer": ticket.peer_id.to_string(),
+            "addrs": ticket.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        }));
+    } else {
+        output::line(&ticket.ticket());
+        eprintln!("node {} listening; try: kizuna ping {}", ticket.peer_id, ticket.ticket());
+    }
+
+    let (tx, mut reports) = mpsc::channel(REPORT_BUFFER);
+    let opts = ServeOptions { recv_dir: a.recv_dir.clone(), reports: Some(tx) };
+    actix::spawn(services::serve_with(node.clone(), service_events, opts));
+
+    let mut sigterm = terminate_signal()?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            _ = sigterm.recv() => break,
+            ev = log_events.recv() => match ev {
+                Some(ev) => log_event(&ev, a.json),
+                None => return Err(CliError::Failed("the node stopped unexpectedly".into())),
+            },
+            Some(r) = reports.recv() => log_report(&r, a.json),
+        }
+    }
+    tracing::info!("shutting down");
+    let _ = node.send(Shutdown).await;
+    if a.json {
+        output::json_line(&json!({ "event": "shutdown" }));
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn terminate_signal() -> Result<tokio::signal::unix::Signal, CliError> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| CliError::Failed(format!("cannot watch SIGTERM: {e}")))
+}
+
+fn log_event(ev: &Event, json: bool) {
+    match ev {
+        Event::PeerConnected { info } => {
+            if json {
+                output::json_line(&json!({
+                    "event": "connected",
+                    "peer": info.peer.to_string(),
+                    "transport": info.protocol.name(),
+                    "path": info.path.name(),
+                    "remote": info.remote_addr.to_string(),
+                }));
+            } else {
+                tracing::info!(peer = %info.peer, transport = %info.protocol, path = %info.path, remote = %info.remote_addr, "peer connected");
+            }
+        }
+        Event::PeerDisconnected { peer, reason } => {
+            if json {
+                output::json_line(&json!({
+                    "event": "disconnected",
+                    "peer": peer.to_string(),
+                    "reason": reason.to_string(),
+                }));
+            } else {
+                tracing::info!(%peer, %reason, "peer disconnected");
+            }
+        }
+        Event::ListenerFailed { addr, error } => tracing::warn!(%addr, %error, "listener failed"),
+        Event::ChildGivenUp { child, last_error } => {
+            tracing::warn!(%child, %last_error, "gave up restarting")
+        }
+        Event::LimitHit { limit, detail } => tracing::warn!(%limit, %detail, "limit hit"),
+        _ => {}
+    }
+}
+
+fn log_report(r: &ServiceReport, json: bool) {
+    match r {
+        ServiceReport::PerfServed { peer, upload, download, elapsed } => {
+            if json {
+                output::json_line(&json!({
+                    "event": "perf_served",
+                    "peer": peer.to_string(),
+                    "upload": upload,
+                    "download": download,
+                    "ms": output::ms(*elapsed),
+                }));
+            } else {
+                tracing::info!(%peer, upload, download, ?elapsed, "perf served");
+            }
+        }
+        ServiceReport::FileReceived { peer, path, size, resumed_from, ok } => {
+            if json {
+                output::json_line(&json!({
+                    "event": "file_received",
+                    "peer": peer.to_string(),
+                    "path": path.display().to_string(),
+                    "size": size,
+                    "resumed_from": resumed_from,
+                    "ok": ok,
+                }));
+            } else if *ok {
+                tracing::info!(%peer, path = %path.display(), size, resumed_from, "file received and verified");
+            } else {
+                tracing::warn!(%peer, path = %path.display(), "file discarded: SHA-256 mismatch");
+            }
+        }
+        ServiceReport::StreamFailed { peer, error } => {
+            if json {
+                output::json_line(
+                    &json!({ "event": "stream_failed", "peer": peer.to_string(), "error": error }),
+                );
+            } else {
+                tracing::info!(%peer, %error, "service request failed");
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,327 @@
+//! The client side of the services: [`ping`], [`perf`] and [`send_file`].
+//!
+//! Bulk transfers run on the I/O runtime, so an actix arbiter never copies bytes.
+
+use std::{
+    io::SeekFrom,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use actix::Addr;
+use bytes::Bytes;
+use kizuna::{ByteStream, PeerId};
+use ring::digest;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use super::{
+    finish_stream,
+    header::{self, Request, Response},
+    names::{check_file_name, hex},
+    server::write_zeros,
+    ServiceError, IO_CHUNK, MAX_PERF_BYTES,
+};
+use crate::{
+    api::{self, Event, OpenStream},
+    events::EventStream,
+    runtime::on_io,
+    Supervisor,
+};
+
+/// Prefix of ping messages; the echo service returns them unchanged.
+const PING_MAGIC: &[u8] = b"kizuna-ping/1\0";
+
+/// The outcome of one [`ping`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PingReport {
+    /// The sequence number sent.
+    pub seq: u64,
+    /// From handing the message to the node to reading its echo.
+    pub rtt: Duration,
+}
+
+/// Sends one ping message to `peer` (already connected) and waits for its echo, at most
+/// `timeout`. `events` must be a subscription of the same node; other events read from it
+/// while waiting are discarded, and so are stale echoes of earlier pings.
+pub async fn ping(
+    addr: &Addr<Supervisor>,
+    events: &mut EventStream,
+    peer: PeerId,
+    seq: u64,
+    timeout: Duration,
+) -> Result<PingReport, ServiceError> {
+    let mut payload = PING_MAGIC.to_vec();
+    payload.extend_from_slice(&seq.to_be_bytes());
+    // A per-call nonce so an echo of an earlier run with the same seq is not mistaken.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    payload.extend_from_slice(&nonce.to_be_bytes());
+    let payload = Bytes::from(payload);
+
+    let start = Instant::now();
+    let wait = async {
+        addr.send(api::Send { peer, data: payload.clone() }).await??;
+        loop {
+            match events.recv().await {
+                Some(Event::MessageReceived { peer: p, data }) if p == peer && data == payload => {
+                    return Ok(PingReport { seq, rtt: start.elapsed() });
+                }
+                Some(Event::PeerDisconnected { peer: p, .. }) if p == peer => {
+                    return Err(ServiceError::Disconnected(peer));
+                }
+                Some(_) => {}
+                None => return Err(ServiceError::Node(api::NodeError::ShuttingDown)),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, wait).await.map_err(|_| ServiceError::Timeout(timeout))?
+}
+
+/// The outcome of a [`perf`] run. Each direction is timed separately.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PerfReport {
+    /// Bytes sent to the peer.
+    pub upload_bytes: u64,
+    /// Bytes received from the peer.
+    pub download_bytes: u64,
+    /// From the first byte sent to the peer's acknowledgement of the last.
+    pub upload_time: Duration,
+    /// From the acknowledgement to the last byte received.
+    pub download_time: Duration,
+}
+
+fn mbps(bytes: u64, t: Duration) -> f64 {
+    let s = t.as_secs_f64();
+    if s <= 0.0 {
+        return 0.0;
+    }
+    bytes as f64 * 8.0 / s / 1e6
+}
+
+impl PerfReport {
+    /// Upload throughput in Mbit/s (10⁶ bits per second).
+    pub fn upload_mbps(&self) -> f64 {
+        mbps(self.upload_bytes, self.upload_time)
+    }
+
+    /// Download throughput in Mbit/s (10⁶ bits per second).
+    pub fn download_mbps(&self) -> f64 {
+        mbps(self.download_bytes, self.download_time)
+    }
+}
+
+async fn open(addr: &Addr<Supervisor>, peer: PeerId) -> Result<ByteStream, ServiceError> {
+    Ok(addr.send(OpenStream { peer }).await??)
+}
+
+/// Measures throughput to a connected `peer` over one new stream: sends `upload` bytes,
+/// then receives `download` bytes.
+pub async fn perf(
+    addr: &Addr<Supervisor>,
+    peer: PeerId,
+    upload: u64,
+    download: u64,
+) -> Result<PerfReport, ServiceError> {
+    for (what, got) in [("perf upload", upload), ("perf download", download)] {
+        if got > MAX_PERF_BYTES {
+            return Err(ServiceError::TooLarge { what, got, max: MAX_PERF_BYTES });
+        }
+    }
+    let mut s = open(addr, peer).await?;
+    on_io(async move {
+        header::write(&mut s, &Request::Perf { upload, download }).await?;
+        let mut buf = vec![0u8; IO_CHUNK];
+        let t0 = Instant::now();
+        write_zeros(&mut s, upload, &mut buf).await?;
+        match header::expect::<_, Response>(&mut s).await? {
+            Response::PerfAck { received } if received == upload => {}
+            other => return Err(unexpected(other)),
+        }
+        let upload_time = t0.elapsed();
+        let t1 = Instant::now();
+        let mut got = 0u64;
+        while got < download {
+            let want = buf.len().min(usize::try_from(download - got).unwrap_or(usize::MAX));
+            let n = s.read(&mut buf[..want]).await.map_err(ServiceError::Stream)?;
+            if n == 0 {
+                return Err(ServiceError::Stream(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            got += n as u64;
+        }
+        let download_time = t1.elapsed();
+        finish_stream(&mut s).await;
+        Ok(PerfReport { upload_bytes: upload, download_bytes: download, upload_time, download_time })
+    })
+    .await?
+}
+
+fn unexpected(r: Response) -> ServiceError {
+    match r {
+        Response::Error { message } => ServiceError::Refused(message),
+        other => ServiceError::Unexpected(format!("{other:?}")),
+    }
+}
+
+/// What [`send_file`] is doing, for progress displays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stage {
+    /// Computing the local file's SHA-256.
+    Hashing,
+    /// Sending bytes (`done` counts from 0, including resumed bytes).
+    Sending,
+    /// Waiting for the receiver's verification.
+    Verifying,
+}
+
+/// Progress of [`send_file`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The current stage.
+    pub stage: Stage,
+    /// Bytes done in this stage.
+    pub done: u64,
+    /// Bytes in total.
+    pub total: u64,
+}
+
+/// The outcome of a verified [`send_file`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileReport {
+    /// The name the file got on the receiver.
+    pub name: String,
+    /// Its size.
+    pub size: u64,
+    /// Bytes the receiver already had (resumed transfer), 0 for a fresh one.
+    pub resumed_from: u64,
+    /// Bytes sent in this run.
+    pub sent: u64,
+    /// SHA-256 of the file, lowercase hex, as both sides computed it.
+    pub sha256: String,
+    /// Time from opening the stream to the receiver's verification.
+    pub elapsed: Duration,
+}
+
+async fn hash_file(
+    f: &mut tokio::fs::File,
+    len: u64,
+    path: &Path,
+    mut progress: impl FnMut(u64),
+) -> Result<String, ServiceError> {
+    let err = |source| ServiceError::File { path: path.display().to_string(), source };
+    f.seek(SeekFrom::Start(0)).await.map_err(err)?;
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut buf = vec![0u8; IO_CHUNK];
+    let mut done = 0u64;
+    while done < len {
+        let want = buf.len().min(usize::try_from(len - done).unwrap_or(usize::MAX));
+        let n = f.read(&mut buf[..want]).await.map_err(err)?;
+        if n == 0 {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file shrank while being sent",
+            )));
+        }
+        ctx.update(&buf[..n]);
+        done += n as u64;
+        progress(done);
+    }
+    Ok(hex(ctx.finish().as_ref()))
+}
+
+/// Sends the file at `path` to a connected `peer` (which must serve files), resuming a
+/// partial earlier upload when the receiver's partial copy matches this file's prefix.
+/// `progress` is called as work advances (on an I/O thread). Fails with
+/// [`ServiceError::HashMismatch`] if the receiver's SHA-256 differs.
+pub async fn send_file<F>(
+    addr: &Addr<Supervisor>,
+    peer: PeerId,
+    path: &Path,
+    mut progress: F,
+) -> Result<FileReport, ServiceError>
+where
+    F: FnMut(Progress) + Send + 'static,
+{
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| ServiceError::File {
+            path: path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name in UTF-8"),
+        })?
+        .to_string();
+    check_file_name(&name)?;
+    let path = path.to_path_buf();
+    let err = {
+        let p = path.display().to_string();
+        move |source| ServiceError::File { path: p.clone(), source }
+    };
+    let mut f = tokio::fs::File::open(&path).await.map_err(err.clone())?;
+    let meta = f.metadata().await.map_err(err.clone())?;
+    if !meta.is_file() {
+        return Err(err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
+    }
+    let size = meta.len();
+    let mut s = open(addr, peer).await?;
+    on_io(async move {
+        let start = Instant::now();
+        let sha256 = hash_file(&mut f, size, &path, |done| {
+            progress(Progress { stage: Stage::Hashing, done, total: size })
+        })
+        .await?;
+
+        header::write(&mut s, &Request::FileStat { name: name.clone(), size, sha256: sha256.clone() })
+            .await?;
+        let (have, prefix_sha256) = match header::expect::<_, Response>(&mut s).await? {
+            Response::FileStat { have, prefix_sha256 } if have <= size => (have, prefix_sha256),
+            other => return Err(unexpected(other)),
+        };
+        let offset =
+            if have > 0 && hash_file(&mut f, have, &path, |_| {}).await? == prefix_sha256 { have } else { 0 };
+
+        header::write(&mut s, &Request::File { name: name.clone(), size, sha256: sha256.clone(), offset })
+            .await?;
+        match header::expect::<_, Response>(&mut s).await? {
+            Response::Ready { offset: o } if o == offset => {}
+            other => return Err(unexpected(other)),
+        }
+        f.seek(SeekFrom::Start(offset)).await.map_err(err.clone())?;
+        let mut buf = vec![0u8; IO_CHUNK];
+        let mut done = offset;
+        progress(Progress { stage: Stage::Sending, done, total: size });
+        while done < size {
+            let want = buf.len().min(usize::try_from(size - done).unwrap_or(usize::MAX));
+            let n = f.read(&mut buf[..want]).await.map_err(err.clone())?;
+            if n == 0 {
+                return Err(err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "file shrank while being sent",
+                )));
+            }
+            s.write_all(&buf[..n]).await.map_err(ServiceError::Stream)?;
+            done += n as u64;
+            progress(Progress { stage: Stage::Sending, done, total: size });
+        }
+        s.flush().await.map_err(ServiceError::Stream)?;
+        progress(Progress { stage: Stage::Verifying, done: size, total: size });
+        let reply = header::expect::<_, Response>(&mut s).await?;
+        finish_stream(&mut s).await;
+        match reply {
+            Response::FileDone { ok: true, sha256: theirs } if theirs == sha256 => Ok(FileReport {
+                name,
+                size,
+                resumed_from: offset,
+                sent: size - offset,
+                sha256,
+                elapsed: start.elapsed(),
+            }),
+            Response::FileDone { sha256: theirs, .. } => {
+                Err(ServiceError::HashMismatch { name, expected: sha256, actual: theirs })
+            }
+            other => Err(unexpected(other)),
+        }
+    })
+    .await?
+}

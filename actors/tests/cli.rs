@@ -1,0 +1,434 @@
+//! The `kizuna` binary as users run it: real processes, real sockets on loopback.
+//!
+//! Every spawned node is wrapped in a [`NodeProc`] guard that kills it on drop, so a
+//! failing assertion never leaks a process. Tests assert behaviour, never speed.
+
+#![allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kizuna");
+
+/// Bound on waiting for a node's first line (it only has to bind two sockets).
+const STARTUP: Duration = Duration::from_secs(30);
+
+fn kizuna(home: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    // Keep every test away from the real user's key and config.
+    c.env_remove("KIZUNA_KEY").env_remove("XDG_CONFIG_HOME").env("HOME", home).env("RUST_LOG", "warn");
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("run kizuna")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json_lines(o: &Output) -> Vec<Value> {
+    stdout(o)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+/// A running `kizuna node`, killed on drop.
+struct NodeProc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    first: String,
+}
+
+impl NodeProc {
+    fn start(home: &Path, extra: &[&str]) -> Self {
+        let mut child = kizuna(home)
+            .arg("node")
+            .args(["--listen", "quic=127.0.0.1:0", "--listen", "tcp=127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn kizuna node");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut node = NodeProc { child, lines: rx, first: String::new() };
+        node.first = node.next_line(STARTUP).expect("node printed nothing on stdout");
+        node
+    }
+
+    fn next_line(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// Sends `signal` (`TERM`, `INT`) and waits for the process to exit.
+    fn signal(mut self, signal: &str) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill").arg(format!("-{signal}")).arg(&pid).status().expect("kill").success();
+        assert!(ok, "kill -{signal} failed");
+        for _ in 0..200 {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("node did not exit within 10 s of SIG{signal}");
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn peer_of(ticket: &str) -> &str {
+    ticket.split('@').next().unwrap_or_default()
+}
+
+/// Deterministic pseudo-random bytes (incompressible, unlike zeros).
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
+}
+
+#[test]
+fn id_creates_a_private_key_and_prints_the_same_id_twice() {
+    let home = tempfile::tempdir().unwrap();
+    let key = home.path().join("keys/node.key");
+    let a = run(kizuna(home.path()).args(["id", "--key"]).arg(&key));
+    assert!(a.status.success(), "{}", stderr(&a));
+    let id = stdout(&a).trim().to_string();
+    assert_eq!(id.len(), 55, "peer id {id:?}");
+    assert_eq!(mode(&key), 0o600);
+    let b = run(kizuna(home.path()).args(["id", "--key"]).arg(&key));
+    assert!(b.status.success());
+    assert_eq!(stdout(&b).trim(), id);
+
+    // Default location: $KIZUNA_KEY, else ~/.config/kizuna/key.
+    let env_key = home.path().join("env.key");
+    let c = run(kizuna(home.path()).arg("id").env("KIZUNA_KEY", &env_key));
+    assert!(c.status.success(), "{}", stderr(&c));
+    assert!(env_key.exists());
+    let d = run(kizuna(home.path()).arg("id"));
+    assert!(d.status.success(), "{}", stderr(&d));
+    let default = home.path().join(".config/kizuna/key");
+    assert_eq!(mode(&default), 0o600);
+    assert_ne!(stdout(&c), stdout(&d));
+    assert_eq!(stdout(&run(kizuna(home.path()).arg("id"))), stdout(&d));
+}
+
+#[test]
+fn id_refuses_a_world_readable_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().unwrap();
+    let key = home.path().join("k");
+    assert!(run(kizuna(home.path()).args(["id", "--key"]).arg(&key)).status.success());
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run(kizuna(home.path()).args(["id", "--key"]).arg(&key));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("chmod 600"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_arguments_exit_2_and_say_what_is_wrong() {
+    let home = tempfile::tempdir().unwrap();
+    let id =
+        stdout(&run(kizuna(home.path()).args(["id", "--key"]).arg(home.path().join("k")))).trim().to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["ping".into(), "garbage".into()], "not a valid ticket"),
+        (vec!["ping".into(), format!("{id}@sctp=1.2.3.4:5")], "unknown protocol"),
+        (vec!["perf".into(), format!("{id}@tcp=localhost")], "HOST:PORT"),
+        (vec!["send".into(), format!("x{id}@tcp=127.0.0.1:1"), "f".into()], "not a valid ticket"),
+        (vec!["ping".into(), id.clone()], "no address"),
+        (
+            vec!["ping".into(), format!("{id}@tcp=127.0.0.1:1"), "--transport".into(), "quic".into()],
+            "no quic address",
+        ),
+        (vec!["ping".into(), format!("{id}@tcp=127.0.0.1:1"), "--transport".into(), "udp".into()], "udp"),
+        (vec!["perf".into(), format!("{id}@tcp=127.0.0.1:1"), "--bytes".into(), "12XB".into()], "size"),
+        (vec!["node".into(), "--listen".into(), "tcp=nowhere".into()], "HOST:PORT"),
+        (vec!["frobnicate".into()], "frobnicate"),
+    ];
+    for (args, needle) in cases {
+        let o = run(kizuna(home.path()).args(&args));
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{args:?}: stderr lacks {needle:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn unreachable_peer_exits_1_with_a_reason() {
+    let home = tempfile::tempdir().unwrap();
+    let id =
+        stdout(&run(kizuna(home.path()).args(["id", "--key"]).arg(home.path().join("k")))).trim().to_string();
+    // A port nobody listens on: bound then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let o = run(kizuna(home.path()).args(["ping", &format!("{id}@tcp=127.0.0.1:{port}"), "--count", "1"]));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("error:"), "{}", stderr(&o));
+}
+
+fn check_ping(home: &Path, ticket: &str, transport: &str) {
+    let o = run(kizuna(home).args([
+        "ping",
+        ticket,
+        "--json",
+        "--count",
+        "3",
+        "--interval",
+        "50",
+        "--transport",
+        transport,
+    ]));
+    assert!(o.status.success(), "ping over {transport}: {}", stderr(&o));
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), 3, "{}", stdout(&o));
+    for (i, v) in lines.iter().enumerate() {
+        assert_eq!(v["seq"], (i + 1) as u64);
+        assert_eq!(v["peer"], peer_of(ticket));
+        assert_eq!(v["transport"], transport);
+        assert_eq!(v["path"], "direct");
+        assert_eq!(v["status"], "ok");
+        assert!(v["connect_ms"].as_f64().is_some_and(|x| x >= 0.0), "{v}");
+        assert!(v["rtt_ms"].as_f64().is_some_and(|x| x >= 0.0), "{v}");
+    }
+}
+
+fn check_perf(home: &Path, ticket: &str, transport: &str) {
+    let o = run(kizuna(home).args(["perf", ticket, "--json", "--bytes", "8MiB", "--transport", transport]));
+    assert!(o.status.success(), "perf over {transport}: {}", stderr(&o));
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), 1, "{}", stdout(&o));
+    let v = &lines[0];
+    assert_eq!(v["transport"], transport);
+    assert_eq!(v["path"], "direct");
+    assert_eq!(v["bytes"], 8u64 << 20);
+    assert!(v["upload_mbps"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    assert!(v["download_mbps"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+}
+
+fn send(home: &Path, ticket: &str, file: &Path, transport: &str) -> Output {
+    run(kizuna(home).args(["send", ticket]).arg(file).args(["--json", "--transport", transport]))
+}
+
+#[test]
+fn node_serves_ping_perf_and_files_over_tcp_and_quic() {
+    let home = tempfile::tempdir().unwrap();
+    let recv = home.path().join("inbox");
+    let key = home.path().join("node.key");
+    let node =
+        NodeProc::start(home.path(), &["--key", key.to_str().unwrap(), "--recv-dir", recv.to_str().unwrap()]);
+    let ticket = node.first.clone();
+    assert!(ticket.contains("tcp=127.0.0.1:") && ticket.contains("quic=127.0.0.1:"), "{ticket}");
+    let id = stdout(&run(kizuna(home.path()).args(["id", "--key"]).arg(&key)));
+    assert_eq!(peer_of(&ticket), id.trim(), "the ticket carries the key's peer id");
+
+    for t in ["tcp", "quic"] {
+        check_ping(home.path(), &ticket, t);
+        check_perf(home.path(), &ticket, t);
+    }
+
+    // A 5 MiB file over each transport, byte-identical on arrival.
+    let src = home.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for (i, t) in ["tcp", "quic"].iter().enumerate() {
+        let data = pattern(5 << 20, i as u64 + 7);
+        let file = src.join(format!("data-{t}.bin"));
+        std::fs::write(&file, &data).unwrap();
+        let o = send(home.path(), &ticket, &file, t);
+        assert!(o.status.success(), "send over {t}: {}", stderr(&o));
+        let v = &json_lines(&o)[0];
+        assert_eq!(v["status"], "ok");
+        assert_eq!(v["transport"], *t);
+        assert_eq!(v["size"], 5u64 << 20);
+        assert_eq!(v["resumed_from"], 0);
+        let got = std::fs::read(recv.join(format!("data-{t}.bin"))).unwrap();
+        assert!(got == data, "received bytes differ over {t}");
+        assert!(!recv.join(format!("data-{t}.bin.part")).exists());
+    }
+
+    // Resume: the receiver already holds a matching 2 MiB prefix.
+    let data = pattern(5 << 20, 99);
+    let file = src.join("resume.bin");
+    std::fs::write(&file, &data).unwrap();
+    std::fs::write(recv.join("resume.bin.part"), &data[..2 << 20]).unwrap();
+    let o = send(home.path(), &ticket, &file, "auto");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = &json_lines(&o)[0];
+    assert_eq!(v["resumed_from"], 2u64 << 20);
+    assert_eq!(v["sent"], 3u64 << 20);
+    assert!(std::fs::read(recv.join("resume.bin")).unwrap() == data);
+
+    // A partial file that does not match is not resumed from.
+    let data = pattern(1 << 20, 5);
+    let file = src.join("stale.bin");
+    std::fs::write(&file, &data).unwrap();
+    std::fs::write(recv.join("stale.bin.part"), pattern(1 << 19, 6)).unwrap();
+    let o = send(home.path(), &ticket, &file, "tcp");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json_lines(&o)[0]["resumed_from"], 0);
+    assert!(std::fs::read(recv.join("stale.bin")).unwrap() == data);
+
+    // An existing file is not overwritten: exit 1 with the reason.
+    let o = send(home.path(), &ticket, &file, "tcp");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+
+    // A missing local file: exit 1, clear message.
+    let o = send(home.path(), &ticket, &src.join("nope.bin"), "tcp");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("nope.bin"), "{}", stderr(&o));
+
+    let status = node.signal("TERM");
+    assert!(status.success(), "node exit status after SIGTERM: {status}");
+}
+
+#[test]
+fn node_without_recv_dir_refuses_files() {
+    let home = tempfile::tempdir().unwrap();
+    let key = home.path().join("k");
+    let node = NodeProc::start(home.path(), &["--key", key.to_str().unwrap()]);
+    let file = home.path().join("f.bin");
+    std::fs::write(&file, b"hello").unwrap();
+    let o = send(home.path(), &node.first, &file, "auto");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("does not accept files"), "{}", stderr(&o));
+    // Dialing the node's address under another peer id fails authentication.
+    let other = stdout(&run(kizuna(home.path()).args(["id", "--key"]).arg(home.path().join("other"))));
+    let (_, addrs) = node.first.split_once('@').unwrap();
+    let o = run(kizuna(home.path()).args(["ping", &format!("{}@{addrs}", other.trim()), "--count", "1"]));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("authentication failed"), "{}", stderr(&o));
+    // Ctrl-C stops the node gracefully.
+    let status = node.signal("INT");
+    assert!(status.success(), "node exit status after SIGINT: {status}");
+}
+
+#[test]
+fn node_reports_a_port_in_use_and_exits_1() {
+    let home = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let o = run(kizuna(home.path())
+        .args(["node", "--key"])
+        .arg(home.path().join("k"))
+        .args(["--listen", &format!("tcp=127.0.0.1:{port}")]));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("cannot listen on tcp=127.0.0.1:{port}")), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty(), "no ticket for a node that is not listening: {}", stdout(&o));
+}
+
+#[test]
+fn node_json_reports_listening_connections_and_shutdown() {
+    let home = tempfile::tempdir().unwrap();
+    let key = home.path().join("k");
+    let node = NodeProc::start(home.path(), &["--key", key.to_str().unwrap(), "--json"]);
+    let first: Value = serde_json::from_str(&node.first).expect("first line is JSON");
+    assert_eq!(first["event"], "listening");
+    let ticket = first["ticket"].as_str().expect("ticket").to_string();
+    assert_eq!(first["peer"], peer_of(&ticket));
+    let addrs: Vec<&str> = first["addrs"].as_array().unwrap().iter().filter_map(|a| a.as_str()).collect();
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    assert!(addrs.iter().all(|a| ticket.contains(a)));
+
+    let o = run(kizuna(home.path()).args(["ping", &ticket, "--count", "1", "--transport", "tcp"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("seq=1 time="), "human output: {}", stdout(&o));
+
+    let mut seen = Vec::new();
+    while let Some(l) = node.next_line(Duration::from_secs(10)) {
+        let v: Value = serde_json::from_str(&l).expect("JSON line");
+        let ev = v["event"].as_str().unwrap_or_default().to_string();
+        seen.push(v);
+        if ev == "disconnected" {
+            break;
+        }
+    }
+    let connected = seen.iter().find(|v| v["event"] == "connected").expect("a connected event");
+    assert_eq!(connected["transport"], "tcp");
+    assert_eq!(connected["path"], "direct");
+
+    // Keep reading stdout after SIGTERM: the last line is the shutdown event.
+    let NodeProc { lines, .. } = &node;
+    let pid = node.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut last = None;
+    while let Ok(l) = lines.recv_timeout(Duration::from_secs(10)) {
+        last = Some(l);
+    }
+    let last: Value = serde_json::from_str(&last.expect("lines after SIGTERM")).unwrap();
+    assert_eq!(last["event"], "shutdown");
+}
+
+#[test]
+fn demo_prints_a_table_with_one_row_per_transport() {
+    let home = tempfile::tempdir().unwrap();
+    let o = run(kizuna(home.path()).args(["demo", "--bytes", "1MiB"]));
+    assert!(o.status.success(), "demo failed: {}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    let header = out.lines().find(|l| l.starts_with("transport")).expect("a table header");
+    for col in ["path", "connect ms", "rtt ms", "up Mbit/s", "down Mbit/s", "status"] {
+        assert!(header.contains(col), "{header}");
+    }
+    for t in ["quic", "tcp"] {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{t} ")))
+            .unwrap_or_else(|| panic!("no {t} row: {out}"));
+        assert!(row.contains("direct") && row.trim_end().ends_with("ok"), "{row}");
+    }
+}
+
+#[test]
+fn demo_runs_every_transport() {
+    let home = tempfile::tempdir().unwrap();
+    let o = run(kizuna(home.path()).args(["demo", "--json", "--bytes", "4MiB"]));
+    assert!(o.status.success(), "demo failed: {}\n{}", stdout(&o), stderr(&o));
+    let rows = json_lines(&o);
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["transport"].as_str()).collect();
+    assert!(names.contains(&"tcp") && names.contains(&"quic"), "{names:?}");
+    for r in &rows {
+        assert_eq!(r["status"], "ok", "{r}");
+        assert_eq!(r["path"], "direct", "{r}");
+        for f in ["connect_ms", "rtt_ms", "upload_mbps", "download_mbps"] {
+            assert!(r[f].as_f64().is_some(), "{f} in {r}");
+        }
+    }
+}
