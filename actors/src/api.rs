@@ -30,7 +30,7 @@ pub enum NodeError {
         attempts: Vec<(String, String)>,
     },
     /// The peer proved a different identity than the one dialed.
-    #[error("authentication failed: {0}")]
+    #[error("{0}")]
     AuthenticationFailed(String),
     /// No connection to the peer exists.
     #[error("not connected to {0}")]

@@ -445,9 +445,13 @@ impl MuxState {
             RecvState::Reset(_) => return Err(MuxError::ClosedStream { id, frame: "stream-reset" }),
             RecvState::Open | RecvState::Finished => {}
         }
-        s.recv = RecvState::Reset(code);
-        s.buf.clear();
-        s.buffered = 0;
+        if s.recv == RecvState::Open {
+            s.recv = RecvState::Reset(code);
+            s.buf.clear();
+            s.buffered = 0;
+        }
+        // A reset after the peer's own `StreamFin` only stops our sending (like QUIC's
+        // STOP_SENDING): everything the peer sent before its FIN stays readable.
         let echo = if s.send == SendState::Open {
             s.send = SendState::Reset;
             Some(Frame::StreamReset { id, code })
@@ -851,5 +855,19 @@ mod tests {
         assert_eq!(b.handle_frame(Frame::StreamOpen { id: 3 }), Ok(Event::Accept(3)));
         assert_eq!(b.handle_frame(Frame::StreamOpen { id: 5 }), Ok(Event::None));
         assert!(drain(&mut b).contains(&Frame::StreamReset { id: 5, code: RESET_REFUSED }));
+    }
+
+    #[test]
+    fn reset_after_fin_keeps_the_peers_data_readable() {
+        let mut b = MuxState::new(false, cfg());
+        b.handle_frame(Frame::StreamOpen { id: 1 }).unwrap();
+        let id = b.poll_accept().unwrap();
+        b.handle_frame(Frame::StreamData { id, data: Bytes::from_static(b"reply") }).unwrap();
+        b.handle_frame(Frame::StreamFin { id }).unwrap();
+        b.handle_frame(Frame::StreamReset { id, code: RESET_CANCELLED }).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(b.read(id, &mut buf), ReadOutcome::Data(5));
+        assert_eq!(&buf[..5], b"reply");
+        assert_eq!(b.read(id, &mut buf), ReadOutcome::Eof);
     }
 }
