@@ -169,6 +169,14 @@ impl WsConfig {
         Self::default()
     }
 
+    /// Overrides the node's keep-alive for the WebSocket layer: a ping after `interval` of
+    /// silence, the peer presumed dead after `idle` (zero disables either).
+    pub fn with_keep_alive(mut self, interval: Duration, idle: Duration) -> Self {
+        self.keep_alive_interval = Some(interval);
+        self.idle_timeout = Some(idle);
+        self
+    }
+
     /// Serves `wss://` with this certificate chain (leaf first) and private key, both PEM
     /// (PKCS#8, PKCS#1 or SEC1 key).
     pub fn with_server_cert_pem(self, chain_pem: &[u8], key_pem: &[u8]) -> Result<Self> {
