@@ -11,8 +11,8 @@ use futures_util::{SinkExt, StreamExt};
 use kizuna::{
     transport::ws::{ws_accept, ws_connect, WsConfig, WsOptions, WsStream, WsTransport, SUBPROTOCOL},
     wire::CloseCode,
-    Connection, Incoming, Keypair, Listener, LocalNode, NodeConfig, PathKind, Protocol, Transport, TransportAddr,
-    TransportError,
+    Connection, Incoming, Keypair, Listener, LocalNode, NodeConfig, PathKind, Protocol, Transport,
+    TransportAddr, TransportError,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::{
@@ -183,7 +183,10 @@ async fn bulk_64_mib_each_way_and_many_messages() {
     assert_eq!(ci.remote_addr, addr);
     // The listener saw the dialer's socket, as a ws:// URL, and told it so.
     let observed = c.remote_hello().observed_addr.clone();
-    assert!(matches!(&observed, Some(TransportAddr::Ws(u)) if u.starts_with("ws://127.0.0.1:")), "{observed:?}");
+    assert!(
+        matches!(&observed, Some(TransportAddr::Ws(u)) if u.starts_with("ws://127.0.0.1:")),
+        "{observed:?}"
+    );
     assert_eq!(observed.as_ref(), Some(&si.remote_addr));
     assert_eq!(s.remote_hello().observed_addr.as_ref(), Some(&addr));
 
@@ -226,7 +229,8 @@ async fn plain_client(
 async fn clients_without_the_kizuna_subprotocol_are_refused_during_the_upgrade() {
     let server = node();
     let (mut l, addr) = listen(&WsTransport::new(server.clone()), &loopback()).await;
-    for (offer, quoted) in [(None, "offered none"), (Some("chat"), "\"chat\""), (Some("chat, superchat"), "\"superchat\"")]
+    for (offer, quoted) in
+        [(None, "offered none"), (Some("chat"), "\"chat\""), (Some("chat, superchat"), "\"superchat\"")]
     {
         let err = within(plain_client(&addr, offer)).await.unwrap_err();
         let WsError::Http(resp) = err else { panic!("expected an HTTP refusal, got {err}") };
@@ -293,6 +297,7 @@ where
     let url = format!("ws://{}/", listener.local_addr().unwrap());
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            #[allow(clippy::result_large_err)] // tungstenite's `Callback` signature
             let cb = |_: &Request, mut resp: Response| {
                 resp.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
                 Ok(resp)
@@ -361,7 +366,8 @@ async fn the_accepting_side_detects_a_dead_client_too() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/relay", listener.local_addr().unwrap());
     let client = tokio::spawn(async move {
-        let tcp = TcpStream::connect(url.trim_start_matches("ws://").trim_end_matches("/relay")).await.unwrap();
+        let tcp =
+            TcpStream::connect(url.trim_start_matches("ws://").trim_end_matches("/relay")).await.unwrap();
         let mut req = url.into_client_request().unwrap();
         req.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
         let (ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();

@@ -121,10 +121,9 @@ where
 {
     let mut request = url.into_client_request().map_err(|e| TransportError::Config(format!("{url}: {e}")))?;
     request.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
-    let (ws, response) =
-        tokio_tungstenite::client_async_with_config(request, socket, Some(ws_config(opts)))
-            .await
-            .map_err(|e| upgrade_error(url, e))?;
+    let (ws, response) = tokio_tungstenite::client_async_with_config(request, socket, Some(ws_config(opts)))
+        .await
+        .map_err(|e| upgrade_error(url, e))?;
     // tungstenite already checks the answer is one we offered; say it once more here so
     // that the binding does not depend on that.
     let selected = response.headers().get(SEC_WEBSOCKET_PROTOCOL).map(|v| v.as_bytes());
@@ -154,7 +153,9 @@ fn upgrade_error(url: &str, e: WsError) -> TransportError {
             };
             TransportError::connect_failed(url, reason)
         }
-        WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(sub)) => not_kizuna(url, &sub.to_string()),
+        WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(sub)) => {
+            not_kizuna(url, &sub.to_string())
+        }
         WsError::Io(io) => TransportError::connect_failed(url, format!("during the WebSocket upgrade: {io}")),
         other => TransportError::connect_failed(url, format!("WebSocket upgrade failed: {other}")),
     }
@@ -170,7 +171,10 @@ mod tests {
         let u = WsUrl::parse("ws://127.0.0.1:4000").unwrap();
         assert_eq!((u.secure, u.host.as_str(), u.port, u.path.as_str()), (false, "127.0.0.1", 4000, "/"));
         let u = WsUrl::parse("wss://relay.example/relay?x=1").unwrap();
-        assert_eq!((u.secure, u.host.as_str(), u.port, u.path.as_str()), (true, "relay.example", 443, "/relay?x=1"));
+        assert_eq!(
+            (u.secure, u.host.as_str(), u.port, u.path.as_str()),
+            (true, "relay.example", 443, "/relay?x=1")
+        );
         let u = WsUrl::parse("ws://[::1]:9/").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 9));
         for bad in ["http://x", "ws://", "tcp=1.2.3.4:5", "", "ws:///path"] {

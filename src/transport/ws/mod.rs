@@ -343,7 +343,9 @@ impl WsTransport {
                 .await
                 .map_err(|e| TransportError::Config(format!("cannot listen on {url}: {e}")))?
                 .next()
-                .ok_or_else(|| TransportError::Config(format!("cannot listen on {url}: host has no address")))?,
+                .ok_or_else(|| {
+                    TransportError::Config(format!("cannot listen on {url}: host has no address"))
+                })?,
         };
         let listener = server::bind(sa, self.node.config().tcp_backlog)?;
         let local = listener.local_addr()?;

@@ -21,7 +21,8 @@ use tokio_tungstenite::tungstenite::{
 };
 
 use super::{
-    build_connection, socket::configure_tcp, stream::ws_config, Side, WsOptions, WsSocket, WsStream, SUBPROTOCOL,
+    build_connection, socket::configure_tcp, stream::ws_config, Side, WsOptions, WsSocket, WsStream,
+    SUBPROTOCOL,
 };
 use crate::{
     address::TransportAddr,
@@ -67,6 +68,8 @@ where
     let bound = opts.handshake_timeout;
     let mut path = None;
     let mut refused = None;
+    // The callback's signature is tungstenite's `Callback`; its error type is not ours to shrink.
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| check_request(req, resp, &mut path, &mut refused);
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(socket, callback, Some(ws_config(opts)));
     let outcome = tokio::time::timeout(bound, handshake)
@@ -84,6 +87,7 @@ where
 }
 
 /// The upgrade callback: records the path, selects `kizuna` or refuses.
+#[allow(clippy::result_large_err)] // tungstenite's `Callback` signature
 fn check_request(
     req: &Request,
     mut resp: Response,
@@ -150,7 +154,11 @@ pub(super) struct ListenCtx {
 }
 
 /// Starts the accept loop on `listener`, reporting as `local_addr`.
-pub(super) fn start(ctx: ListenCtx, listener: tokio::net::TcpListener, local_addr: TransportAddr) -> WsListener {
+pub(super) fn start(
+    ctx: ListenCtx,
+    listener: tokio::net::TcpListener,
+    local_addr: TransportAddr,
+) -> WsListener {
     let node = ctx.node.clone();
     node.add_listen_addr(local_addr.clone());
     let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
@@ -218,11 +226,7 @@ async fn accept_loop(
 }
 
 /// TCP → (TLS) → WebSocket upgrade → Kizuna secure channel → hello → connection.
-async fn handshake(
-    ctx: &ListenCtx,
-    stream: TcpStream,
-    label: &str,
-) -> Result<crate::transport::Connection> {
+async fn handshake(ctx: &ListenCtx, stream: TcpStream, label: &str) -> Result<crate::transport::Connection> {
     let node = &ctx.node;
     let bound = node.config().handshake_timeout;
     configure_tcp(&stream)?;
@@ -272,7 +276,9 @@ fn label_error(e: TransportError, label: &str) -> TransportError {
             TransportError::UnsupportedProtocol(format!("{label} refused: {reason}"))
         }
         TransportError::ProtocolViolation { source, .. } => TransportError::violation(label, source),
-        TransportError::Timeout { what, after } => TransportError::Timeout { what: format!("{what} with {label}"), after },
+        TransportError::Timeout { what, after } => {
+            TransportError::Timeout { what: format!("{what} with {label}"), after }
+        }
         other => other,
     }
 }

@@ -175,7 +175,8 @@ impl KeepAlive {
             if !self.idle.is_zero() && now.saturating_duration_since(self.last_heard) >= self.idle {
                 return Due::Dead;
             }
-            let ping_at = (!self.interval.is_zero()).then(|| self.last_heard.max(self.last_ping) + self.interval);
+            let ping_at =
+                (!self.interval.is_zero()).then(|| self.last_heard.max(self.last_ping) + self.interval);
             if let Some(at) = ping_at {
                 if now >= at {
                     self.last_ping = now;
@@ -212,7 +213,9 @@ fn ws_io_error(e: WsError) -> io::Error {
         WsError::ConnectionClosed | WsError::AlreadyClosed => {
             io::Error::new(io::ErrorKind::BrokenPipe, "WebSocket connection already closed")
         }
-        WsError::Protocol(p) => io::Error::new(io::ErrorKind::InvalidData, format!("WebSocket protocol: {p}")),
+        WsError::Protocol(p) => {
+            io::Error::new(io::ErrorKind::InvalidData, format!("WebSocket protocol: {p}"))
+        }
         WsError::Capacity(c) => io::Error::new(io::ErrorKind::InvalidData, format!("WebSocket limit: {c}")),
         other => io::Error::other(format!("WebSocket: {other}")),
     }
@@ -308,7 +311,10 @@ where
             self.reader_flush(cx);
         }
         self.read_eof = true;
-        io::Error::new(io::ErrorKind::InvalidData, format!("WebSocket peer broke the Kizuna binding: {reason}"))
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("WebSocket peer broke the Kizuna binding: {reason}"),
+        )
     }
 
     fn keep_alive(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
@@ -342,11 +348,7 @@ impl<S> AsyncRead for WsStream<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
