@@ -48,6 +48,7 @@ use tokio::{
 use tokio_tungstenite::{
     tungstenite::{
         protocol::{frame::coding::CloseCode as WsCloseCode, CloseFrame, WebSocketConfig},
+        error::ProtocolError,
         Error as WsError, Message,
     },
     WebSocketStream,
@@ -213,6 +214,10 @@ fn ws_io_error(e: WsError) -> io::Error {
         WsError::ConnectionClosed | WsError::AlreadyClosed => {
             io::Error::new(io::ErrorKind::BrokenPipe, "WebSocket connection already closed")
         }
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "WebSocket peer closed the connection without a close frame",
+        ),
         WsError::Protocol(p) => {
             io::Error::new(io::ErrorKind::InvalidData, format!("WebSocket protocol: {p}"))
         }
