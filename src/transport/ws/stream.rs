@@ -47,8 +47,8 @@ use tokio::{
 };
 use tokio_tungstenite::{
     tungstenite::{
-        protocol::{frame::coding::CloseCode as WsCloseCode, CloseFrame, WebSocketConfig},
         error::ProtocolError,
+        protocol::{frame::coding::CloseCode as WsCloseCode, CloseFrame, WebSocketConfig},
         Error as WsError, Message,
     },
     WebSocketStream,
