@@ -12,7 +12,7 @@
 //! * [`wire`] — the hello and frames spoken inside the secure channel;
 //! * [`mux`] — streams multiplexed over one secure byte stream;
 //! * [`transport`] — the [`Transport`] trait and the uniform [`Connection`], with
-//!   [`transport::tcp`] and [`transport::quic`];
+//!   [`transport::tcp`], [`transport::quic`] and [`transport::ws`] (WebSocket);
 //! * [`health`], [`pool`] — keep-alive/RTT and per-peer connection reuse.
 
 pub mod address;

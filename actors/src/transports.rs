@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use kizuna::{
-    transport::{quic::QuicTransport, tcp::TcpTransport},
+    transport::{quic::QuicTransport, tcp::TcpTransport, ws::WsTransport},
     LocalNode, Protocol, Transport,
 };
 
@@ -20,6 +20,7 @@ pub(crate) fn build_transports(
             match p {
                 Protocol::Tcp => Ok(Arc::new(TcpTransport::new(node.clone()))),
                 Protocol::Quic => Ok(Arc::new(QuicTransport::new(node.clone()))),
+                Protocol::WebSocket => Ok(Arc::new(WsTransport::new(node.clone()))),
                 other => Err(NodeError::NoTransport(other.to_string())),
             }
         })

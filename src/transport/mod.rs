@@ -20,6 +20,7 @@ mod connection;
 pub mod quic;
 mod stream;
 pub mod tcp;
+pub mod ws;
 
 use std::{future::Future, pin::Pin};
 
