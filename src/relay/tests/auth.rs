@@ -89,7 +89,7 @@ fn garbage_tokens_are_malformed() {
         String::new(),
         ".".into(),
         "abc".into(),
-        format!("{exp}"),
+        exp.to_string(),
         format!(".{mac}"),
         format!("{exp}."),
         format!("-1.{mac}"),
@@ -148,7 +148,8 @@ fn config_without_a_rule_refuses_to_start() {
 fn handshake_happy_path_with_client_helper() {
     let t0 = Instant::now();
     let mut hs = ServerHandshake::new([4; 32], RELAY, t0);
-    let msgs = client_handshake(&key(1), &hs.challenge(), RELAY, None, Purpose::Dial { target: peer(2) }).unwrap();
+    let msgs =
+        client_handshake(&key(1), &hs.challenge(), RELAY, None, Purpose::Dial { target: peer(2) }).unwrap();
     let [auth, purpose] = msgs;
     let adm = Admission::open();
     // Through the codec, as on the wire.
@@ -184,17 +185,26 @@ fn handshake_failures() {
     };
     // Purpose before auth.
     let mut hs = ServerHandshake::new([1; 32], RELAY, t0);
-    assert_eq!(hs.handle_message(RelayMessage::Control, &allow, NOW).unwrap_err().code(), ErrorCode::ProtocolViolation);
+    assert_eq!(
+        hs.handle_message(RelayMessage::Control, &allow, NOW).unwrap_err().code(),
+        ErrorCode::ProtocolViolation
+    );
     // Signature for another nonce (replay).
     let mut hs = ServerHandshake::new([1; 32], RELAY, t0);
-    assert_eq!(hs.handle_message(auth(1, [2; 32]), &allow, NOW).unwrap_err().code(), ErrorCode::Unauthenticated);
+    assert_eq!(
+        hs.handle_message(auth(1, [2; 32]), &allow, NOW).unwrap_err().code(),
+        ErrorCode::Unauthenticated
+    );
     // Valid signature, not admitted.
     let mut hs = ServerHandshake::new([1; 32], RELAY, t0);
     assert_eq!(hs.handle_message(auth(2, [1; 32]), &allow, NOW).unwrap_err().code(), ErrorCode::NotAllowed);
     // A second auth instead of a purpose.
     let mut hs = ServerHandshake::new([1; 32], RELAY, t0);
     assert!(hs.handle_message(auth(1, [1; 32]), &allow, NOW).is_ok());
-    assert_eq!(hs.handle_message(auth(1, [1; 32]), &allow, NOW).unwrap_err().code(), ErrorCode::ProtocolViolation);
+    assert_eq!(
+        hs.handle_message(auth(1, [1; 32]), &allow, NOW).unwrap_err().code(),
+        ErrorCode::ProtocolViolation
+    );
     // Timeout.
     let mut hs = ServerHandshake::new([1; 32], RELAY, t0);
     assert_eq!(hs.deadline(), t0 + HANDSHAKE_TIMEOUT);

@@ -43,7 +43,10 @@ fn snapshot_purposes() {
 #[test]
 fn snapshot_reservation() {
     snapshot(RelayMessage::Reserve { ttl_secs: 600 }, "82a474797065a772657365727665a874746c5f73656373cd0258");
-    snapshot(RelayMessage::Reserved { expires_in_secs: 3600 }, "82a474797065a87265736572766564af657870697265735f696e5f73656373cd0e10");
+    snapshot(
+        RelayMessage::Reserved { expires_in_secs: 3600 },
+        "82a474797065a87265736572766564af657870697265735f696e5f73656373cd0e10",
+    );
 }
 
 #[test]
@@ -55,7 +58,10 @@ fn snapshot_signaling() {
 #[test]
 fn snapshot_circuits() {
     snapshot(RelayMessage::Incoming { circuit: CircuitId(1), from: peer(1) }, "83a474797065a8696e636f6d696e67a76369726375697401a466726f6dc4208a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c");
-    snapshot(RelayMessage::Refuse { circuit: CircuitId(1), reason: "busy".into() }, "83a474797065a6726566757365a76369726375697401a6726561736f6ea462757379");
+    snapshot(
+        RelayMessage::Refuse { circuit: CircuitId(1), reason: "busy".into() },
+        "83a474797065a6726566757365a76369726375697401a6726561736f6ea462757379",
+    );
     snapshot(
         RelayMessage::CircuitReady {
             circuit: CircuitId(1),
@@ -65,19 +71,28 @@ fn snapshot_circuits() {
         },
         "85a474797065ad636972637569745f7265616479a76369726375697401a470656572c4208139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394b16d61785f6475726174696f6e5f73656373cd0e10a96d61785f6279746573ce40000000",
     );
-    snapshot(RelayMessage::CircuitRefused { reason: "busy".into() }, "82a474797065af636972637569745f72656675736564a6726561736f6ea462757379");
+    snapshot(
+        RelayMessage::CircuitRefused { reason: "busy".into() },
+        "82a474797065af636972637569745f72656675736564a6726561736f6ea462757379",
+    );
 }
 
 #[test]
 fn snapshot_error_and_unknown() {
-    snapshot(RelayMessage::error(ErrorCode::TargetNotReserved, "no"), "83a474797065a56572726f72a4636f646505a76d657373616765a26e6f");
+    snapshot(
+        RelayMessage::error(ErrorCode::TargetNotReserved, "no"),
+        "83a474797065a56572726f72a4636f646505a76d657373616765a26e6f",
+    );
     snapshot(RelayMessage::Unknown, "81a474797065a7756e6b6e6f776e");
 }
 
 #[test]
 fn unknown_types_and_fields() {
     // {"type": "future", "x": [1, 2]}
-    assert_eq!(RelayMessage::decode(&hex::decode("82a474797065a6667574757265a178920102").unwrap()).unwrap(), RelayMessage::Unknown);
+    assert_eq!(
+        RelayMessage::decode(&hex::decode("82a474797065a6667574757265a178920102").unwrap()).unwrap(),
+        RelayMessage::Unknown
+    );
     // {"type": "reserve", "ttl_secs": 5, "new": true}: unknown field ignored
     let m = hex::decode("83a474797065a772657365727665a874746c5f7365637305a36e6577c3").unwrap();
     assert_eq!(RelayMessage::decode(&m).unwrap(), RelayMessage::Reserve { ttl_secs: 5 });
@@ -101,7 +116,7 @@ fn malformed_inputs_are_typed_errors() {
     bad("82a474797065a772657365727665a874746c5f73656373a178"); // ttl_secs is a string
     bad("83a474797065a772657365727665a874746c5f7365637305a874746c5f7365637306"); // duplicate field
     bad("82a474797065a772657365727665a874746c5f73656373ff"); // negative ttl
-    // dial with the all-zero key (rejected as a peer id)
+                                                             // dial with the all-zero key (rejected as a peer id)
     bad(&format!("82a474797065a46469616ca6746172676574c420{}", "00".repeat(32)));
     // dial with a 31-byte key
     bad(&format!("82a474797065a46469616ca6746172676574c41f{}", "01".repeat(31)));
@@ -127,7 +142,8 @@ fn codes_and_purposes_convert() {
     }
     assert_eq!(ErrorCode::DataCap.ws_close_code(), 4011);
     assert_eq!(ErrorCode::Other(u16::MAX).ws_close_code(), 4999);
-    for p in [Purpose::Control, Purpose::Dial { target: peer(3) }, Purpose::Accept { circuit: CircuitId(9) }] {
+    for p in [Purpose::Control, Purpose::Dial { target: peer(3) }, Purpose::Accept { circuit: CircuitId(9) }]
+    {
         assert_eq!(RelayMessage::from(p).purpose(), Some(p));
     }
     assert_eq!(RelayMessage::Reserve { ttl_secs: 1 }.purpose(), None);
@@ -151,7 +167,8 @@ fn message() -> impl Strategy<Value = RelayMessage> {
         any::<u64>().prop_map(|expires_in_secs| RelayMessage::Reserved { expires_in_secs }),
         (peer_id(), bytes.clone()).prop_map(|(to, payload)| RelayMessage::Signal { to, payload }),
         (peer_id(), bytes).prop_map(|(from, payload)| RelayMessage::Signaled { from, payload }),
-        (any::<u64>(), peer_id()).prop_map(|(c, from)| RelayMessage::Incoming { circuit: CircuitId(c), from }),
+        (any::<u64>(), peer_id())
+            .prop_map(|(c, from)| RelayMessage::Incoming { circuit: CircuitId(c), from }),
         (any::<u64>(), ".{0,40}")
             .prop_map(|(c, reason)| RelayMessage::Refuse { circuit: CircuitId(c), reason }),
         (any::<u64>(), peer_id(), any::<u64>(), any::<u64>()).prop_map(|(c, peer, d, b)| {

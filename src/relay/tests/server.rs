@@ -135,13 +135,18 @@ fn reserve_renew_cap_release_and_expire() {
     h.advance(secs(1800));
     let out = h.msg(c, RelayMessage::Reserve { ttl_secs: 60 });
     assert_eq!(sent(&out, c), vec![RelayMessage::Reserved { expires_in_secs: 60 }]);
-    assert!(out.iter().any(|o| matches!(o, Output::Event(RelayEvent::ReservationAccepted { renewed: true, .. }))));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Event(RelayEvent::ReservationAccepted { renewed: true, .. }))));
     assert_eq!(h.s.poll_timeout(), Some(h.now + secs(60)));
     // Expiry by the timer, at exactly the TTL.
     let out = h.advance(secs(59));
     assert!(out.is_empty() && h.s.is_reserved(&peer(1), h.now));
     let out = h.advance(secs(1));
-    assert!(matches!(out[..], [Output::Event(RelayEvent::ReservationEnded { expired: true, .. })]), "{out:?}");
+    assert!(
+        matches!(out[..], [Output::Event(RelayEvent::ReservationEnded { expired: true, .. })]),
+        "{out:?}"
+    );
     assert!(!h.s.is_reserved(&peer(1), h.now));
     assert_eq!(h.s.poll_timeout(), None);
     // Reserve again, then release with ttl 0. The connection stays open throughout.
@@ -494,7 +499,12 @@ fn garbage_and_out_of_order_messages_close_only_that_connection() {
         RelayMessage::Auth { peer_id: peer(4), signature: [0; 64], token: None },
         RelayMessage::Challenge { nonce: [0; 32], relay: String::new() },
         RelayMessage::Control,
-        RelayMessage::CircuitReady { circuit: CircuitId(1), peer: peer(1), max_duration_secs: 0, max_bytes: 0 },
+        RelayMessage::CircuitReady {
+            circuit: CircuitId(1),
+            peer: peer(1),
+            max_duration_secs: 0,
+            max_bytes: 0,
+        },
     ] {
         let (c, _) = h.conn(4, Purpose::Control);
         let out = h.msg(c, m);
