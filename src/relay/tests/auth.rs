@@ -61,6 +61,17 @@ fn token_round_trip_and_format() {
 }
 
 #[test]
+fn token_test_vector() {
+    // docs/protocol.md, "Relay protocol": key of seed [1; 32], this secret, expiry 1700003600.
+    let t = mint_token(SECRET, &peer(1), Duration::from_secs(3600), NOW);
+    assert_eq!(t, "1700003600.cvurl6xyexr2ytguyztwbk4u2i7wpfjclcgt4qz2vtca7tapflmq");
+    assert_eq!(
+        hex::encode(auth_transcript(&[0xab; 32], RELAY)),
+        "6b697a756e612d72656c61792d617574682d7631abababababababababababababababababababababababababababababababab77733a2f2f72656c61792e6578616d706c653a37303030"
+    );
+}
+
+#[test]
 fn token_expiry_is_exact() {
     let t = mint_token(SECRET, &peer(1), Duration::from_secs(60), NOW);
     assert!(verify_token(SECRET, &peer(1), &t, NOW + 59).is_ok());
