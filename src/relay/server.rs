@@ -47,7 +47,8 @@ use crate::identity::PeerId;
 /// reasons are cut at a character boundary. Reasons are for humans and logs.
 pub const MAX_REASON_LEN: usize = 256;
 
-/// The shell's id for one authenticated WebSocket connection.
+/// The shell's id for one authenticated WebSocket connection. The shell must not reuse
+/// an id within one `RelayState` (a counter is enough).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct ConnId(pub u64);
 
@@ -229,6 +230,9 @@ pub struct PeerUsage {
     pub peer: PeerId,
     /// Authenticated connections open now.
     pub connections: usize,
+    /// Milliseconds since its first connection of the current presence (the record is
+    /// dropped when its last connection closes).
+    pub connected_ms: u64,
     /// Whether it holds a live reservation.
     pub reserved: bool,
     /// Circuits (pending or open) it takes part in now.
@@ -373,6 +377,7 @@ struct Circuit {
 
 #[derive(Debug, Default)]
 struct PeerStats {
+    since: Option<Instant>,
     connections: usize,
     circuits: usize,
     circuits_opened: u64,
@@ -450,7 +455,9 @@ impl RelayState {
             return;
         }
         self.conns.insert(conn, ConnEntry { peer, role: Role::Closing });
-        self.peers.entry(peer).or_default().connections += 1;
+        let stats = self.peers.entry(peer).or_default();
+        stats.connections += 1;
+        stats.since.get_or_insert(now);
         self.totals.connections += 1;
         match purpose {
             Purpose::Control => {
@@ -932,6 +939,7 @@ impl RelayState {
         PeerUsage {
             peer,
             connections: s.connections,
+            connected_ms: s.since.map_or(0, |t| millis(now.saturating_duration_since(t))),
             reserved: self.is_reserved(&peer, now),
             circuits: s.circuits,
             circuits_opened: s.circuits_opened,
@@ -948,9 +956,7 @@ fn conn_close(conn: ConnId, code: ErrorCode, message: &str) -> (ConnId, CloseRea
 fn circuit_usage(id: CircuitId, c: &Circuit, now: Instant) -> CircuitUsage {
     let (state, duration_ms) = match c.phase {
         Phase::Pending { .. } => ("pending", 0),
-        Phase::Open { opened, .. } => {
-            ("open", u64::try_from(now.saturating_duration_since(opened).as_millis()).unwrap_or(u64::MAX))
-        }
+        Phase::Open { opened, .. } => ("open", millis(now.saturating_duration_since(opened))),
     };
     CircuitUsage {
         circuit: id.0,
@@ -962,6 +968,10 @@ fn circuit_usage(id: CircuitId, c: &Circuit, now: Instant) -> CircuitUsage {
         duration_ms,
         rate: c.rate,
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Cuts `s` to at most `max` bytes at a character boundary.

@@ -217,6 +217,7 @@ fn dial_incoming_accept_splice() {
     assert_eq!((c.bytes_a_to_b, c.bytes_b_to_a, c.duration_ms, c.state), (100, 30, 2000, "open"));
     let a = m.peers.iter().find(|p| p.peer == peer(1)).unwrap();
     assert_eq!((a.bytes_sent, a.bytes_received, a.circuits, a.circuits_opened), (100, 30, 1, 1));
+    assert_eq!(a.connected_ms, 3000);
     // Messages on spliced connections are not control messages: ignored by the core.
     assert!(h.msg(d, RelayMessage::Reserve { ttl_secs: 1 }).is_empty());
 }
