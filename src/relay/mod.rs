@@ -31,6 +31,7 @@ pub mod auth;
 pub mod client;
 mod error;
 pub mod limits;
+pub mod metrics;
 pub mod proto;
 pub mod server;
 #[cfg(test)]
