@@ -23,6 +23,7 @@ pub mod mux;
 pub mod negotiate;
 pub mod node;
 pub mod pool;
+pub mod relay;
 pub mod secure;
 pub mod transport;
 pub mod wire;
