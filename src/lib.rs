@@ -13,6 +13,8 @@
 //! * [`mux`] — streams multiplexed over one secure byte stream;
 //! * [`transport`] — the [`Transport`] trait and the uniform [`Connection`], with
 //!   [`transport::tcp`], [`transport::quic`] and [`transport::ws`] (WebSocket);
+//! * [`relay`] — the relay protocol's sans-IO core: messages, admission, limits, the
+//!   relay's and the client's state machines;
 //! * [`health`], [`pool`] — keep-alive/RTT and per-peer connection reuse.
 
 pub mod address;

@@ -37,14 +37,6 @@ pub mod server;
 #[cfg(test)]
 mod tests;
 
-// The wire module's structural MessagePack validator, included here rather than made
-// visible crate-wide because `src/wire/` belongs to another work area. It must run
-// before rmp-serde sees untrusted bytes (see that file's module docs).
-// TODO(relay): once `wire::msgpack` is `pub(crate)`, use it directly and drop this.
-#[allow(clippy::duplicate_mod)] // deliberate, see above
-#[path = "../wire/msgpack.rs"]
-mod msgpack;
-
 pub use error::{AuthError, ForwardError, RelayConfigError, TokenError};
 pub use proto::{CircuitId, ErrorCode, Purpose, RelayMessage};
 

@@ -10,7 +10,7 @@
 
 use serde::{de::IgnoredAny, Deserialize, Serialize};
 
-use super::{msgpack, MAX_RELAY_MESSAGE_LEN};
+use super::MAX_RELAY_MESSAGE_LEN;
 use crate::{error::WireError, identity::PeerId};
 
 /// A circuit's id, allocated by the relay (never 0, never reused by one relay process).
@@ -353,8 +353,8 @@ impl RelayMessage {
         if bytes.len() > MAX_RELAY_MESSAGE_LEN {
             return Err(WireError::FrameTooLarge { len: bytes.len(), max: MAX_RELAY_MESSAGE_LEN });
         }
-        msgpack::validate(bytes).map_err(malformed)?;
-        if !msgpack::is_map(bytes) {
+        crate::wire::msgpack::validate(bytes).map_err(malformed)?;
+        if !crate::wire::msgpack::is_map(bytes) {
             return Err(malformed("not a MessagePack map"));
         }
         let tag: Tag<'_> = from_slice(bytes)?;

@@ -16,7 +16,7 @@
 mod control;
 mod frame;
 mod hello;
-mod msgpack;
+pub(crate) mod msgpack;
 #[cfg(test)]
 mod tests;
 
