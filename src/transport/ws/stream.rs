@@ -349,6 +349,92 @@ where
     }
 }
 
+impl<S> WsStream<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// The next non-empty binary message (keep-alive included); `None` after the peer's
+    /// close frame or end of stream.
+    fn poll_next_binary(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        if self.read_eof {
+            return Poll::Ready(Ok(None));
+        }
+        if std::mem::take(&mut self.keep_alive.reader_away) {
+            self.keep_alive.last_heard = self.keep_alive.last_heard.max(Instant::now());
+        }
+        loop {
+            match self.ws.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(msg))) => {
+                    self.keep_alive.last_heard = Instant::now();
+                    match msg {
+                        Message::Binary(data) => {
+                            if data.is_empty() {
+                                continue;
+                            }
+                            self.keep_alive.reader_away = true;
+                            return Poll::Ready(Ok(Some(data)));
+                        }
+                        // tungstenite queued the pong; the next poll_next sends it.
+                        Message::Ping(_) | Message::Pong(_) => continue,
+                        Message::Close(_) => {
+                            self.read_eof = true;
+                            return Poll::Ready(Ok(None));
+                        }
+                        Message::Text(_) => {
+                            return Poll::Ready(Err(self.refuse(cx, WsCloseCode::Unsupported, TEXT_REFUSED)))
+                        }
+                        // Raw frames are only ever produced by writers, never by read.
+                        Message::Frame(_) => {
+                            return Poll::Ready(Err(self.refuse(
+                                cx,
+                                WsCloseCode::Protocol,
+                                "unexpected raw frame",
+                            )))
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.read_eof = true;
+                    return Poll::Ready(Err(ws_io_error(e)));
+                }
+                Poll::Ready(None) => {
+                    self.read_eof = true;
+                    return Poll::Ready(Ok(None));
+                }
+                Poll::Pending => {
+                    return match self.keep_alive(cx) {
+                        Ok(()) => Poll::Pending,
+                        Err(e) => {
+                            self.read_eof = true;
+                            Poll::Ready(Err(e))
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    /// Message mode: receives one whole binary message (as the relay protocol's control
+    /// phase needs); `Ok(None)` once the peer closed. Do not mix with byte reads that
+    /// left part of a message unread (that remainder is returned first, as one message).
+    pub async fn recv_message(&mut self) -> io::Result<Option<Bytes>> {
+        if !self.read_buf.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.read_buf)));
+        }
+        std::future::poll_fn(|cx| self.poll_next_binary(cx)).await
+    }
+
+    /// Message mode: sends `data` as one binary message and flushes it (bytes written
+    /// before are flushed first, as their own message).
+    pub async fn send_message(&mut self, data: Bytes) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.flush().await?;
+        std::future::poll_fn(|cx| self.poll_ws_write(cx, |ws, cx| ws.poll_ready_unpin(cx))).await?;
+        self.ws.start_send_unpin(Message::Binary(data)).map_err(ws_io_error)?;
+        std::future::poll_fn(|cx| self.poll_ws_write(cx, |ws, cx| ws.poll_flush_unpin(cx))).await
+    }
+}
+
 impl<S> AsyncRead for WsStream<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -358,70 +444,15 @@ where
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        if !this.read_buf.is_empty() {
-            let n = this.read_buf.len().min(buf.remaining());
-            buf.put_slice(&this.read_buf.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        if this.read_eof {
-            return Poll::Ready(Ok(()));
-        }
-        if std::mem::take(&mut this.keep_alive.reader_away) {
-            this.keep_alive.last_heard = this.keep_alive.last_heard.max(Instant::now());
-        }
-        loop {
-            match this.ws.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(msg))) => {
-                    this.keep_alive.last_heard = Instant::now();
-                    match msg {
-                        Message::Binary(mut data) => {
-                            if data.is_empty() {
-                                continue;
-                            }
-                            let n = data.len().min(buf.remaining());
-                            buf.put_slice(&data.split_to(n));
-                            this.read_buf = data;
-                            this.keep_alive.reader_away = true;
-                            return Poll::Ready(Ok(()));
-                        }
-                        // tungstenite queued the pong; the next poll_next sends it.
-                        Message::Ping(_) | Message::Pong(_) => continue,
-                        Message::Close(_) => {
-                            this.read_eof = true;
-                            return Poll::Ready(Ok(()));
-                        }
-                        Message::Text(_) => {
-                            return Poll::Ready(Err(this.refuse(cx, WsCloseCode::Unsupported, TEXT_REFUSED)))
-                        }
-                        // Raw frames are only ever produced by writers, never by read.
-                        Message::Frame(_) => {
-                            return Poll::Ready(Err(this.refuse(
-                                cx,
-                                WsCloseCode::Protocol,
-                                "unexpected raw frame",
-                            )))
-                        }
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    this.read_eof = true;
-                    return Poll::Ready(Err(ws_io_error(e)));
-                }
-                Poll::Ready(None) => {
-                    this.read_eof = true;
-                    return Poll::Ready(Ok(()));
-                }
-                Poll::Pending => {
-                    return match this.keep_alive(cx) {
-                        Ok(()) => Poll::Pending,
-                        Err(e) => {
-                            this.read_eof = true;
-                            Poll::Ready(Err(e))
-                        }
-                    };
-                }
+        if this.read_buf.is_empty() {
+            match std::task::ready!(this.poll_next_binary(cx))? {
+                Some(data) => this.read_buf = data,
+                None => return Poll::Ready(Ok(())),
             }
         }
+        let n = this.read_buf.len().min(buf.remaining());
+        buf.put_slice(&this.read_buf.split_to(n));
+        Poll::Ready(Ok(()))
     }
 }
 
