@@ -17,6 +17,7 @@
 
 mod backend;
 mod connection;
+mod muxed;
 pub mod quic;
 mod stream;
 pub mod tcp;

@@ -10,6 +10,7 @@
 //! `handshake_timeout`; a client that fails its handshake is reported as
 //! [`Incoming::Rejected`] and the listener keeps serving.
 
+use crate::transport::muxed::{muxed_connection, StreamEnd};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
@@ -20,12 +21,11 @@ use tokio::{
     task::{JoinHandle, JoinSet},
 };
 
-use super::{BoxFuture, ConnStats, Connection, ConnectionParts, Incoming, Listener, Transport};
+use super::{BoxFuture, Connection, Incoming, Listener, Transport};
 use crate::{
     address::{PathKind, Protocol, TransportAddr},
     error::{Result, TransportError},
     identity::PeerId,
-    mux::{Mux, MuxConfig},
     node::LocalNode,
     wire::{exchange_hello, write_frame, CloseCode, Control, Frame, Hello},
 };
@@ -103,18 +103,15 @@ fn build_connection<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
-    let stats = Arc::new(ConnStats::default());
-    let mux =
-        Mux::new(io, dialer, MuxConfig::from_node(node.config()), remote.to_string(), local, stats.clone());
-    let parts = ConnectionParts {
+    let end = StreamEnd {
         peer,
         remote_addr: TransportAddr::Tcp(remote),
-        protocol: Protocol::Tcp,
-        path: PathKind::Direct,
-        remote_hello,
+        label: remote.to_string(),
+        local,
         dialer,
+        path: PathKind::Direct,
     };
-    Connection::new(parts, Arc::new(mux), stats)
+    muxed_connection(node, io, end, remote_hello)
 }
 
 async fn dial(node: &LocalNode, sa: SocketAddr, expected: PeerId) -> Result<Connection> {

@@ -28,6 +28,7 @@ mod server;
 mod socket;
 mod stream;
 
+use crate::transport::muxed::{muxed_connection, StreamEnd};
 use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
 
 use rustls::{
@@ -43,12 +44,11 @@ pub use socket::WsSocket;
 pub use stream::{WsStream, DEFAULT_MAX_MESSAGE, MAX_CHUNK};
 
 use self::client::WsUrl;
-use super::{BoxFuture, ConnStats, Connection, ConnectionParts, Listener, Transport};
+use super::{BoxFuture, Connection, Listener, Transport};
 use crate::{
     address::{PathKind, Protocol, TransportAddr},
     error::{Result, TransportError},
     identity::PeerId,
-    mux::{Mux, MuxConfig},
     node::{LocalNode, NodeConfig},
     wire::{exchange_hello, Hello},
 };
@@ -322,7 +322,14 @@ impl WsTransport {
         let remote_addr = TransportAddr::Ws(url.to_string());
         let ours = node.hello(Some(remote_addr.clone()));
         let theirs = exchange_hello(&mut tls, &ours, peer, url, bound).await?;
-        let side = Side { peer, remote_addr, label: url.to_string(), local, dialer: true };
+        let side = StreamEnd {
+            peer,
+            remote_addr,
+            label: url.to_string(),
+            local,
+            dialer: true,
+            path: PathKind::Direct,
+        };
         Ok(build_connection(node, tls, side, theirs))
     }
 
@@ -393,30 +400,9 @@ impl Transport for WsTransport {
     }
 }
 
-/// Who is at the other end of a connection being built.
-struct Side {
-    peer: PeerId,
-    remote_addr: TransportAddr,
-    /// Names the remote in errors.
-    label: String,
-    local: Option<SocketAddr>,
-    dialer: bool,
-}
-
-fn build_connection<S>(node: &LocalNode, io: S, side: Side, remote_hello: Hello) -> Connection
+fn build_connection<S>(node: &LocalNode, io: S, end: StreamEnd, remote_hello: Hello) -> Connection
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let stats = Arc::new(ConnStats::default());
-    let config = MuxConfig::from_node(node.config());
-    let mux = Mux::new(io, side.dialer, config, side.label, side.local, stats.clone());
-    let parts = ConnectionParts {
-        peer: side.peer,
-        remote_addr: side.remote_addr,
-        protocol: Protocol::WebSocket,
-        path: PathKind::Direct,
-        remote_hello,
-        dialer: side.dialer,
-    };
-    Connection::new(parts, Arc::new(mux), stats)
+    muxed_connection(node, io, end, remote_hello)
 }

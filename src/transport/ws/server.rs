@@ -21,8 +21,7 @@ use tokio_tungstenite::tungstenite::{
 };
 
 use super::{
-    build_connection, socket::configure_tcp, stream::ws_config, Side, WsOptions, WsSocket, WsStream,
-    SUBPROTOCOL,
+    build_connection, socket::configure_tcp, stream::ws_config, WsOptions, WsSocket, WsStream, SUBPROTOCOL,
 };
 use crate::{
     address::TransportAddr,
@@ -248,7 +247,14 @@ async fn handshake(ctx: &ListenCtx, stream: TcpStream, label: &str) -> Result<cr
         Ok(theirs) => Ok(build_connection(
             node,
             tls,
-            Side { peer, remote_addr: observed, label: label.to_string(), local, dialer: false },
+            crate::transport::muxed::StreamEnd {
+                peer,
+                remote_addr: observed,
+                label: label.to_string(),
+                local,
+                dialer: false,
+                path: crate::address::PathKind::Direct,
+            },
             theirs,
         )),
         Err(e) => {
