@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::{
-    address::{PeerAddress, Protocol, TransportAddr},
+    address::{PeerAddress, TransportAddr},
     identity::PeerId,
 };
 
@@ -19,14 +19,13 @@ pub const SIMULTANEOUS_WINDOW: Duration = Duration::from_secs(5);
 
 /// Orders the peer's addresses for dialing.
 ///
-/// Only addresses whose protocol appears in `local` (this node's transports with their
-/// priorities) are kept. Higher local priority first; among equals, the peer's own order
-/// (its hints). Duplicates are removed.
-pub fn plan(peer: &PeerAddress, local: &[(Protocol, u8)]) -> Vec<TransportAddr> {
-    let prio = |a: &TransportAddr| local.iter().find(|(p, _)| *p == a.protocol()).map(|(_, pr)| *pr);
+/// `priority` gives this node's preference for an address (`None`: no transport of this
+/// node can dial it, and it is dropped). Higher priority first; among equals, the peer's
+/// own order (its hints). Duplicates are removed.
+pub fn plan(peer: &PeerAddress, priority: impl Fn(&TransportAddr) -> Option<u8>) -> Vec<TransportAddr> {
     let mut out: Vec<(u8, usize, TransportAddr)> = Vec::new();
     for (i, a) in peer.addrs.iter().enumerate() {
-        if let Some(p) = prio(a) {
+        if let Some(p) = priority(a) {
             if !out.iter().any(|(_, _, b)| b == a) {
                 out.push((p, i, a.clone()));
             }
@@ -78,7 +77,7 @@ pub fn resolve_duplicate(local: PeerId, remote: PeerId, existing: Candidate, new
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::Keypair;
+    use crate::{address::Protocol, identity::Keypair};
 
     #[test]
     fn plan_orders_by_local_priority_then_peer_order() {
@@ -87,11 +86,15 @@ mod tests {
             format!("{id}@tcp=127.0.0.1:1,ws=ws://h:2,quic=127.0.0.1:3,tcp=127.0.0.1:4,tcp=127.0.0.1:1")
                 .parse()
                 .unwrap();
-        let local = [(Protocol::Quic, 200), (Protocol::Tcp, 100)];
-        let p = plan(&peer, &local);
+        let local = |a: &TransportAddr| match a.protocol() {
+            Protocol::Quic => Some(200),
+            Protocol::Tcp => Some(100),
+            _ => None,
+        };
+        let p = plan(&peer, local);
         let s: Vec<String> = p.iter().map(|a| a.to_string()).collect();
         assert_eq!(s, vec!["quic=127.0.0.1:3", "tcp=127.0.0.1:1", "tcp=127.0.0.1:4"]);
-        assert!(plan(&peer, &[]).is_empty());
+        assert!(plan(&peer, |_| None).is_empty());
     }
 
     #[test]

@@ -129,12 +129,12 @@ impl Handler<CloseConnection> for ConnectionActor {
     type Result = ResponseActFuture<Self, ()>;
     fn handle(&mut self, msg: CloseConnection, _: &mut Context<Self>) -> Self::Result {
         let conn = self.conn.clone();
-        Box::pin(async move { conn.close(msg.code, &msg.reason).await }.into_actor(self).map(
-            |_, act, ctx| {
-                act.guard.set(ExitReason::Normal);
-                ctx.stop();
-            },
-        ))
+        // Closing sends nothing more but keeps delivering what the peer sent before it
+        // saw the close; the receive loop ends (and stops this actor) once the peer's
+        // side is done too, so no message in flight is lost.
+        Box::pin(async move { conn.close(msg.code, &msg.reason).await }.into_actor(self).map(|_, act, _| {
+            act.guard.set(ExitReason::Normal);
+        }))
     }
 }
 

@@ -64,15 +64,15 @@ async fn negotiate(
     transports: Vec<Arc<dyn Transport>>,
     timeout: Duration,
 ) -> Result<Connection, NodeError> {
-    let local: Vec<_> =
-        transports.iter().filter(|t| t.is_available()).map(|t| (t.protocol(), t.priority())).collect();
-    let order = plan(&peer, &local);
+    let order = plan(&peer, |a| {
+        transports.iter().filter(|t| t.is_available() && t.handles(a)).map(|t| t.priority()).max()
+    });
     let id = peer.peer_id;
     if order.is_empty() {
         return Err(NodeError::ConnectFailed { peer: id, attempts: vec![] });
     }
     let dial = |addr: TransportAddr| {
-        let t = transports.iter().find(|t| t.protocol() == addr.protocol()).cloned();
+        let t = transports.iter().filter(|t| t.handles(&addr)).max_by_key(|t| t.priority()).cloned();
         let handle = io_runtime().spawn(async move {
             match t {
                 Some(t) => t.connect(&addr, id).await,

@@ -748,8 +748,19 @@ async fn read_loop<R: AsyncRead + Unpin>(inner: Arc<Inner>, rd: R, tx: mpsc::Sen
 
 async fn dispatch(inner: &Inner, frame: Frame, tx: &mpsc::Sender<Bytes>) -> Flow {
     if inner.closed.load(Ordering::Acquire) {
-        // Closing locally: drain until the peer's end of stream, discarding.
-        return Flow::Continue;
+        // Closing locally: we send nothing more, but the peer's messages sent before it
+        // saw our close are still delivered (a graceful close loses no message in either
+        // direction), until its own close or end of stream. Everything else is discarded.
+        return match frame {
+            Frame::Message(m) => {
+                inner.stats.received(m.len());
+                // Bounded by the close timeout: `supervise` stops this task at the deadline.
+                let _ = tx.send(m).await;
+                Flow::Continue
+            }
+            Frame::Control(Control::Close { .. }) => Flow::Stop,
+            _ => Flow::Continue,
+        };
     }
     match frame {
         Frame::Message(m) => {
@@ -760,9 +771,16 @@ async fn dispatch(inner: &Inner, frame: Frame, tx: &mpsc::Sender<Bytes>) -> Flow
                     // Backpressure: stop reading the socket until the application reads.
                     inner.lock().reader_stalled = true;
                     let mut closing = inner.closing.subscribe();
-                    tokio::select! {
-                        _ = tx.send(m) => {}
-                        _ = closing.wait_for(|c| *c) => {}
+                    let send = tx.send(m);
+                    tokio::pin!(send);
+                    let interrupted = tokio::select! {
+                        _ = &mut send => false,
+                        _ = closing.wait_for(|c| *c) => true,
+                    };
+                    // A local close began while waiting: still deliver this one (see
+                    // above). Any other close means nobody will read it.
+                    if interrupted && matches!(inner.lock().cause, Some(Cause::Local { .. })) {
+                        let _ = send.await;
                     }
                     inner.lock().reader_stalled = false;
                 }

@@ -59,6 +59,12 @@ pub trait Transport: Send + Sync + 'static {
         true
     }
 
+    /// Whether this transport dials `addr`. By default: addresses of its protocol, except
+    /// relay routes (which the relay transport dials).
+    fn handles(&self, addr: &TransportAddr) -> bool {
+        addr.protocol() == self.protocol() && !matches!(addr, TransportAddr::Relay(_))
+    }
+
     /// Dials `addr`, authenticates the remote as `expected`, exchanges hellos.
     ///
     /// Bounded by the node's connect timeout. Reaching anyone but `expected` fails with
