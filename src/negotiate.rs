@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::{
-    address::{PeerAddress, TransportAddr},
+    address::{PathKind, PeerAddress, TransportAddr},
     identity::PeerId,
 };
 
@@ -42,6 +42,8 @@ pub struct Candidate {
     pub dialed_locally: bool,
     /// How long ago it was established.
     pub age: Duration,
+    /// Direct or through a relay.
+    pub path: PathKind,
 }
 
 /// Which connection survives.
@@ -55,11 +57,18 @@ pub enum Keep {
 
 /// Decides between an existing and a new connection to the same peer.
 ///
-/// A simultaneous dial (both young, opposite directions) keeps the connection dialed by
+/// A direct path beats a relayed one. Otherwise a simultaneous dial (both young, opposite
+/// directions) keeps the connection dialed by
 /// the smaller peer id — both nodes compute the same answer without talking. Otherwise
 /// the newer connection wins: the peer evidently wanted a fresh one (its view of the old
 /// one may be dead).
 pub fn resolve_duplicate(local: PeerId, remote: PeerId, existing: Candidate, new: Candidate) -> Keep {
+    // A direct path always beats a relayed one (the upgrade hook), whichever came first.
+    match (existing.path, new.path) {
+        (PathKind::Relayed, PathKind::Direct) => return Keep::New,
+        (PathKind::Direct, PathKind::Relayed) => return Keep::Existing,
+        _ => {}
+    }
     let simultaneous = existing.age < SIMULTANEOUS_WINDOW && existing.dialed_locally != new.dialed_locally;
     if !simultaneous {
         return Keep::New;
@@ -108,14 +117,14 @@ mod tests {
             let at_a = resolve_duplicate(
                 a,
                 b,
-                Candidate { dialed_locally: existing_local, age: young },
-                Candidate { dialed_locally: !existing_local, age: Duration::ZERO },
+                Candidate { dialed_locally: existing_local, age: young, path: PathKind::Direct },
+                Candidate { dialed_locally: !existing_local, age: Duration::ZERO, path: PathKind::Direct },
             );
             let at_b = resolve_duplicate(
                 b,
                 a,
-                Candidate { dialed_locally: !existing_local, age: young },
-                Candidate { dialed_locally: existing_local, age: Duration::ZERO },
+                Candidate { dialed_locally: !existing_local, age: young, path: PathKind::Direct },
+                Candidate { dialed_locally: existing_local, age: Duration::ZERO, path: PathKind::Direct },
             );
             // Same physical connection survives on both sides: the one dialed by min(a, b).
             let survivor_dialed_by_a = match at_a {
@@ -135,15 +144,38 @@ mod tests {
     fn newer_wins_when_not_simultaneous() {
         let a = Keypair::from_seed([1; 32]).peer_id();
         let b = Keypair::from_seed([2; 32]).peer_id();
-        let old = Candidate { dialed_locally: true, age: Duration::from_secs(60) };
+        let old = Candidate { dialed_locally: true, age: Duration::from_secs(60), path: PathKind::Direct };
         assert_eq!(
-            resolve_duplicate(a, b, old, Candidate { dialed_locally: false, age: Duration::ZERO }),
+            resolve_duplicate(
+                a,
+                b,
+                old,
+                Candidate { dialed_locally: false, age: Duration::ZERO, path: PathKind::Direct }
+            ),
             Keep::New
         );
-        let young_same_dir = Candidate { dialed_locally: true, age: Duration::from_millis(1) };
+        let young_same_dir =
+            Candidate { dialed_locally: true, age: Duration::from_millis(1), path: PathKind::Direct };
         assert_eq!(
-            resolve_duplicate(a, b, young_same_dir, Candidate { dialed_locally: true, age: Duration::ZERO }),
+            resolve_duplicate(
+                a,
+                b,
+                young_same_dir,
+                Candidate { dialed_locally: true, age: Duration::ZERO, path: PathKind::Direct }
+            ),
             Keep::New
         );
+    }
+
+    #[test]
+    fn direct_beats_relayed() {
+        let a = Keypair::from_seed([1; 32]).peer_id();
+        let b = Keypair::from_seed([2; 32]).peer_id();
+        let relayed =
+            Candidate { dialed_locally: true, age: Duration::from_millis(1), path: PathKind::Relayed };
+        let direct = Candidate { dialed_locally: false, age: Duration::ZERO, path: PathKind::Direct };
+        assert_eq!(resolve_duplicate(a, b, relayed, direct), Keep::New);
+        assert_eq!(resolve_duplicate(b, a, relayed, direct), Keep::New);
+        assert_eq!(resolve_duplicate(a, b, direct, relayed), Keep::Existing);
     }
 }

@@ -328,6 +328,37 @@ pub enum Event {
         /// Its last failure.
         last_error: String,
     },
+    /// A relayed connection to `peer` was replaced by a direct one (the upgrade hook).
+    /// Messages in flight on the relayed path are still delivered; nothing is lost or
+    /// duplicated. No `PeerConnected`/`PeerDisconnected` pair accompanies it.
+    PathUpgraded {
+        /// The peer.
+        peer: PeerId,
+        /// The relayed connection being retired.
+        from: Box<ConnectionInfo>,
+        /// The direct connection now in use.
+        to: Box<ConnectionInfo>,
+    },
+    /// This node holds a reservation at the relay (first grant or after recovering).
+    RelayReserved {
+        /// The relay.
+        url: String,
+    },
+    /// The relay in use failed (or could not be reached); the relay client retries with
+    /// backoff, moving to the next configured relay.
+    RelayFailed {
+        /// The relay.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A signaling message from a peer, through the relay.
+    SignalReceived {
+        /// The sender (authenticated by the relay).
+        peer: PeerId,
+        /// The payload.
+        payload: Bytes,
+    },
     /// A limit was hit (message size, connection count, ...).
     LimitHit {
         /// Which limit.

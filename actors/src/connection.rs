@@ -50,6 +50,9 @@ pub struct ConnectionActor {
     conn: Connection,
     bus: EventBus,
     guard: ExitGuard,
+    /// Whether to publish `PeerConnected` (not for a path upgrade, announced as
+    /// `PathUpgraded` instead).
+    announce: bool,
 }
 
 impl ConnectionActor {
@@ -58,8 +61,9 @@ impl ConnectionActor {
         conn: Connection,
         bus: EventBus,
         exited: actix::Recipient<ChildExited>,
+        announce: bool,
     ) -> Self {
-        Self { conn, bus, guard: ExitGuard::new(id, exited) }
+        Self { conn, bus, guard: ExitGuard::new(id, exited), announce }
     }
 }
 
@@ -72,7 +76,9 @@ impl Actor for ConnectionActor {
         let bus = self.bus.clone();
         let info = self.conn.info();
         tracing::debug!(peer = %info.peer, protocol = %info.protocol, path = %info.path, "connection up");
-        ctx.wait(wrap_future(async move { bus.publish(Event::PeerConnected { info }).await }));
+        if self.announce {
+            ctx.wait(wrap_future(async move { bus.publish(Event::PeerConnected { info }).await }));
+        }
 
         let (conn, bus) = (self.conn.clone(), self.bus.clone());
         let peer = conn.peer();

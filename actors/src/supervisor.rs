@@ -24,9 +24,10 @@ use actix::{
 };
 use kizuna::{
     negotiate::{resolve_duplicate, Candidate, Keep},
+    relay::client::{RelayClientConfig, RelayEndpoint},
     wire::CloseCode,
-    Connection, ConnectionInfo, Incoming, LocalNode, NodeConfig, PeerAddress, PeerId, Protocol, Transport,
-    TransportAddr,
+    Connection, ConnectionInfo, Incoming, LocalNode, NodeConfig, PathKind, PeerAddress, PeerId, Protocol,
+    Transport, TransportAddr,
 };
 use tokio::sync::oneshot;
 
@@ -37,6 +38,7 @@ use crate::{
     events::EventBus,
     listener::{Inbound, ListenerActor, ListenerPorts, ListenerReady, StopListener},
     negotiator::{Negotiated, NegotiatorActor},
+    relay_client::RelayClientActor,
     runtime::io_runtime,
     supervision::{Decision, ExitReason, RestartLimits, RestartPolicy, RestartTracker},
     transports::build_transports,
@@ -51,6 +53,8 @@ pub struct SupervisorConfig {
     pub protocols: Vec<Protocol>,
     /// Restart intensity and backoff.
     pub restart: RestartLimits,
+    /// Relays to hold a reservation at (failover order) and to dial through. Empty: none.
+    pub relays: Vec<RelayEndpoint>,
 }
 
 impl SupervisorConfig {
@@ -60,6 +64,7 @@ impl SupervisorConfig {
             node: NodeConfig::new(keypair),
             protocols: vec![Protocol::Quic, Protocol::Tcp],
             restart: RestartLimits::default(),
+            relays: Vec::new(),
         }
     }
 }
@@ -85,6 +90,7 @@ enum ChildKind {
     Listener { transport: Arc<dyn Transport>, addr: TransportAddr, stop: Recipient<StopListener> },
     Connection { peer: PeerId },
     Negotiator { peer: PeerId },
+    RelayClient,
 }
 
 struct Child {
@@ -119,6 +125,7 @@ pub struct Supervisor {
     listeners: HashMap<ChildId, TransportAddr>,
     stats: NodeStats,
     shutting_down: bool,
+    relays: Vec<RelayEndpoint>,
 }
 
 impl Supervisor {
@@ -126,7 +133,7 @@ impl Supervisor {
     /// the current actix arbiter.
     pub fn start(config: SupervisorConfig) -> Result<Addr<Supervisor>, NodeError> {
         let node = LocalNode::new(config.node)?;
-        let transports = build_transports(&node, &config.protocols)?;
+        let transports = build_transports(&node, &config.protocols, &config.relays)?;
         Ok(Supervisor {
             node,
             transports,
@@ -142,6 +149,7 @@ impl Supervisor {
             listeners: HashMap::new(),
             stats: NodeStats::default(),
             shutting_down: false,
+            relays: config.relays,
         }
         .start())
     }
@@ -151,8 +159,29 @@ impl Supervisor {
         self.next_id
     }
 
-    fn transport_for(&self, p: Protocol) -> Option<Arc<dyn Transport>> {
-        self.transports.iter().find(|t| t.protocol() == p).cloned()
+    fn transport_for(&self, addr: &TransportAddr) -> Option<Arc<dyn Transport>> {
+        self.transports.iter().filter(|t| t.handles(addr)).max_by_key(|t| t.priority()).cloned()
+    }
+
+    fn spawn_relay_client(&mut self, id: ChildId, ctx: &mut Context<Self>) {
+        let config = RelayClientConfig::new(self.relays.clone());
+        let me = ctx.address();
+        match RelayClientActor::new(
+            id,
+            self.node.clone(),
+            config,
+            self.bus.clone(),
+            me.clone().recipient(),
+            me.recipient(),
+        ) {
+            Ok(actor) => {
+                let addr = actor.start();
+                let kind = ChildKind::RelayClient;
+                self.children
+                    .insert(id, Child { name: "relay-client".into(), kind, fault: addr.recipient() });
+            }
+            Err(e) => tracing::error!("relay client not started: {e}"),
+        }
     }
 
     fn spawn_listener(
@@ -210,12 +239,17 @@ impl Supervisor {
             io_runtime().spawn(async move { conn.close(CloseCode::Shutdown, "node shutting down").await });
             return info;
         }
+        let mut announce = true;
         if let Some(existing) = self.peers.get(&peer) {
             let keep = resolve_duplicate(
                 self.node.peer_id(),
                 peer,
-                Candidate { dialed_locally: existing.conn.is_dialer(), age: existing.established.elapsed() },
-                Candidate { dialed_locally: conn.is_dialer(), age: Duration::ZERO },
+                Candidate {
+                    dialed_locally: existing.conn.is_dialer(),
+                    age: existing.established.elapsed(),
+                    path: existing.conn.info().path,
+                },
+                Candidate { dialed_locally: conn.is_dialer(), age: Duration::ZERO, path: conn.info().path },
             );
             match keep {
                 Keep::Existing => {
@@ -225,24 +259,38 @@ impl Supervisor {
                     return existing.conn.info();
                 }
                 Keep::New => {
-                    tracing::debug!(%peer, "duplicate connection: replacing the existing one");
                     if let Some(old) = self.peers.remove(&peer) {
                         self.children.remove(&old.child);
+                        // The old connection closes gracefully: what was queued on it is
+                        // flushed, and what the peer sent on it is still delivered.
                         old.actor.do_send(CloseConnection {
                             code: CloseCode::Replaced,
                             reason: "replaced".into(),
                         });
-                        self.bus.publish_later(Event::PeerDisconnected {
-                            peer,
-                            reason: DisconnectReason::Replaced,
-                        });
+                        let (from, to) = (old.conn.info(), conn.info());
+                        if from.path == PathKind::Relayed && to.path == PathKind::Direct {
+                            tracing::info!(%peer, protocol = %to.protocol, "path upgraded: relayed -> direct");
+                            self.bus.publish_later(Event::PathUpgraded {
+                                peer,
+                                from: Box::new(from),
+                                to: Box::new(to),
+                            });
+                            announce = false;
+                        } else {
+                            tracing::debug!(%peer, "duplicate connection: replacing the existing one");
+                            self.bus.publish_later(Event::PeerDisconnected {
+                                peer,
+                                reason: DisconnectReason::Replaced,
+                            });
+                        }
                     }
                 }
             }
         }
         let id = self.id();
         let actor =
-            ConnectionActor::new(id, conn.clone(), self.bus.clone(), ctx.address().recipient()).start();
+            ConnectionActor::new(id, conn.clone(), self.bus.clone(), ctx.address().recipient(), announce)
+                .start();
         self.children.insert(
             id,
             Child {
@@ -319,6 +367,10 @@ impl Actor for Supervisor {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Commands queue here; beyond 256 the callers' `send` waits.
         ctx.set_mailbox_capacity(256);
+        if !self.relays.is_empty() {
+            let id = self.id();
+            self.spawn_relay_client(id, ctx);
+        }
         tracing::info!(peer = %self.node.peer_id(), "supervisor started");
     }
 }
@@ -326,7 +378,7 @@ impl Actor for Supervisor {
 impl Handler<Listen> for Supervisor {
     type Result = ResponseFuture<Result<TransportAddr, NodeError>>;
     fn handle(&mut self, msg: Listen, ctx: &mut Context<Self>) -> Self::Result {
-        let Some(t) = self.transport_for(msg.addr.protocol()) else {
+        let Some(t) = self.transport_for(&msg.addr) else {
             let p = msg.addr.protocol().to_string();
             return Box::pin(async move { Err(NodeError::NoTransport(p)) });
         };
@@ -388,6 +440,16 @@ impl Handler<Connect> for Supervisor {
             return Box::pin(async { Err(NodeError::ShuttingDown) });
         }
         let peer = msg.addr.peer_id;
+        let mut addr = msg.addr;
+        // The configured relays are the last resort for every peer (and the only route
+        // to a peer known by its id alone).
+        for r in &self.relays {
+            let route = TransportAddr::Relay(r.url.clone());
+            if !addr.addrs.contains(&route) {
+                addr.addrs.push(route);
+            }
+        }
+        let msg = Connect { addr };
         self.wanted.insert(peer, msg.addr.clone());
         if let Some(e) = self.peers.get(&peer) {
             let info = e.conn.info();
@@ -491,6 +553,21 @@ impl Handler<ChildExited> for Supervisor {
                 self.bus.publish_later(Event::PeerDisconnected { peer, reason: why });
                 self.connection_failed(peer, reason, ctx);
             }
+            ChildKind::RelayClient => {
+                if self.shutting_down {
+                    return;
+                }
+                match self.restart_decision(&child.name, RestartPolicy::Permanent, &reason, true) {
+                    Decision::Restart { after, .. } => {
+                        ctx.run_later(after, move |act, ctx| {
+                            if !act.shutting_down {
+                                act.spawn_relay_client(msg.id, ctx);
+                            }
+                        });
+                    }
+                    Decision::GiveUp | Decision::Stop => {}
+                }
+            }
             ChildKind::Negotiator { peer } => {
                 if reason.is_abnormal() {
                     // It died without reporting: fail whoever waits for it.
@@ -579,9 +656,7 @@ impl Handler<GetAddress> for Supervisor {
     type Result = MessageResult<GetAddress>;
     fn handle(&mut self, _: GetAddress, _: &mut Context<Self>) -> Self::Result {
         let mut addrs: Vec<TransportAddr> = self.listeners.values().map(dialable).collect();
-        addrs.sort_by_key(|a| {
-            std::cmp::Reverse(self.transport_for(a.protocol()).map(|t| t.priority()).unwrap_or(0))
-        });
+        addrs.sort_by_key(|a| std::cmp::Reverse(self.transport_for(a).map(|t| t.priority()).unwrap_or(0)));
         MessageResult(PeerAddress::new(self.node.peer_id(), addrs))
     }
 }

@@ -211,6 +211,21 @@ pub fn describe(e: &Event) -> String {
         Event::ActorRestarted { child, attempt, .. } => format!("ActorRestarted({child} #{attempt})"),
         Event::ChildGivenUp { child, .. } => format!("ChildGivenUp({child})"),
         Event::LimitHit { limit, .. } => format!("LimitHit({limit})"),
+        Event::PathUpgraded { peer, from, to } => {
+            format!(
+                "PathUpgraded({}, {} {} -> {} {})",
+                peer.short(),
+                from.protocol,
+                from.path,
+                to.protocol,
+                to.path
+            )
+        }
+        Event::RelayReserved { url } => format!("RelayReserved({url})"),
+        Event::RelayFailed { url, reason } => format!("RelayFailed({url}: {reason})"),
+        Event::SignalReceived { peer, payload } => {
+            format!("SignalReceived({}, {} B)", peer.short(), payload.len())
+        }
     }
 }
 

@@ -3,18 +3,21 @@
 use std::sync::Arc;
 
 use kizuna::{
-    transport::{quic::QuicTransport, tcp::TcpTransport, ws::WsTransport},
+    relay::client::RelayEndpoint,
+    transport::{quic::QuicTransport, relay::RelayTransport, tcp::TcpTransport, ws::WsTransport},
     LocalNode, Protocol, Transport,
 };
 
 use crate::api::NodeError;
 
-/// The transports for `protocols`, sharing `node`.
+/// The transports for `protocols`, sharing `node`, plus the relay transport when relays
+/// are configured.
 pub(crate) fn build_transports(
     node: &Arc<LocalNode>,
     protocols: &[Protocol],
+    relays: &[RelayEndpoint],
 ) -> Result<Vec<Arc<dyn Transport>>, NodeError> {
-    protocols
+    let mut out: Vec<Arc<dyn Transport>> = protocols
         .iter()
         .map(|p| -> Result<Arc<dyn Transport>, NodeError> {
             match p {
@@ -24,5 +27,10 @@ pub(crate) fn build_transports(
                 other => Err(NodeError::NoTransport(other.to_string())),
             }
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    if !relays.is_empty() {
+        let tokens = relays.iter().filter_map(|r| Some((r.url.clone(), r.token.clone()?))).collect();
+        out.push(Arc::new(RelayTransport::new(node.clone(), tokens)));
+    }
+    Ok(out)
 }

@@ -19,6 +19,7 @@ mod backend;
 mod connection;
 mod muxed;
 pub mod quic;
+pub mod relay;
 mod stream;
 pub mod tcp;
 pub mod ws;

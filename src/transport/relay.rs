@@ -78,11 +78,15 @@ async fn circuit_ready(ws: &mut RelaySocket, url: &str, target: Option<PeerId>) 
         RelayMessage::CircuitReady { peer, .. } => Ok(peer),
         RelayMessage::CircuitRefused { reason } => {
             let who = target.map(|t| format!("peer {t}")).unwrap_or_else(|| "the peer".into());
-            Err(TransportError::connect_failed(format!("relay={url}"), format!("{who} refused the circuit: {reason}")))
+            Err(TransportError::connect_failed(
+                format!("relay={url}"),
+                format!("{who} refused the circuit: {reason}"),
+            ))
         }
-        RelayMessage::Error { code, message } => {
-            Err(TransportError::connect_failed(format!("relay={url}"), format!("relay error {code:?}: {message}")))
-        }
+        RelayMessage::Error { code, message } => Err(TransportError::connect_failed(
+            format!("relay={url}"),
+            format!("relay error {code:?}: {message}"),
+        )),
         other => Err(TransportError::connect_failed(
             format!("relay={url}"),
             format!("unexpected {} before circuit_ready", other.type_name()),
@@ -93,7 +97,13 @@ async fn circuit_ready(ws: &mut RelaySocket, url: &str, target: Option<PeerId>) 
 /// Dials `target` through the relay at `url`: asks for a circuit, then runs the secure
 /// channel (as TLS client, authenticating `target` end to end), the hello and the
 /// multiplexer over it. Bounded by the node's connect timeout.
-pub async fn dial(node: &LocalNode, url: &str, token: Option<&str>, target: PeerId, opts: &WsOptions) -> Result<Connection> {
+pub async fn dial(
+    node: &LocalNode,
+    url: &str,
+    token: Option<&str>,
+    target: PeerId,
+    opts: &WsOptions,
+) -> Result<Connection> {
     let bound = node.config().connect_timeout;
     let work = async {
         let mut ws = open(node, url, token, Purpose::Dial { target }, opts).await?;
@@ -112,9 +122,10 @@ pub async fn dial(node: &LocalNode, url: &str, token: Option<&str>, target: Peer
         let end = StreamEnd { peer, remote_addr, label, local, dialer: true, path: PathKind::Relayed };
         Ok(muxed_connection(node, tls, end, theirs))
     };
-    tokio::time::timeout(bound, work)
-        .await
-        .map_err(|_| TransportError::Timeout { what: format!("relayed connect to {target} via {url}"), after: bound })?
+    tokio::time::timeout(bound, work).await.map_err(|_| TransportError::Timeout {
+        what: format!("relayed connect to {target} via {url}"),
+        after: bound,
+    })?
 }
 
 /// Accepts `circuit` from `from` at the relay `url` (announced by `incoming` on this
@@ -143,9 +154,10 @@ pub async fn accept(
         let end = StreamEnd { peer, remote_addr, label, local, dialer: false, path: PathKind::Relayed };
         Ok(muxed_connection(node, tls, end, theirs))
     };
-    tokio::time::timeout(bound, work)
-        .await
-        .map_err(|_| TransportError::Timeout { what: format!("relayed accept from {from} via {url}"), after: bound })?
+    tokio::time::timeout(bound, work).await.map_err(|_| TransportError::Timeout {
+        what: format!("relayed accept from {from} via {url}"),
+        after: bound,
+    })?
 }
 
 /// Dialing through relays as a [`Transport`] for `relay=URL` addresses. Listening through
@@ -196,8 +208,12 @@ impl Transport for RelayTransport {
     fn connect<'a>(&'a self, addr: &'a TransportAddr, expected: PeerId) -> BoxFuture<'a, Result<Connection>> {
         Box::pin(async move {
             match addr {
-                TransportAddr::Relay(url) => dial(&self.node, url, self.token(url), expected, &self.opts).await,
-                other => Err(TransportError::UnsupportedProtocol(format!("the relay transport cannot dial {other}"))),
+                TransportAddr::Relay(url) => {
+                    dial(&self.node, url, self.token(url), expected, &self.opts).await
+                }
+                other => Err(TransportError::UnsupportedProtocol(format!(
+                    "the relay transport cannot dial {other}"
+                ))),
             }
         })
     }

@@ -1,0 +1,269 @@
+//! `RelayClientActor`: keeps this node reachable through a relay.
+//!
+//! * **Owns** the client's relay machine ([`RelayClientState`]: which relay, reservation
+//!   renewal, backoff and failover — every decision is there), its one timer, and the
+//!   control WebSocket to the current relay (a reader/writer task on the I/O runtime).
+//! * **In:** `RelayIo` (messages and failures from the control connection's task),
+//!   [`Fault`] (tests).
+//! * **Out:** accepted relayed circuits to the supervisor as `Inbound` connections;
+//!   events (`RelayReserved`, `RelayFailed`, `SignalReceived`) on the bus.
+//! * **Supervised** as a *permanent* child of the [`Supervisor`](crate::Supervisor)
+//!   (it recovers from relay failures by itself; only its own death needs a restart).
+//! * **Stops** with the supervisor.
+
+use std::{sync::Arc, time::Instant};
+
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle};
+use bytes::Bytes;
+use kizuna::{
+    relay::{
+        client::{ClientEvent, ClientOutput, RelayClientConfig, RelayClientState},
+        RelayMessage,
+    },
+    transport::{
+        relay::accept as accept_circuit,
+        ws::{ws_connect, WsOptions},
+    },
+    Incoming, LocalNode,
+};
+use tokio::sync::mpsc;
+
+use crate::{
+    api::Event,
+    child::{ChildExited, ChildId, ExitGuard, Fault},
+    events::EventBus,
+    listener::Inbound,
+    runtime::io_runtime,
+    supervision::ExitReason,
+};
+
+/// Control messages queued for the relay before the writer waits. 64: control traffic
+/// is a renewal every few minutes plus refusals and signals.
+const CONTROL_QUEUE: usize = 64;
+
+/// What the control connection's task reports (generation-tagged, so reports from a
+/// connection already abandoned are ignored).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) enum RelayIo {
+    Connected { generation: u64, writer: mpsc::Sender<RelayMessage> },
+    Message { generation: u64, msg: RelayMessage },
+    Down { generation: u64, reason: String },
+}
+
+/// Keeps a reservation at one of the configured relays.
+pub struct RelayClientActor {
+    node: Arc<LocalNode>,
+    state: RelayClientState,
+    opts: WsOptions,
+    bus: EventBus,
+    inbound: Recipient<Inbound>,
+    guard: ExitGuard,
+    generation: u64,
+    writer: Option<mpsc::Sender<RelayMessage>>,
+    timer: Option<SpawnHandle>,
+}
+
+impl RelayClientActor {
+    pub(crate) fn new(
+        id: ChildId,
+        node: Arc<LocalNode>,
+        config: RelayClientConfig,
+        bus: EventBus,
+        inbound: Recipient<Inbound>,
+        exited: Recipient<ChildExited>,
+    ) -> Result<Self, kizuna::relay::RelayConfigError> {
+        let seed = u64::from_le_bytes(node.peer_id().as_bytes()[..8].try_into().unwrap_or([7; 8]));
+        let state = RelayClientState::new(node.config().keypair.clone(), config, seed)?;
+        let opts = WsOptions::from_node(node.config());
+        Ok(Self {
+            node,
+            state,
+            opts,
+            bus,
+            inbound,
+            guard: ExitGuard::new(id, exited),
+            generation: 0,
+            writer: None,
+            timer: None,
+        })
+    }
+
+    /// Performs everything the machine asks for, then re-arms the timer.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while let Some(out) = self.state.poll_output() {
+            match out {
+                ClientOutput::Connect { url, .. } => self.connect(url, ctx),
+                ClientOutput::Send(msg) => {
+                    if let Some(w) = &self.writer {
+                        if w.try_send(msg).is_err() {
+                            tracing::warn!("relay control queue full: message dropped");
+                        }
+                    }
+                }
+                ClientOutput::Disconnect => {
+                    self.generation += 1;
+                    self.writer = None;
+                }
+                ClientOutput::Event(ev) => self.on_event(ev),
+                _ => {}
+            }
+        }
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        if let Some(at) = self.state.poll_timeout() {
+            let after = at.saturating_duration_since(Instant::now());
+            self.timer = Some(ctx.run_later(after, |act, ctx| {
+                act.timer = None;
+                act.state.handle_timeout(Instant::now());
+                act.drain(ctx);
+            }));
+        }
+    }
+
+    fn connect(&mut self, url: String, ctx: &mut Context<Self>) {
+        self.generation += 1;
+        self.writer = None;
+        let generation = self.generation;
+        let me = ctx.address();
+        let opts = self.opts.clone();
+        io_runtime().spawn(control_connection(url, opts, generation, me));
+    }
+
+    fn on_event(&mut self, ev: ClientEvent) {
+        match ev {
+            ClientEvent::Reserved { url, ttl } => {
+                tracing::info!(%url, ?ttl, "reserved at relay");
+                self.bus.publish_later(Event::RelayReserved { url });
+            }
+            ClientEvent::RelayFailed { url, reason, next_url, retry_in, .. } => {
+                tracing::warn!(%url, %reason, %next_url, ?retry_in, "relay failed");
+                self.bus.publish_later(Event::RelayFailed { url, reason });
+            }
+            ClientEvent::RelayError { code, message } => {
+                tracing::warn!(?code, %message, "relay error");
+                self.bus.publish_later(Event::LimitHit { limit: format!("relay {code:?}"), detail: message });
+            }
+            ClientEvent::Incoming { url, circuit, from } => {
+                let node = self.node.clone();
+                let opts = self.opts.clone();
+                let token = self.state.current_relay().token.clone();
+                let inbound = self.inbound.clone();
+                io_runtime().spawn(async move {
+                    let incoming =
+                        match accept_circuit(&node, &url, token.as_deref(), circuit, from, &opts).await {
+                            Ok(conn) => Incoming::Connection(conn),
+                            Err(error) => Incoming::Rejected { remote: format!("{from} via {url}"), error },
+                        };
+                    let _ = inbound.send(Inbound(incoming)).await;
+                });
+            }
+            ClientEvent::Signaled { from, payload } => {
+                self.bus.publish_later(Event::SignalReceived { peer: from, payload: Bytes::from(payload) });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The control connection: connect, then pump messages both ways until either side ends.
+async fn control_connection(url: String, opts: WsOptions, generation: u64, me: Addr<RelayClientActor>) {
+    let mut ws = match ws_connect(&url, &opts).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            me.do_send(RelayIo::Down { generation, reason: e.to_string() });
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::channel::<RelayMessage>(CONTROL_QUEUE);
+    if me.send(RelayIo::Connected { generation, writer: tx }).await.is_err() {
+        return;
+    }
+    let reason = loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(msg) => match msg.encode() {
+                    Ok(bytes) => {
+                        if let Err(e) = ws.send_message(Bytes::from(bytes)).await {
+                            break e.to_string();
+                        }
+                    }
+                    Err(e) => tracing::warn!("unencodable relay message: {e}"),
+                },
+                // The actor let go of this connection (disconnect or newer generation).
+                None => {
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut ws).await;
+                    return;
+                }
+            },
+            inbound = ws.recv_message() => match inbound {
+                Ok(Some(bytes)) => match RelayMessage::decode(&bytes) {
+                    Ok(msg) => {
+                        if me.send(RelayIo::Message { generation, msg }).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => break format!("malformed message from the relay: {e}"),
+                },
+                Ok(None) => break "the relay closed the connection".to_string(),
+                Err(e) => break e.to_string(),
+            },
+        }
+    };
+    me.do_send(RelayIo::Down { generation, reason });
+}
+
+impl Actor for RelayClientActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.state.start(Instant::now());
+        self.drain(ctx);
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> actix::Running {
+        self.state.stop();
+        while let Some(out) = self.state.poll_output() {
+            if let (ClientOutput::Send(msg), Some(w)) = (out, &self.writer) {
+                let _ = w.try_send(msg);
+            }
+        }
+        actix::Running::Stop
+    }
+}
+
+impl Handler<RelayIo> for RelayClientActor {
+    type Result = ();
+    fn handle(&mut self, msg: RelayIo, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        match msg {
+            RelayIo::Connected { generation, writer } if generation == self.generation => {
+                self.writer = Some(writer);
+                self.state.handle_connected(now);
+            }
+            RelayIo::Message { generation, msg } if generation == self.generation => {
+                self.state.handle_message(msg, now);
+            }
+            RelayIo::Down { generation, reason } if generation == self.generation => {
+                self.writer = None;
+                self.state.handle_disconnected(now, &reason);
+            }
+            _ => return,
+        }
+        self.drain(ctx);
+    }
+}
+
+impl Handler<Fault> for RelayClientActor {
+    type Result = ();
+    fn handle(&mut self, fault: Fault, ctx: &mut Context<Self>) {
+        match fault {
+            Fault::Panic => panic!("injected panic in the relay client"),
+            Fault::Kill | Fault::DropConnection => {
+                self.guard.set(ExitReason::Killed);
+                ctx.stop();
+            }
+        }
+    }
+}
