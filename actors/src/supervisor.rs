@@ -656,6 +656,7 @@ impl Handler<GetAddress> for Supervisor {
     type Result = MessageResult<GetAddress>;
     fn handle(&mut self, _: GetAddress, _: &mut Context<Self>) -> Self::Result {
         let mut addrs: Vec<TransportAddr> = self.listeners.values().map(dialable).collect();
+        addrs.extend(self.relays.iter().map(|r| TransportAddr::Relay(r.url.clone())));
         addrs.sort_by_key(|a| std::cmp::Reverse(self.transport_for(a).map(|t| t.priority()).unwrap_or(0)));
         MessageResult(PeerAddress::new(self.node.peer_id(), addrs))
     }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kizuna::{identity::PeerId, Keypair, PeerAddress, Protocol};
+use kizuna::{identity::PeerId, relay::client::RelayEndpoint, Keypair, PeerAddress, Protocol, TransportAddr};
 
 use crate::CliError;
 
@@ -12,16 +12,48 @@ pub(crate) const KEY_ENV: &str = "KIZUNA_KEY";
 /// Which transport a client may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum TransportChoice {
-    /// Every transport the ticket offers, best first, falling back to the next.
+    /// Every transport the ticket offers, best first, falling back to the next (and to
+    /// the relays last).
     Auto,
     /// TLS 1.3 over TCP only.
     Tcp,
     /// QUIC only.
     Quic,
+    /// WebSocket only (direct `ws=` addresses).
+    Ws,
 }
 
 /// Transports this build of the CLI can dial and listen on.
-pub(crate) const SUPPORTED: [Protocol; 2] = [Protocol::Quic, Protocol::Tcp];
+pub(crate) const SUPPORTED: [Protocol; 3] = [Protocol::Quic, Protocol::Tcp, Protocol::WebSocket];
+
+/// Relays to use: `--relay URL` (repeatable; the first is preferred, the others are
+/// failovers) and `--relay-token TOKEN`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct RelayArgs {
+    /// Relay to reserve at and dial through (ws://HOST:PORT or wss://HOST:PORT), repeatable:
+    /// the first is preferred, the others are failovers. With a relay, TARGET may be a bare
+    /// peer id.
+    #[arg(long = "relay", value_name = "URL", value_parser = parse_relay_url)]
+    pub(crate) relays: Vec<String>,
+    /// Admission token for the relays (minted by `kizuna relay token`).
+    #[arg(long = "relay-token", value_name = "TOKEN")]
+    pub(crate) token: Option<String>,
+}
+
+impl RelayArgs {
+    /// The relays as endpoints for the supervisor.
+    pub(crate) fn endpoints(&self) -> Vec<RelayEndpoint> {
+        self.relays.iter().map(|url| RelayEndpoint { url: url.clone(), token: self.token.clone() }).collect()
+    }
+}
+
+/// Parses a relay URL, saying what is wrong.
+pub(crate) fn parse_relay_url(s: &str) -> Result<String, String> {
+    match format!("relay={s}").parse::<TransportAddr>() {
+        Ok(TransportAddr::Relay(url)) => Ok(url),
+        _ => Err(format!("not a relay URL: {s:?} (expected ws://HOST:PORT or wss://HOST:PORT)")),
+    }
+}
 
 impl TransportChoice {
     /// The protocols this choice allows.
@@ -30,22 +62,32 @@ impl TransportChoice {
             TransportChoice::Auto => SUPPORTED.to_vec(),
             TransportChoice::Tcp => vec![Protocol::Tcp],
             TransportChoice::Quic => vec![Protocol::Quic],
+            TransportChoice::Ws => vec![Protocol::WebSocket],
         }
     }
 
-    /// The ticket restricted to the addresses of the allowed protocols, and the protocols;
-    /// a usage error if nothing is left.
-    pub(crate) fn restrict(self, ticket: &PeerAddress) -> Result<(PeerAddress, Vec<Protocol>), CliError> {
+    /// The ticket restricted to the addresses of the allowed protocols (relay routes only
+    /// with `auto`), and the protocols; a usage error if nothing is left to dial.
+    pub(crate) fn restrict(
+        self,
+        ticket: &PeerAddress,
+        relays: &RelayArgs,
+    ) -> Result<(PeerAddress, Vec<Protocol>), CliError> {
         let protocols = self.protocols();
-        let addrs: Vec<_> =
-            ticket.addrs.iter().filter(|a| protocols.contains(&a.protocol())).cloned().collect();
-        if ticket.addrs.is_empty() {
+        let keep = |a: &TransportAddr| match a {
+            TransportAddr::Relay(_) => self == TransportChoice::Auto,
+            other => protocols.contains(&other.protocol()),
+        };
+        let addrs: Vec<_> = ticket.addrs.iter().filter(|a| keep(a)).cloned().collect();
+        let via_relay = self == TransportChoice::Auto && !relays.relays.is_empty();
+        if ticket.addrs.is_empty() && !via_relay {
             return Err(CliError::Usage(
-                "the ticket has a peer id but no address: pass the whole ticket printed by `kizuna node`"
+                "the ticket has a peer id but no address: pass the whole ticket printed by `kizuna node`, \
+                 or reach the peer through a relay with --relay URL"
                     .into(),
             ));
         }
-        if addrs.is_empty() {
+        if addrs.is_empty() && !via_relay {
             let wanted = protocols.iter().map(|p| p.name()).collect::<Vec<_>>().join(" or ");
             let has = ticket.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
             return Err(CliError::Usage(format!(
@@ -59,7 +101,10 @@ impl TransportChoice {
 /// Parses a ticket (`PEERID@quic=IP:PORT,tcp=IP:PORT`), saying what is wrong.
 pub(crate) fn parse_ticket(s: &str) -> Result<PeerAddress, String> {
     s.parse::<PeerAddress>().map_err(|e| {
-        format!("not a valid ticket: {e}\n  a ticket looks like PEERID@quic=IP:PORT,tcp=IP:PORT, as printed by `kizuna node`")
+        format!(
+            "not a valid ticket: {e}\n  a ticket looks like PEERID@quic=IP:PORT,tcp=IP:PORT, as printed by \
+             `kizuna node` (or a bare PEERID together with --relay URL)"
+        )
     })
 }
 
@@ -185,14 +230,14 @@ mod tests {
     fn restrict_by_transport() {
         let id = Keypair::from_seed([1; 32]).peer_id();
         let t: PeerAddress = format!("{id}@quic=127.0.0.1:1,tcp=127.0.0.1:2").parse().unwrap();
-        let (a, p) = TransportChoice::Tcp.restrict(&t).unwrap();
+        let (a, p) = TransportChoice::Tcp.restrict(&t, &RelayArgs::default()).unwrap();
         assert_eq!(a.addrs.len(), 1);
         assert_eq!(a.addrs[0].protocol(), Protocol::Tcp);
         assert_eq!(p, vec![Protocol::Tcp]);
-        let (a, _) = TransportChoice::Auto.restrict(&t).unwrap();
+        let (a, _) = TransportChoice::Auto.restrict(&t, &RelayArgs::default()).unwrap();
         assert_eq!(a.addrs, t.addrs);
         let only_tcp: PeerAddress = format!("{id}@tcp=127.0.0.1:2").parse().unwrap();
-        let e = TransportChoice::Quic.restrict(&only_tcp).unwrap_err();
+        let e = TransportChoice::Quic.restrict(&only_tcp, &RelayArgs::default()).unwrap_err();
         assert!(matches!(&e, CliError::Usage(m) if m.contains("no quic address")), "{e}");
     }
 

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use actix::Addr;
-use kizuna::{ConnectionInfo, Keypair, PeerAddress, Protocol};
+use kizuna::{relay::client::RelayEndpoint, ConnectionInfo, Keypair, PeerAddress, Protocol};
 use kizuna_actors::{
     api::Connect, EventStream, NodeError, Shutdown, Subscribe, Supervisor, SupervisorConfig,
 };
@@ -24,9 +24,14 @@ pub(crate) struct Session {
 }
 
 /// Starts a node with `protocols` only.
-pub(crate) fn start_node(key: Keypair, protocols: Vec<Protocol>) -> Result<Addr<Supervisor>, CliError> {
+pub(crate) fn start_node(
+    key: Keypair,
+    protocols: Vec<Protocol>,
+    relays: Vec<RelayEndpoint>,
+) -> Result<Addr<Supervisor>, CliError> {
     let mut config = SupervisorConfig::new(key);
     config.protocols = protocols;
+    config.relays = relays;
     Supervisor::start(config).map_err(|e| CliError::Failed(format!("cannot start the node: {e}")))
 }
 
@@ -35,8 +40,9 @@ pub(crate) async fn connect(
     key: Keypair,
     target: PeerAddress,
     protocols: Vec<Protocol>,
+    relays: Vec<RelayEndpoint>,
 ) -> Result<Session, CliError> {
-    let node = start_node(key, protocols)?;
+    let node = start_node(key, protocols, relays)?;
     let events = node.send(Subscribe::default()).await?;
     let peer = target.peer_id;
     let t = Instant::now();

@@ -92,7 +92,7 @@ impl Demo {
                 protocols.push(p);
             }
         }
-        let server = client::start_node(Keypair::generate(), protocols.clone())?;
+        let server = client::start_node(Keypair::generate(), protocols.clone(), Vec::new())?;
         let events = server.send(Subscribe::default()).await?;
         let lo = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         for p in protocols {
@@ -134,8 +134,9 @@ impl Demo {
     async fn measure(&self, s: &Scenario, row: &mut RowResult) -> Result<(), String> {
         let (ticket, protocols) = self.ticket_for(s)?;
         let peer = ticket.peer_id;
-        let mut session =
-            client::connect(Keypair::generate(), ticket, protocols).await.map_err(|e| e.to_string())?;
+        let mut session = client::connect(Keypair::generate(), ticket, protocols, Vec::new())
+            .await
+            .map_err(|e| e.to_string())?;
         row.path = Some(session.info.path);
         row.connect_ms = Some(output::ms(session.connect_time));
         let result = async {

@@ -41,6 +41,8 @@ pub(crate) struct NodeArgs {
     /// Print JSON lines on stdout (see above) instead of the bare ticket.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    relay: args::RelayArgs,
 }
 
 /// Reports buffered between the service and the output loop; beyond that they are dropped
@@ -59,7 +61,7 @@ pub(crate) async fn run(a: NodeArgs) -> CliResult {
     for l in &listen {
         if !args::SUPPORTED.contains(&l.protocol()) {
             return Err(CliError::Usage(format!(
-                "cannot listen on {l}: this node supports only tcp and quic"
+                "cannot listen on {l}: this node supports only tcp, quic and ws"
             )));
         }
         if !protocols.contains(&l.protocol()) {
@@ -77,7 +79,7 @@ pub(crate) async fn run(a: NodeArgs) -> CliResult {
         })?;
     }
 
-    let node = client::start_node(key, protocols)?;
+    let node = client::start_node(key, protocols, a.relay.endpoints())?;
     let service_events = node.send(Subscribe::default()).await?;
     let mut log_events = node.send(Subscribe::default()).await?;
     for l in &listen {
@@ -85,6 +87,9 @@ pub(crate) async fn run(a: NodeArgs) -> CliResult {
             let _ = node.send(Shutdown).await;
             return Err(CliError::Failed(e.to_string()));
         }
+    }
+    if !a.relay.relays.is_empty() {
+        wait_for_reservation(&mut log_events, a.json).await;
     }
     let ticket = node.send(GetAddress).await?;
     if a.json {
@@ -125,6 +130,32 @@ pub(crate) async fn run(a: NodeArgs) -> CliResult {
     Ok(())
 }
 
+/// How long the node waits for its first relay reservation before printing its ticket
+/// anyway. 15 s: the relay client's own bound on connecting and reserving.
+const RESERVATION_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Waits until the node holds a reservation at one of its relays (so the ticket's relay
+/// route works as soon as it is printed), logging relay failures meanwhile.
+async fn wait_for_reservation(events: &mut kizuna_actors::EventStream, json: bool) {
+    let deadline = tokio::time::Instant::now() + RESERVATION_WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::RelayReserved { url })) => {
+                tracing::info!(%url, "reserved at relay");
+                return;
+            }
+            Ok(Some(ev)) => log_event(&ev, json),
+            Ok(None) => return,
+            Err(_) => {
+                tracing::warn!(
+                    "no relay reservation after {RESERVATION_WAIT:?}; still trying in the background"
+                );
+                return;
+            }
+        }
+    }
+}
+
 #[cfg(unix)]
 fn terminate_signal() -> Result<tokio::signal::unix::Signal, CliError> {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -162,6 +193,32 @@ fn log_event(ev: &Event, json: bool) {
             tracing::warn!(%child, %last_error, "gave up restarting")
         }
         Event::LimitHit { limit, detail } => tracing::warn!(%limit, %detail, "limit hit"),
+        Event::PathUpgraded { peer, to, .. } => {
+            if json {
+                output::json_line(&json!({
+                    "event": "path_upgraded",
+                    "peer": peer.to_string(),
+                    "transport": to.protocol.name(),
+                    "path": to.path.name(),
+                }));
+            } else {
+                tracing::info!(%peer, transport = %to.protocol, "path upgraded: relayed -> direct");
+            }
+        }
+        Event::RelayReserved { url } => {
+            if json {
+                output::json_line(&json!({ "event": "relay_reserved", "relay": url }));
+            } else {
+                tracing::info!(%url, "reserved at relay");
+            }
+        }
+        Event::RelayFailed { url, reason } => {
+            if json {
+                output::json_line(&json!({ "event": "relay_failed", "relay": url, "reason": reason }));
+            } else {
+                tracing::warn!(%url, %reason, "relay failed");
+            }
+        }
         _ => {}
     }
 }

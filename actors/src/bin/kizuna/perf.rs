@@ -17,7 +17,7 @@ use crate::{
 /// "upload_mbps", "download_mbps", "upload_ms", "download_ms"}. Mbit/s are 10^6 bit/s.
 #[derive(Debug, clap::Args)]
 pub(crate) struct PerfArgs {
-    /// The node's ticket (PEERID@quic=IP:PORT,tcp=IP:PORT).
+    /// The node's ticket (PEERID@quic=IP:PORT,tcp=IP:PORT), or its bare PEERID with --relay.
     #[arg(value_name = "TARGET", value_parser = args::parse_ticket)]
     target: PeerAddress,
     /// Bytes to send each way: 1000000, 64MiB (=64M, powers of 1024), 500MB (powers of 1000), 1G.
@@ -26,6 +26,8 @@ pub(crate) struct PerfArgs {
     /// Transport to use: auto tries the ticket's transports in order.
     #[arg(long, value_enum, default_value_t = TransportChoice::Auto)]
     transport: TransportChoice,
+    #[command(flatten)]
+    relay: args::RelayArgs,
     /// Key file (default: $KIZUNA_KEY if set, else a fresh temporary identity).
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
@@ -36,10 +38,10 @@ pub(crate) struct PerfArgs {
 
 /// Runs `kizuna perf`.
 pub(crate) async fn run(a: PerfArgs) -> CliResult {
-    let (target, protocols) = a.transport.restrict(&a.target)?;
+    let (target, protocols) = a.transport.restrict(&a.target, &a.relay)?;
     let key = args::client_key(a.key.as_deref())?;
     let peer = target.peer_id;
-    let session = client::connect(key, target, protocols).await?;
+    let session = client::connect(key, target, protocols, a.relay.endpoints()).await?;
     let info = session.info.clone();
     if !a.json {
         output::line(&format!(

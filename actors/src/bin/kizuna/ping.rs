@@ -18,12 +18,14 @@ use crate::{
 /// (null when lost), "status" (ok|timeout|error)}. Exits 1 if no reply came back.
 #[derive(Debug, clap::Args)]
 pub(crate) struct PingArgs {
-    /// The node's ticket (PEERID@quic=IP:PORT,tcp=IP:PORT).
+    /// The node's ticket (PEERID@quic=IP:PORT,tcp=IP:PORT), or its bare PEERID with --relay.
     #[arg(value_name = "TARGET", value_parser = args::parse_ticket)]
     target: PeerAddress,
     /// Transport to use: auto tries the ticket's transports in order.
     #[arg(long, value_enum, default_value_t = TransportChoice::Auto)]
     transport: TransportChoice,
+    #[command(flatten)]
+    relay: args::RelayArgs,
     /// Pings to send; 0 = until Ctrl-C.
     #[arg(long, default_value_t = 4)]
     count: u64,
@@ -40,10 +42,10 @@ pub(crate) struct PingArgs {
 
 /// Runs `kizuna ping`.
 pub(crate) async fn run(a: PingArgs) -> CliResult {
-    let (target, protocols) = a.transport.restrict(&a.target)?;
+    let (target, protocols) = a.transport.restrict(&a.target, &a.relay)?;
     let key = args::client_key(a.key.as_deref())?;
     let peer = target.peer_id;
-    let mut session = client::connect(key, target, protocols).await?;
+    let mut session = client::connect(key, target, protocols, a.relay.endpoints()).await?;
     let info = session.info.clone();
     let connect_ms = output::ms(session.connect_time);
     if !a.json {

@@ -26,7 +26,7 @@ use crate::{
 /// "elapsed_ms", "mbps", "status"}.
 #[derive(Debug, clap::Args)]
 pub(crate) struct SendArgs {
-    /// The node's ticket (PEERID@quic=IP:PORT,tcp=IP:PORT).
+    /// The node's ticket (PEERID@quic=IP:PORT,tcp=IP:PORT), or its bare PEERID with --relay.
     #[arg(value_name = "TARGET", value_parser = args::parse_ticket)]
     target: PeerAddress,
     /// The file to send (stored under its file name).
@@ -35,6 +35,8 @@ pub(crate) struct SendArgs {
     /// Transport to use: auto tries the ticket's transports in order.
     #[arg(long, value_enum, default_value_t = TransportChoice::Auto)]
     transport: TransportChoice,
+    #[command(flatten)]
+    relay: args::RelayArgs,
     /// Key file (default: $KIZUNA_KEY if set, else a fresh temporary identity).
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
@@ -90,10 +92,10 @@ fn progress_reporter(name: String) -> (Box<dyn FnMut(Progress) + Send>, Option<P
 
 /// Runs `kizuna send`.
 pub(crate) async fn run(a: SendArgs) -> CliResult {
-    let (target, protocols) = a.transport.restrict(&a.target)?;
+    let (target, protocols) = a.transport.restrict(&a.target, &a.relay)?;
     let key = args::client_key(a.key.as_deref())?;
     let peer = target.peer_id;
-    let session = client::connect(key, target, protocols).await?;
+    let session = client::connect(key, target, protocols, a.relay.endpoints()).await?;
     let info = session.info.clone();
     let name = a.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let (report, bar) = progress_reporter(name);
