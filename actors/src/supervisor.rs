@@ -451,16 +451,25 @@ impl Handler<Connect> for Supervisor {
         }
         let msg = Connect { addr };
         self.wanted.insert(peer, msg.addr.clone());
+        let mut target = msg.addr;
         if let Some(e) = self.peers.get(&peer) {
             let info = e.conn.info();
-            return Box::pin(async move { Ok(info) });
+            let direct: Vec<_> =
+                target.addrs.iter().filter(|a| !matches!(a, TransportAddr::Relay(_))).cloned().collect();
+            if info.path == PathKind::Direct || direct.is_empty() {
+                return Box::pin(async move { Ok(info) });
+            }
+            // Connected through a relay, and direct addresses are known: try them. A
+            // direct connection replaces the relayed one (the upgrade hook, see `adopt`);
+            // if none works, the relayed connection stays and is the answer.
+            target = PeerAddress::new(peer, direct);
         }
         let (tx, rx) = oneshot::channel();
         match self.pending.get_mut(&peer) {
             Some(waiters) => waiters.push(tx),
             None => {
                 self.pending.insert(peer, vec![tx]);
-                self.spawn_negotiator(msg.addr, ctx);
+                self.spawn_negotiator(target, ctx);
             }
         }
         Box::pin(async move { rx.await.unwrap_or(Err(NodeError::ShuttingDown)) })

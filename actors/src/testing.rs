@@ -105,11 +105,21 @@ impl TestNode {
             let a = match p {
                 Protocol::Tcp => TransportAddr::Tcp(loopback),
                 Protocol::Quic => TransportAddr::Quic(loopback),
+                Protocol::WebSocket => TransportAddr::Ws("ws://127.0.0.1:0".into()),
                 _ => continue,
             };
             node.addr.send(Listen { addr: a }).await??;
         }
         Ok(node)
+    }
+
+    /// Waits until the node holds a reservation at a relay (configured through
+    /// `SupervisorConfig::relays`); returns the relay's URL.
+    pub async fn wait_reserved(&mut self, timeout: Duration) -> Result<String, HarnessError> {
+        match self.wait_for(|e| matches!(e, Event::RelayReserved { .. }), timeout).await? {
+            Event::RelayReserved { url } => Ok(url),
+            _ => unreachable!("wait_for returned a non-matching event"),
+        }
     }
 
     /// The node's ticket.
