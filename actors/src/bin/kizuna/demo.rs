@@ -57,6 +57,7 @@ struct Scenario {
 const SCENARIOS: &[Scenario] = &[
     Scenario { label: "quic", setup: Setup::Direct(Protocol::Quic), path: PathKind::Direct },
     Scenario { label: "tcp", setup: Setup::Direct(Protocol::Tcp), path: PathKind::Direct },
+    Scenario { label: "websocket", setup: Setup::Direct(Protocol::WebSocket), path: PathKind::Direct },
 ];
 
 /// Pings per row; the row reports their mean.
@@ -98,6 +99,7 @@ impl Demo {
         for p in protocols {
             let addr = match p {
                 Protocol::Quic => TransportAddr::Quic(lo),
+                Protocol::WebSocket => TransportAddr::Ws(format!("ws://{lo}")),
                 _ => TransportAddr::Tcp(lo),
             };
             server.send(Listen { addr }).await??;
