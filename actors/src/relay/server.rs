@@ -407,6 +407,7 @@ impl Handler<ConnEvent> for RelayServerActor {
             ConnInput::Message(msg) => self.state.handle_message(m.conn, msg, now),
             ConnInput::Malformed(detail) => {
                 self.state.handle_malformed(m.conn, detail, now);
+                self.drain(ctx);
                 // Unknown to the state (e.g. raced with a close): close it all the same.
                 if let Some(Link::Direct(tx)) = self.links.remove(&m.conn) {
                     let _ = tx.try_send(ConnCmd::Close {
