@@ -201,7 +201,9 @@ impl RelayServerActor {
                 Output::Send { conn, msg } => self.send_to(conn, &msg),
                 Output::Close { conn, reason } => self.close_conn(conn, reason),
                 Output::Splice { circuit, a, b, limits } => self.splice(ctx, circuit, a, b, limits),
-                Output::RateChanged { circuit, rate } => self.to_forwarder(circuit, FwdCmd::SetRate(rate)),
+                Output::RateChanged { circuit, rate } => {
+                    self.command_forwarder(circuit, FwdCmd::SetRate(rate))
+                }
                 Output::Event(e) => log_event(&e),
                 other => tracing::debug!(?other, "relay output not handled by this version"),
             }
@@ -249,7 +251,7 @@ impl RelayServerActor {
             }
             Some(Link::Spliced(circuit, side)) => {
                 let (circuit, side) = (*circuit, *side);
-                self.to_forwarder(circuit, FwdCmd::Send(side, data));
+                self.command_forwarder(circuit, FwdCmd::Send(side, data));
             }
             None => {}
         }
@@ -263,13 +265,13 @@ impl RelayServerActor {
                 let _ = tx.try_send(ConnCmd::Close { code, reason: reason.message });
             }
             Some(Link::Spliced(circuit, side)) => {
-                self.to_forwarder(circuit, FwdCmd::Close(side, code, reason.message));
+                self.command_forwarder(circuit, FwdCmd::Close(side, code, reason.message));
             }
             None => {}
         }
     }
 
-    fn to_forwarder(&mut self, circuit: CircuitId, cmd: FwdCmd) {
+    fn command_forwarder(&mut self, circuit: CircuitId, cmd: FwdCmd) {
         let Some(f) = self.forwarders.get(&circuit) else { return };
         if f.ctl.try_send(cmd).is_err() {
             // The forwarder is not taking commands (stuck on a peer that does not read):

@@ -54,7 +54,7 @@ impl StunResponder {
                 self.binding_success(&msg, from)
             }
             Ok((msg, _)) if msg.class() == MessageClass::Request => {
-                self.error(msg.transaction_id().clone(), 400, "Only Binding is supported")
+                self.error(*msg.transaction_id(), 400, "Only Binding is supported")
             }
             Ok(_) => None,
             Err(_) if request_class => self.error(tid, 400, "Bad Request"),
@@ -64,7 +64,7 @@ impl StunResponder {
 
     fn binding_success(&self, req: &StunMessage, from: SocketAddr) -> Option<Vec<u8>> {
         let mut b = StunMessageBuilder::new(BINDING, MessageClass::SuccessResponse)
-            .with_transaction_id(req.transaction_id().clone())
+            .with_transaction_id(*req.transaction_id())
             .with_attribute(XorMappedAddress::from(from));
         if let Ok(s) = Software::new(self.software.as_str()) {
             b = b.with_attribute(s);

@@ -46,7 +46,7 @@ enum Command {
     Perf(perf::PerfArgs),
     Send(send::SendArgs),
     Demo(demo::DemoArgs),
-    Relay(relay::RelayArgs),
+    Relay(Box<relay::RelayArgs>),
 }
 
 /// A command's failure: what to tell the user and which exit code to use.
@@ -117,7 +117,7 @@ fn main() -> ExitCode {
         Command::Perf(a) => actix::System::new().block_on(perf::run(a)),
         Command::Send(a) => actix::System::new().block_on(send::run(a)),
         Command::Demo(a) => actix::System::new().block_on(demo::run(a)),
-        Command::Relay(a) => relay::run(a),
+        Command::Relay(a) => relay::run(*a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
