@@ -405,3 +405,48 @@ async fn metrics_over_http_and_stun_binding() {
     let (n2, _) = tokio::time::timeout(T, sock.recv_from(&mut resp)).await.unwrap().unwrap();
     assert!(n2 > 20);
 }
+
+#[test]
+fn cli_refuses_to_start_without_an_admission_rule_and_prints_its_url() {
+    use std::{
+        io::{BufRead, BufReader},
+        process::{Command, Stdio},
+    };
+    let bin = env!("CARGO_BIN_EXE_kizuna");
+    let out = Command::new(bin).args(["relay", "--listen", "ws://127.0.0.1:0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pass --allow, --allow-file, --token-secret or --open"), "{err}");
+
+    let mut child = Command::new(bin)
+        .args(["relay", "--listen", "ws://127.0.0.1:0", "--open", "--stun", "127.0.0.1:0", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["event"], "listening");
+    assert!(first["url"].as_str().unwrap().starts_with("ws://127.0.0.1:"), "{first}");
+    assert_eq!(first["stun"].as_array().unwrap().len(), 1);
+    // SIGTERM: graceful stop, last line "shutdown", exit 0.
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let last: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(last["event"], "shutdown");
+    assert!(child.wait().unwrap().success());
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, [7u8; 32]).unwrap();
+    let peer = key(3).peer_id().to_string();
+    let out = Command::new(bin)
+        .args(["relay", "token", "--secret", secret.to_str().unwrap(), "--peer", &peer, "--ttl", "1h"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let expiry =
+        kizuna::relay::auth::verify_token(&[7u8; 32], &key(3).peer_id(), token.trim(), unix_now()).unwrap();
+    assert!(expiry > unix_now() + 3500);
+}
