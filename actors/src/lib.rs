@@ -9,6 +9,7 @@ mod connection;
 pub mod events;
 mod listener;
 mod negotiator;
+pub mod relay;
 mod relay_client;
 pub mod runtime;
 pub mod services;

@@ -366,6 +366,14 @@ impl RelayState {
         }
     }
 
+    /// A message on an authenticated, unspliced connection could not be decoded
+    /// (malformed, oversized, or not a binary message): closes it as a protocol violation.
+    pub fn handle_malformed(&mut self, conn: ConnId, detail: String, now: Instant) {
+        let Some(entry) = self.conns.get(&conn) else { return };
+        let peer = entry.peer;
+        self.violation(conn, peer, detail, now);
+    }
+
     /// The connection's socket ended (either side closed it, or it failed).
     pub fn handle_closed(&mut self, conn: ConnId, now: Instant) {
         self.forget_conn(conn, None, now);

@@ -85,6 +85,10 @@ const WRITE_BUFFER: usize = 64 * 1024;
 /// margin; a breach would be a bug and surfaces as an error, never as growth.
 const WRITE_BUFFER_SLACK: usize = 2 * (MAX_CHUNK + 1024);
 
+/// Longest close reason: a close frame's payload is at most 125 bytes (RFC 6455 §5.5),
+/// two of which are the status code.
+const MAX_CLOSE_REASON: usize = 123;
+
 /// Reason sent in the close frame when the peer sends a text message.
 const TEXT_REFUSED: &str = "Kizuna carries only binary messages";
 
@@ -431,6 +435,23 @@ where
         self.flush().await?;
         std::future::poll_fn(|cx| self.poll_ws_write(cx, |ws, cx| ws.poll_ready_unpin(cx))).await?;
         self.ws.start_send_unpin(Message::Binary(data)).map_err(ws_io_error)?;
+        std::future::poll_fn(|cx| self.poll_ws_write(cx, |ws, cx| ws.poll_flush_unpin(cx))).await
+    }
+    /// Message mode: flushes what is buffered, then sends a close frame with status
+    /// `code` and `reason` (cut to the 123 bytes a close frame allows, at a character
+    /// boundary) and flushes it. Nothing can be sent afterwards; the caller drops the
+    /// stream (or reads until the peer's close) to end the connection. The relay uses it
+    /// to close with its typed codes (4000 + error code).
+    pub async fn close_with(&mut self, code: u16, reason: &str) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.flush().await?;
+        let mut cut = reason.len().min(MAX_CLOSE_REASON);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let frame = CloseFrame { code: WsCloseCode::from(code), reason: reason[..cut].to_owned().into() };
+        std::future::poll_fn(|cx| self.poll_ws_write(cx, |ws, cx| ws.poll_ready_unpin(cx))).await?;
+        self.ws.start_send_unpin(Message::Close(Some(frame))).map_err(ws_io_error)?;
         std::future::poll_fn(|cx| self.poll_ws_write(cx, |ws, cx| ws.poll_flush_unpin(cx))).await
     }
 }

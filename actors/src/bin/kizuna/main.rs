@@ -1,6 +1,7 @@
 //! `kizuna`: the Kizuna command-line program.
 //!
-//! One file per command (`id.rs`, `node.rs`, `ping.rs`, `perf.rs`, `send.rs`, `demo.rs`);
+//! One file per command (`id.rs`, `node.rs`, `ping.rs`, `perf.rs`, `send.rs`, `demo.rs`,
+//! `relay.rs`);
 //! `args.rs` holds the argument types and parsers shared by several commands, `client.rs`
 //! starting a client node and connecting, `output.rs` the JSON and human output helpers.
 //!
@@ -15,6 +16,7 @@ mod node;
 mod output;
 mod perf;
 mod ping;
+mod relay;
 mod send;
 
 use std::process::ExitCode;
@@ -44,6 +46,7 @@ enum Command {
     Perf(perf::PerfArgs),
     Send(send::SendArgs),
     Demo(demo::DemoArgs),
+    Relay(Box<relay::RelayArgs>),
 }
 
 /// A command's failure: what to tell the user and which exit code to use.
@@ -106,7 +109,7 @@ fn init_tracing(default: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(if matches!(cli.command, Command::Node(_)) { "info" } else { "warn" });
+    init_tracing(if matches!(cli.command, Command::Node(_) | Command::Relay(_)) { "info" } else { "warn" });
     let result = match cli.command {
         Command::Id(a) => id::run(a),
         Command::Node(a) => actix::System::new().block_on(node::run(a)),
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
         Command::Perf(a) => actix::System::new().block_on(perf::run(a)),
         Command::Send(a) => actix::System::new().block_on(send::run(a)),
         Command::Demo(a) => actix::System::new().block_on(demo::run(a)),
+        Command::Relay(a) => relay::run(*a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
