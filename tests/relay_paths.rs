@@ -121,7 +121,11 @@ async fn direct_connection_replaces_the_relayed_one_without_loss_or_duplicates()
     let bpeer = b.peer;
     let pump = actix_rt::spawn(async move {
         for n in 0..N {
-            sender.send(SendMsg { peer: bpeer, data: Bytes::from(n.to_be_bytes().to_vec()) }).await.unwrap().unwrap();
+            sender
+                .send(SendMsg { peer: bpeer, data: Bytes::from(n.to_be_bytes().to_vec()) })
+                .await
+                .unwrap()
+                .unwrap();
             if n % 100 == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

@@ -9,9 +9,13 @@
 use std::time::Duration;
 
 use actix::Addr;
-use kizuna::{Keypair, PathKind, PeerAddress, Protocol, TransportAddr};
+use kizuna::{
+    relay::auth::Admission, relay::client::RelayEndpoint, Keypair, PathKind, PeerAddress, Protocol,
+    TransportAddr,
+};
 use kizuna_actors::{
     api::{GetAddress, Listen},
+    relay::{RelayHandle, RelayServer, RelayServerConfig, StopRelay},
     services::{self, PING_TIMEOUT},
     Shutdown, Subscribe, Supervisor,
 };
@@ -40,6 +44,9 @@ pub(crate) struct DemoArgs {
 enum Setup {
     /// Dial the server's own listener of this protocol.
     Direct(Protocol),
+    /// Know only the server's peer id and reach it through the demo's relay (the server
+    /// holds a reservation there; both ends run their own TLS through it).
+    Relayed,
 }
 
 /// One row of the demo.
@@ -58,6 +65,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { label: "quic", setup: Setup::Direct(Protocol::Quic), path: PathKind::Direct },
     Scenario { label: "tcp", setup: Setup::Direct(Protocol::Tcp), path: PathKind::Direct },
     Scenario { label: "websocket", setup: Setup::Direct(Protocol::WebSocket), path: PathKind::Direct },
+    Scenario { label: "websocket", setup: Setup::Relayed, path: PathKind::Relayed },
 ];
 
 /// Pings per row; the row reports their mean.
@@ -82,20 +90,32 @@ struct Demo {
     server: Addr<Supervisor>,
     ticket: PeerAddress,
     bytes: u64,
+    relay: RelayHandle,
 }
 
 impl Demo {
     async fn start(bytes: u64) -> Result<Self, CliError> {
         let mut protocols = Vec::new();
         for s in SCENARIOS {
-            let Setup::Direct(p) = s.setup;
-            if !protocols.contains(&p) {
-                protocols.push(p);
+            if let Setup::Direct(p) = s.setup {
+                if !protocols.contains(&p) {
+                    protocols.push(p);
+                }
             }
         }
-        let server = client::start_node(Keypair::generate(), protocols.clone(), Vec::new())?;
-        let events = server.send(Subscribe::default()).await?;
         let lo = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        // The demo measures the relayed path, not the relay's default shaping (16 MiB/s
+        // per circuit, sized for a shared public relay): lift the bandwidth limits.
+        let mut config = RelayServerConfig::new(lo, Admission::open());
+        config.limits.circuit_bandwidth = 64 << 30;
+        config.limits.total_bandwidth = 64 << 30;
+        config.limits.max_circuit_bytes = 1 << 40;
+        let relay = RelayServer::start(config)
+            .await
+            .map_err(|e| CliError::Failed(format!("cannot start the demo relay: {e}")))?;
+        let relays = vec![RelayEndpoint { url: relay.url.clone(), token: None }];
+        let server = client::start_node(Keypair::generate(), protocols.clone(), relays)?;
+        let mut events = server.send(Subscribe::default()).await?;
         for p in protocols {
             let addr = match p {
                 Protocol::Quic => TransportAddr::Quic(lo),
@@ -104,14 +124,16 @@ impl Demo {
             };
             server.send(Listen { addr }).await??;
         }
+        wait_reserved(&mut events).await?;
         let ticket = server.send(GetAddress).await?;
         actix::spawn(services::serve(server.clone(), events, None));
-        Ok(Self { server, ticket, bytes })
+        Ok(Self { server, ticket, bytes, relay })
     }
 
     /// The ticket a scenario dials, and the protocols its client enables.
     fn ticket_for(&self, s: &Scenario) -> Result<(PeerAddress, Vec<Protocol>), String> {
         match s.setup {
+            Setup::Relayed => Ok((PeerAddress::new(self.ticket.peer_id, vec![]), vec![])),
             Setup::Direct(p) => {
                 let addrs: Vec<_> = self.ticket.addrs.iter().filter(|a| a.protocol() == p).cloned().collect();
                 if addrs.is_empty() {
@@ -136,7 +158,11 @@ impl Demo {
     async fn measure(&self, s: &Scenario, row: &mut RowResult) -> Result<(), String> {
         let (ticket, protocols) = self.ticket_for(s)?;
         let peer = ticket.peer_id;
-        let mut session = client::connect(Keypair::generate(), ticket, protocols, Vec::new())
+        let relays = match s.setup {
+            Setup::Relayed => vec![RelayEndpoint { url: self.relay.url.clone(), token: None }],
+            Setup::Direct(_) => Vec::new(),
+        };
+        let mut session = client::connect(Keypair::generate(), ticket, protocols, relays)
             .await
             .map_err(|e| e.to_string())?;
         row.path = Some(session.info.path);
@@ -163,6 +189,25 @@ impl Demo {
         .await;
         session.close().await;
         result
+    }
+}
+
+/// How long the demo waits for its server's relay reservation. 10 s: a loopback
+/// reservation takes milliseconds; anything near this is a failure worth reporting.
+const RESERVATION_WAIT: Duration = Duration::from_secs(10);
+
+async fn wait_reserved(events: &mut kizuna_actors::EventStream) -> Result<(), CliError> {
+    let wait = async {
+        while let Some(ev) = events.recv().await {
+            if let kizuna_actors::Event::RelayReserved { .. } = ev {
+                return true;
+            }
+        }
+        false
+    };
+    match tokio::time::timeout(RESERVATION_WAIT, wait).await {
+        Ok(true) => Ok(()),
+        _ => Err(CliError::Failed("the demo node could not reserve at the demo relay".into())),
     }
 }
 
@@ -196,6 +241,7 @@ pub(crate) async fn run(a: DemoArgs) -> CliResult {
         rows.push((s, r));
     }
     let _ = demo.server.send(Shutdown).await;
+    let _ = demo.relay.addr.send(StopRelay).await;
     if !a.json {
         let body: Vec<Vec<String>> = rows
             .iter()
