@@ -1,6 +1,7 @@
 //! Relayed connections end to end through a real relay on loopback: connect by peer id,
 //! bulk integrity, the upgrade hook (relayed → direct, nothing lost or duplicated),
 //! degradation without a relay, relay restart and failover.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a panic is the failure report.
 
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 

@@ -423,10 +423,13 @@ fn demo_runs_every_transport() {
     assert!(o.status.success(), "demo failed: {}\n{}", stdout(&o), stderr(&o));
     let rows = json_lines(&o);
     let names: Vec<&str> = rows.iter().filter_map(|r| r["transport"].as_str()).collect();
-    assert!(names.contains(&"tcp") && names.contains(&"quic"), "{names:?}");
+    for t in ["tcp", "quic", "websocket"] {
+        assert!(names.contains(&t), "no {t} row: {names:?}");
+    }
+    let paths: Vec<&str> = rows.iter().filter_map(|r| r["path"].as_str()).collect();
+    assert!(paths.contains(&"relayed"), "a relayed row: {paths:?}");
     for r in &rows {
         assert_eq!(r["status"], "ok", "{r}");
-        assert_eq!(r["path"], "direct", "{r}");
         for f in ["connect_ms", "rtt_ms", "upload_mbps", "download_mbps"] {
             assert!(r[f].as_f64().is_some(), "{f} in {r}");
         }
