@@ -423,3 +423,26 @@ async fn one_socket_per_transport() {
     s.listener.close();
     assert!(s.listener.accept().await.is_none());
 }
+
+#[tokio::test]
+async fn stun_and_punch_datagrams_share_the_quic_socket() {
+    let (client, c, s, a) = pair(|_| {}).await;
+    let side = s.transport.side_channel().expect("a listening transport has a side channel");
+    assert_eq!(side.local_addr().unwrap(), s.addr, "the side channel is the QUIC socket");
+    // A STUN-looking datagram (first byte 0x00, RFC 8489) to the QUIC port is diverted.
+    let raw = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let stun = [0x00u8, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+    raw.send_to(&stun, s.addr).await.unwrap();
+    let (from, got) = tokio::time::timeout(WAIT, side.recv_from()).await.unwrap().unwrap();
+    assert_eq!(from, raw.local_addr().unwrap());
+    assert_eq!(&got[..], &stun[..]);
+    // And datagrams sent on the side channel leave from the QUIC port.
+    side.send_to(b"\x01punch", raw.local_addr().unwrap()).await.unwrap();
+    let mut buf = [0u8; 64];
+    let (n, src) = tokio::time::timeout(WAIT, raw.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!((&buf[..n], src), (&b"\x01punch"[..], s.addr));
+    // QUIC on the same socket is unaffected.
+    c.send(Bytes::from_static(b"after stun")).await.unwrap();
+    assert_eq!(&a.recv().await.unwrap().unwrap()[..], b"after stun");
+    drop(client);
+}

@@ -30,6 +30,7 @@
 
 mod backend;
 mod config;
+pub mod demux;
 mod listener;
 mod stream;
 
@@ -45,7 +46,12 @@ use quinn::{crypto::rustls::HandshakeData, VarInt};
 use rustls::pki_types::CertificateDer;
 use socket2::SockRef;
 
-use self::{backend::QuicBackend, listener::QuicListener, stream::QuicBiStream};
+use self::{
+    backend::QuicBackend,
+    demux::{DemuxSocket, SideChannel},
+    listener::QuicListener,
+    stream::QuicBiStream,
+};
 use crate::{
     address::{PathKind, Protocol, TransportAddr},
     error::{Result, TransportError},
@@ -95,6 +101,30 @@ struct EndpointState {
     endpoint: quinn::Endpoint,
     /// The listening address while a listener is open.
     listening: Option<SocketAddr>,
+    /// The non-QUIC half of the endpoint's socket (STUN, hole punching).
+    side: Arc<SideChannel>,
+}
+
+/// A quinn endpoint on `socket`, behind the STUN/punch demultiplexer.
+fn endpoint_on(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+) -> Result<(quinn::Endpoint, Arc<SideChannel>)> {
+    let (demux, side) = DemuxSocket::wrap(socket)?;
+    let mut config = quinn::EndpointConfig::default();
+    // Never let peers clear the QUIC fixed bit (RFC 9287 greasing): the demultiplexer tells
+    // QUIC from STUN by that bit, as RFC 9443 requires of multiplexed sockets.
+    config.grease_quic_bit(false);
+    let endpoint =
+        quinn::Endpoint::new_with_abstract_socket(config, server, demux, Arc::new(quinn::TokioRuntime))?;
+    Ok((endpoint, side))
+}
+
+/// Moves `endpoint` to `socket` (behind a new demultiplexer); returns the new side channel.
+fn rebind_on(endpoint: &quinn::Endpoint, socket: std::net::UdpSocket) -> Result<Arc<SideChannel>> {
+    let (demux, side) = DemuxSocket::wrap(socket)?;
+    endpoint.rebind_abstract(demux)?;
+    Ok(side)
 }
 
 /// State shared by the transport, its listener and its handshake tasks.
@@ -121,13 +151,8 @@ impl Shared {
             SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
         };
         let socket = config::bind_udp(any, self.node.config().udp_buffer)?;
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            None,
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )?;
-        *state = Some(EndpointState { endpoint: endpoint.clone(), listening: None });
+        let (endpoint, side) = endpoint_on(socket, None)?;
+        *state = Some(EndpointState { endpoint: endpoint.clone(), listening: None, side });
         Ok(endpoint)
     }
 
@@ -185,15 +210,24 @@ impl QuicTransport {
     /// no endpoint yet. A listener keeps its advertised address: rebinding a listening
     /// transport is for clients and NAT rebinding tests, not for moving a server.
     pub fn rebind(&self, socket: std::net::UdpSocket) -> Result<()> {
-        let endpoint = self.shared.lock().as_ref().map(|s| s.endpoint.clone()).ok_or_else(|| {
+        let mut state = self.shared.lock();
+        let s = state.as_mut().ok_or_else(|| {
             TransportError::Config(
                 "QUIC transport has no socket to rebind yet: listen or connect first".into(),
             )
         })?;
         config::tune_socket(SockRef::from(&socket), self.shared.node.config().udp_buffer);
         socket.set_nonblocking(true)?;
-        endpoint.rebind(socket)?;
+        s.side = rebind_on(&s.endpoint, socket)?;
         Ok(())
+    }
+
+    /// The non-QUIC half of this transport's UDP socket: STUN and hole-punch datagrams
+    /// arriving on it, and a way to send such datagrams from it (so the mapping STUN saw
+    /// and the hole a punch opened are the ones QUIC uses). `None` before the transport
+    /// has a socket (before the first listen or dial).
+    pub fn side_channel(&self) -> Option<Arc<SideChannel>> {
+        self.shared.lock().as_ref().map(|s| s.side.clone())
     }
 
     /// Counters of 0-RTT use and inbound rejections.
@@ -340,32 +374,27 @@ impl QuicTransport {
             }
             // Listening again on the socket this transport already has (e.g. a restarted
             // listener re-binding its old port): the socket stays, it just serves again.
-            let reuse = state.as_ref().filter(|s| s.endpoint.local_addr().ok() == Some(addr));
+            let reuse = state.as_mut().filter(|s| s.endpoint.local_addr().ok() == Some(addr));
             if let Some(s) = reuse {
                 s.endpoint.set_server_config(Some(server));
+                s.listening = Some(addr);
                 let endpoint = s.endpoint.clone();
-                *state = Some(EndpointState { endpoint: endpoint.clone(), listening: Some(addr) });
                 drop(state);
                 shared.node.add_listen_addr(TransportAddr::Quic(addr));
                 return Ok(Box::new(QuicListener::start(shared.clone(), endpoint, addr)));
             }
             let socket = config::bind_udp(addr, shared.node.config().udp_buffer)?;
-            let endpoint = match state.as_ref() {
+            let (endpoint, side) = match state.as_ref() {
                 // Dials already went out from an ephemeral socket: move them to this one.
                 Some(s) => {
-                    s.endpoint.rebind(socket)?;
+                    let side = rebind_on(&s.endpoint, socket)?;
                     s.endpoint.set_server_config(Some(server));
-                    s.endpoint.clone()
+                    (s.endpoint.clone(), side)
                 }
-                None => quinn::Endpoint::new(
-                    quinn::EndpointConfig::default(),
-                    Some(server),
-                    socket,
-                    Arc::new(quinn::TokioRuntime),
-                )?,
+                None => endpoint_on(socket, Some(server))?,
             };
             let local = endpoint.local_addr()?;
-            *state = Some(EndpointState { endpoint: endpoint.clone(), listening: Some(local) });
+            *state = Some(EndpointState { endpoint: endpoint.clone(), listening: Some(local), side });
             (endpoint, local)
         };
         shared.node.add_listen_addr(TransportAddr::Quic(local));
