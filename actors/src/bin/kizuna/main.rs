@@ -18,6 +18,7 @@ mod perf;
 mod ping;
 mod relay;
 mod send;
+mod signals;
 
 use std::process::ExitCode;
 

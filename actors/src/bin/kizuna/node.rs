@@ -11,7 +11,7 @@ use kizuna_actors::{
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::{args, client, output, CliError, CliResult};
+use crate::{args, client, output, signals::StopSignals, CliError, CliResult};
 
 /// Run a node: listen, print its ticket, serve echo, perf and file receive until Ctrl-C or
 /// SIGTERM.
@@ -91,6 +91,7 @@ pub(crate) async fn run(a: NodeArgs) -> CliResult {
     if !a.relay.relays.is_empty() {
         wait_for_reservation(&mut log_events, a.json).await;
     }
+    let mut stop = StopSignals::install()?;
     let ticket = node.send(GetAddress).await?;
     if a.json {
         output::json_line(&json!({
@@ -108,13 +109,9 @@ pub(crate) async fn run(a: NodeArgs) -> CliResult {
     let opts = ServeOptions { recv_dir: a.recv_dir.clone(), reports: Some(tx) };
     actix::spawn(services::serve_with(node.clone(), service_events, opts));
 
-    let mut sigterm = terminate_signal()?;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
-            _ = &mut ctrl_c => break,
-            _ = sigterm.recv() => break,
+            _ = stop.recv() => break,
             ev = log_events.recv() => match ev {
                 Some(ev) => log_event(&ev, a.json),
                 None => return Err(CliError::Failed("the node stopped unexpectedly".into())),
@@ -154,12 +151,6 @@ async fn wait_for_reservation(events: &mut kizuna_actors::EventStream, json: boo
             }
         }
     }
-}
-
-#[cfg(unix)]
-fn terminate_signal() -> Result<tokio::signal::unix::Signal, CliError> {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| CliError::Failed(format!("cannot watch SIGTERM: {e}")))
 }
 
 fn log_event(ev: &Event, json: bool) {

@@ -17,7 +17,7 @@ use kizuna::{
 use kizuna_actors::relay::{RelayServer, RelayServerConfig, RelayServerError, StopRelay};
 use serde_json::json;
 
-use crate::{args, output, CliError, CliResult};
+use crate::{args, output, signals::StopSignals, CliError, CliResult};
 
 /// Run a relay: peers behind firewalls reach each other through it (docs/relay.md).
 ///
@@ -247,6 +247,7 @@ async fn serve(a: RelayArgs) -> CliResult {
         RelayServerError::Config(e) => CliError::Usage(e.to_string()),
         other => CliError::Failed(other.to_string()),
     })?;
+    let mut stop = StopSignals::install()?;
     let stun: Vec<String> = relay.stun_addrs.iter().map(|a| a.to_string()).collect();
     if a.json {
         output::json_line(&json!({
@@ -261,22 +262,11 @@ async fn serve(a: RelayArgs) -> CliResult {
         output::line(&format!("{}{stun_part}", relay.url));
         eprintln!("relay listening on {}; clients: kizuna node --relay {}", relay.local_addr, relay.url);
     }
-    wait_for_stop().await?;
+    stop.recv().await;
     tracing::info!("shutting down");
     let _ = relay.addr.send(StopRelay).await;
     if a.json {
         output::json_line(&json!({ "event": "shutdown" }));
-    }
-    Ok(())
-}
-
-#[cfg(unix)]
-async fn wait_for_stop() -> CliResult {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| CliError::Failed(format!("cannot watch SIGTERM: {e}")))?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
     Ok(())
 }
