@@ -108,6 +108,11 @@ struct PeerEntry {
 
 type Waiter = oneshot::Sender<Result<ConnectionInfo, NodeError>>;
 
+/// How long a relayed connection replaced by a direct one that the peer dialed stays open
+/// for the peer to retire it. 10 s: the peer adopts its dial within one negotiation, far
+/// below this; past it the peer evidently will not close it, so this node does.
+const RETIRE_GRACE: Duration = Duration::from_secs(10);
+
 /// The connection manager actor. Start it with [`Supervisor::start`] inside an actix
 /// system, then send it the messages of [`crate::api`].
 pub struct Supervisor {
@@ -261,14 +266,22 @@ impl Supervisor {
                 Keep::New => {
                     if let Some(old) = self.peers.remove(&peer) {
                         self.children.remove(&old.child);
-                        // The old connection closes gracefully: what was queued on it is
-                        // flushed, and what the peer sent on it is still delivered.
-                        old.actor.do_send(CloseConnection {
-                            code: CloseCode::Replaced,
-                            reason: "replaced".into(),
-                        });
                         let (from, to) = (old.conn.info(), conn.info());
-                        if from.path == PathKind::Relayed && to.path == PathKind::Direct {
+                        let upgrade = from.path == PathKind::Relayed && to.path == PathKind::Direct;
+                        let close = CloseConnection { code: CloseCode::Replaced, reason: "replaced".into() };
+                        if upgrade && !conn.is_dialer() {
+                            // The peer dialed the direct path and will retire the relayed
+                            // one itself once it has adopted the direct one; until then it
+                            // may still send on the relayed one, so keep delivering from it.
+                            // Close it ourselves only if the peer never does.
+                            let actor = old.actor.clone();
+                            ctx.run_later(RETIRE_GRACE, move |_, _| actor.do_send(close));
+                        } else {
+                            // The old connection closes gracefully: what was queued on it
+                            // is flushed, and what the peer sent on it is still delivered.
+                            old.actor.do_send(close);
+                        }
+                        if upgrade {
                             tracing::info!(%peer, protocol = %to.protocol, "path upgraded: relayed -> direct");
                             self.bus.publish_later(Event::PathUpgraded {
                                 peer,

@@ -15,6 +15,7 @@
 //! A `Connection` is returned only after the secure channel authenticated the peer and the
 //! hello exchange completed.
 
+pub mod accept;
 mod backend;
 mod connection;
 mod muxed;

@@ -10,14 +10,16 @@
 //! `handshake_timeout`; a client that fails its handshake is reported as
 //! [`Incoming::Rejected`] and the listener keeps serving.
 
-use crate::transport::muxed::{muxed_connection, StreamEnd};
+use crate::transport::{
+    accept::{bind_tcp, configure_tcp, handshake_incoming, BoundedAccept},
+    muxed::{muxed_connection, StreamEnd},
+};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 use tokio::{
     io::AsyncWriteExt,
     net::TcpStream,
-    sync::{mpsc, watch, Semaphore},
+    sync::{mpsc, watch},
     task::{JoinHandle, JoinSet},
 };
 
@@ -34,15 +36,6 @@ use crate::{
 /// above WebSocket and relayed paths.
 pub const TCP_PRIORITY: u8 = 100;
 
-/// Idle time before the kernel sends TCP keep-alive probes, interval between probes, and
-/// probes before the socket is declared dead. 30 s / 10 s / 3: a dead peer is noticed by
-/// the kernel within about a minute even when the application-level keep-alive (15 s
-/// pings, 45 s idle timeout) is stalled behind backpressure; the probes cost nothing on a
-/// busy connection.
-const TCP_KEEPALIVE_TIME: Duration = Duration::from_secs(30);
-const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-const TCP_KEEPALIVE_RETRIES: u32 = 3;
-
 /// Handshaken connections waiting for [`Listener::accept`]. 64: when the application
 /// stops accepting, handshake tasks wait holding their permits, so this plus
 /// `max_pending_handshakes` bounds everything a listener holds.
@@ -51,10 +44,6 @@ const INCOMING_QUEUE: usize = 64;
 /// How long a rejected client is given to read our close frame. 100 ms: a courtesy for
 /// debugging the peer, never worth holding a handshake slot longer.
 const REJECT_LINGER: Duration = Duration::from_millis(100);
-
-/// Pause after a failed `accept(2)` (e.g. out of file descriptors) before retrying. 50 ms
-/// keeps a persistent failure from spinning a core.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// TLS 1.3 over TCP.
 #[derive(Debug, Clone)]
@@ -79,16 +68,6 @@ fn tcp_addr(addr: &TransportAddr) -> Result<SocketAddr> {
         TransportAddr::Tcp(sa) => Ok(*sa),
         other => Err(TransportError::UnsupportedProtocol(format!("TCP transport cannot use {other}"))),
     }
-}
-
-/// Sets `TCP_NODELAY` and the keep-alive probes on a connected socket.
-fn configure(stream: &TcpStream) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
-    let ka = TcpKeepalive::new()
-        .with_time(TCP_KEEPALIVE_TIME)
-        .with_interval(TCP_KEEPALIVE_INTERVAL)
-        .with_retries(TCP_KEEPALIVE_RETRIES);
-    SockRef::from(stream).set_tcp_keepalive(&ka)
 }
 
 fn build_connection<S>(
@@ -117,7 +96,7 @@ where
 async fn dial(node: &LocalNode, sa: SocketAddr, expected: PeerId) -> Result<Connection> {
     let bound = node.config().connect_timeout;
     let stream = TcpStream::connect(sa).await.map_err(|e| TransportError::connect_failed(sa, e))?;
-    configure(&stream).map_err(|e| TransportError::connect_failed(sa, e))?;
+    configure_tcp(&stream).map_err(|e| TransportError::connect_failed(sa, e))?;
     let local = stream.local_addr().ok();
     let (mut tls, peer) = node.secure().connect_labeled(stream, expected, &sa.to_string(), bound).await?;
     let ours = node.hello(Some(TransportAddr::Tcp(sa)));
@@ -147,7 +126,7 @@ impl Transport for TcpTransport {
     fn listen<'a>(&'a self, addr: &'a TransportAddr) -> BoxFuture<'a, Result<Box<dyn Listener>>> {
         Box::pin(async move {
             let sa = tcp_addr(addr)?;
-            let listener = bind(sa, self.node.config().tcp_backlog)?;
+            let listener = bind_tcp(sa, self.node.config().tcp_backlog, &format!("tcp={sa}"))?;
             let local = listener.local_addr()?;
             let local_addr = TransportAddr::Tcp(local);
             self.node.add_listen_addr(local_addr.clone());
@@ -161,66 +140,24 @@ impl Transport for TcpTransport {
     }
 }
 
-/// A bound, listening socket with `SO_REUSEADDR` and the given backlog.
-fn bind(sa: SocketAddr, backlog: u32) -> Result<tokio::net::TcpListener> {
-    let fail = |e: std::io::Error| TransportError::Config(format!("cannot listen on tcp={sa}: {e}"));
-    let socket =
-        Socket::new(Domain::for_address(sa), Type::STREAM, Some(socket2::Protocol::TCP)).map_err(fail)?;
-    socket.set_reuse_address(true).map_err(fail)?;
-    socket.set_nonblocking(true).map_err(fail)?;
-    socket.bind(&sa.into()).map_err(fail)?;
-    socket.listen(backlog.min(i32::MAX as u32) as i32).map_err(fail)?;
-    tokio::net::TcpListener::from_std(socket.into()).map_err(fail)
-}
-
 async fn accept_loop(
     node: Arc<LocalNode>,
     listener: tokio::net::TcpListener,
     tx: mpsc::Sender<Incoming>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(node.config().max_pending_handshakes.max(1)));
+    let slots = node.config().max_pending_handshakes;
+    let mut accept = BoundedAccept::new(listener, slots, shutdown, "TCP listener");
     let mut handshakes = JoinSet::new();
-    loop {
-        // Reap finished handshakes so the set stays bounded by the permits.
+    while let Some((stream, remote, permit)) = accept.next().await {
+        // Reap finished handshakes so the set stays bounded by the slots.
         while handshakes.try_join_next().is_some() {}
-        // Take a handshake slot before accepting: with all slots busy, new clients wait
-        // in the kernel backlog instead of piling up here.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        let (stream, remote) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!("TCP accept failed: {e}");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                continue;
-            }
-        };
         let node = node.clone();
         let tx = tx.clone();
         handshakes.spawn(async move {
             let bound = node.config().handshake_timeout;
-            let outcome = tokio::time::timeout(bound, handshake(&node, stream, remote)).await;
-            let incoming = match outcome {
-                Ok(Ok(conn)) => Incoming::Connection(conn),
-                Ok(Err(error)) => Incoming::Rejected { remote: remote.to_string(), error },
-                Err(_) => Incoming::Rejected {
-                    remote: remote.to_string(),
-                    error: TransportError::Timeout { what: format!("handshake with {remote}"), after: bound },
-                },
-            };
-            if let Incoming::Rejected { error, .. } = &incoming {
-                tracing::debug!(%remote, "inbound TCP handshake rejected: {error}");
-            }
+            let incoming =
+                handshake_incoming(&remote.to_string(), bound, handshake(&node, stream, remote)).await;
             let _ = tx.send(incoming).await;
             drop(permit);
         });
@@ -231,7 +168,7 @@ async fn accept_loop(
 
 async fn handshake(node: &LocalNode, stream: TcpStream, remote: SocketAddr) -> Result<Connection> {
     let bound = node.config().handshake_timeout;
-    configure(&stream)?;
+    configure_tcp(&stream)?;
     let local = stream.local_addr().ok();
     let (mut tls, peer) = node.secure().accept_labeled(stream, &remote.to_string(), bound).await?;
     let ours = node.hello(Some(TransportAddr::Tcp(remote)));

@@ -34,12 +34,13 @@ use kizuna::{
         server::ConnId,
         AuthError, ErrorCode, Purpose, RelayMessage,
     },
+    transport::accept::BoundedAccept,
     transport::ws::{ws_accept, WsOptions, WsSocket, WsStream},
 };
 use ring::rand::SecureRandom;
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore},
+    sync::{mpsc, oneshot, watch, OwnedSemaphorePermit},
 };
 use tokio_rustls::TlsAcceptor;
 
@@ -57,10 +58,6 @@ pub(crate) const CONN_QUEUE: usize = 64;
 /// own. 1 s: enough for any live client on a real link, short enough that shutdown and
 /// refusals never hang on a silent peer.
 pub(crate) const CLOSE_LINGER: Duration = Duration::from_secs(1);
-
-/// Pause after a failed `accept(2)` (e.g. out of file descriptors). 50 ms keeps a
-/// persistent failure from spinning a core.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// What the server actor tells a connection task.
 #[derive(Debug)]
@@ -91,41 +88,18 @@ pub(crate) struct AcceptCtx {
     pub(crate) relay_name: Arc<str>,
     pub(crate) opts: WsOptions,
     pub(crate) tls: Option<TlsAcceptor>,
-    pub(crate) permits: Arc<Semaphore>,
+    /// Handshakes in flight at most; more clients wait in the kernel backlog.
+    pub(crate) max_pending: usize,
     pub(crate) rng: ring::rand::SystemRandom,
     /// Connection tasks alive (for a graceful stop).
     pub(crate) live: Arc<AtomicUsize>,
 }
 
 /// Accepts connections until `shutdown` turns true.
-pub(crate) async fn accept_loop(
-    ctx: Arc<AcceptCtx>,
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub(crate) async fn accept_loop(ctx: Arc<AcceptCtx>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
     let mut next_conn: u64 = 1;
-    loop {
-        // Take a handshake slot before accepting: with all slots busy, new clients wait
-        // in the kernel backlog instead of piling up here.
-        let permit = tokio::select! {
-            p = ctx.permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        let (tcp, remote) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!("relay accept failed: {e}");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                continue;
-            }
-        };
+    let mut accept = BoundedAccept::new(listener, ctx.max_pending, shutdown, "relay");
+    while let Some((tcp, remote, permit)) = accept.next().await {
         let conn = ConnId(next_conn);
         next_conn += 1;
         let live = LiveGuard::new(ctx.live.clone());

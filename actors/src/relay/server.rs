@@ -41,7 +41,7 @@ use kizuna::{
     },
 };
 use tokio::{
-    sync::{mpsc, oneshot, watch, Semaphore},
+    sync::{mpsc, oneshot, watch},
     task::JoinHandle,
 };
 
@@ -326,7 +326,7 @@ impl RelayServerActor {
             relay_name: self.url.clone(),
             opts: self.config.ws_options(),
             tls,
-            permits: Arc::new(Semaphore::new(self.config.max_pending_handshakes.max(1))),
+            max_pending: self.config.max_pending_handshakes,
             rng: ring::rand::SystemRandom::new(),
             live: self.live.clone(),
         });

@@ -354,7 +354,8 @@ impl WsTransport {
                     TransportError::Config(format!("cannot listen on {url}: host has no address"))
                 })?,
         };
-        let listener = server::bind(sa, self.node.config().tcp_backlog)?;
+        let listener =
+            crate::transport::accept::bind_tcp(sa, self.node.config().tcp_backlog, &format!("ws={sa}"))?;
         let local = listener.local_addr()?;
         // The path is informational (the listener answers every path); keep a non-root
         // one so that the advertised URL is the one the operator chose.

@@ -1,13 +1,12 @@
 //! The accepting side: [`ws_accept`] (the HTTP upgrade with the subprotocol check) and
 //! the listener of [`WsTransport`](super::WsTransport).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use socket2::{Domain, Socket, Type};
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
-    sync::{mpsc, watch, Semaphore},
+    sync::{mpsc, watch},
     task::{JoinHandle, JoinSet},
 };
 use tokio_rustls::TlsAcceptor;
@@ -20,9 +19,8 @@ use tokio_tungstenite::tungstenite::{
     Error as WsError,
 };
 
-use super::{
-    build_connection, socket::configure_tcp, stream::ws_config, WsOptions, WsSocket, WsStream, SUBPROTOCOL,
-};
+use super::{build_connection, stream::ws_config, WsOptions, WsSocket, WsStream, SUBPROTOCOL};
+use crate::transport::accept::{handshake_incoming, BoundedAccept};
 use crate::{
     address::TransportAddr,
     error::{Result, TransportError, WireError},
@@ -39,10 +37,6 @@ const INCOMING_QUEUE: usize = 64;
 /// How long a client refused after the upgrade is given to read our close frame. 100 ms,
 /// as for TCP: a courtesy for debugging, never worth holding a handshake slot longer.
 const REJECT_LINGER: Duration = Duration::from_millis(100);
-
-/// Pause after a failed `accept(2)` (e.g. out of file descriptors). 50 ms keeps a
-/// persistent failure from spinning a core.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// Most offered subprotocol names quoted back in a refusal. 8 names of at most 32
 /// characters: enough to show a confused client what it sent.
@@ -132,18 +126,6 @@ fn check_request(
     Err(err)
 }
 
-/// A bound, listening socket with `SO_REUSEADDR` and the given backlog.
-pub(super) fn bind(sa: SocketAddr, backlog: u32) -> Result<tokio::net::TcpListener> {
-    let fail = |e: std::io::Error| TransportError::Config(format!("cannot listen on ws={sa}: {e}"));
-    let socket =
-        Socket::new(Domain::for_address(sa), Type::STREAM, Some(socket2::Protocol::TCP)).map_err(fail)?;
-    socket.set_reuse_address(true).map_err(fail)?;
-    socket.set_nonblocking(true).map_err(fail)?;
-    socket.bind(&sa.into()).map_err(fail)?;
-    socket.listen(backlog.min(i32::MAX as u32) as i32).map_err(fail)?;
-    tokio::net::TcpListener::from_std(socket.into()).map_err(fail)
-}
-
 /// What a listener task needs.
 pub(super) struct ListenCtx {
     pub(super) node: Arc<LocalNode>,
@@ -170,52 +152,21 @@ async fn accept_loop(
     ctx: Arc<ListenCtx>,
     listener: tokio::net::TcpListener,
     tx: mpsc::Sender<Incoming>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(ctx.node.config().max_pending_handshakes.max(1)));
+    let slots = ctx.node.config().max_pending_handshakes;
+    let mut accept = BoundedAccept::new(listener, slots, shutdown, "WebSocket listener");
     let mut handshakes = JoinSet::new();
-    loop {
-        // Reap finished handshakes so the set stays bounded by the permits.
+    while let Some((stream, remote, permit)) = accept.next().await {
+        // Reap finished handshakes so the set stays bounded by the slots.
         while handshakes.try_join_next().is_some() {}
-        // Take a handshake slot before accepting: with all slots busy, new clients wait
-        // in the kernel backlog instead of piling up here.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        let (stream, remote) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!("WebSocket listener accept failed: {e}");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                continue;
-            }
-        };
         let ctx = ctx.clone();
         let tx = tx.clone();
         handshakes.spawn(async move {
             let scheme = if ctx.tls.is_some() { "wss" } else { "ws" };
             let label = format!("{scheme}://{remote}");
             let bound = ctx.node.config().handshake_timeout;
-            let outcome = tokio::time::timeout(bound, handshake(&ctx, stream, &label)).await;
-            let incoming = match outcome {
-                Ok(Ok(conn)) => Incoming::Connection(conn),
-                Ok(Err(error)) => Incoming::Rejected { remote: label.clone(), error },
-                Err(_) => Incoming::Rejected {
-                    remote: label.clone(),
-                    error: TransportError::Timeout { what: format!("handshake with {label}"), after: bound },
-                },
-            };
-            if let Incoming::Rejected { error, .. } = &incoming {
-                tracing::debug!(remote = %label, "inbound WebSocket handshake rejected: {error}");
-            }
+            let incoming = handshake_incoming(&label, bound, handshake(&ctx, stream, &label)).await;
             let _ = tx.send(incoming).await;
             drop(permit);
         });
@@ -228,7 +179,7 @@ async fn accept_loop(
 async fn handshake(ctx: &ListenCtx, stream: TcpStream, label: &str) -> Result<crate::transport::Connection> {
     let node = &ctx.node;
     let bound = node.config().handshake_timeout;
-    configure_tcp(&stream)?;
+    crate::transport::accept::configure_tcp(&stream)?;
     let local = stream.local_addr().ok();
     let socket = match &ctx.tls {
         None => WsSocket::Plain(stream),

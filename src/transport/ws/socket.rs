@@ -6,32 +6,15 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     task::{Context, Poll},
-    time::Duration,
 };
 
-use socket2::{SockRef, TcpKeepalive};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
 use tokio_rustls::{client, server};
 
-/// Idle time, interval and count of kernel TCP keep-alive probes, as for the TCP
-/// transport (30 s / 10 s / 3): a dead peer is noticed by the kernel within about a
-/// minute even when the WebSocket ping is stuck behind a full send buffer.
-const TCP_KEEPALIVE_TIME: Duration = Duration::from_secs(30);
-const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-const TCP_KEEPALIVE_RETRIES: u32 = 3;
-
-/// Sets `TCP_NODELAY` (the stream batches its own writes) and kernel keep-alive.
-pub(super) fn configure_tcp(stream: &TcpStream) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let ka = TcpKeepalive::new()
-        .with_time(TCP_KEEPALIVE_TIME)
-        .with_interval(TCP_KEEPALIVE_INTERVAL)
-        .with_retries(TCP_KEEPALIVE_RETRIES);
-    SockRef::from(stream).set_tcp_keepalive(&ka)
-}
+pub(super) use crate::transport::accept::configure_tcp;
 
 /// The byte stream a WebSocket runs on: TCP, or TLS over TCP for `wss://`.
 ///
