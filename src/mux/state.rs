@@ -521,14 +521,21 @@ impl MuxState {
     /// Takes `n` bytes (at most the credit) of data for stream `id` and returns the frame
     /// carrying them.
     pub fn send(&mut self, id: u32, data: Bytes) -> Result<Frame, StreamClosed> {
+        self.consume_credit(id, data.len())?;
+        Ok(Frame::StreamData { id, data })
+    }
+
+    /// Takes `len` bytes (at most the credit) of send credit on stream `id`, for data the
+    /// caller frames and sends itself (in order with the stream's other frames).
+    pub fn consume_credit(&mut self, id: u32, len: usize) -> Result<(), StreamClosed> {
         let credit = self.send_credit(id)?;
-        if data.len() as u64 > credit {
+        if len as u64 > credit {
             return Err(StreamClosed::Unknown);
         }
         if let Some(s) = self.streams.get_mut(&id) {
-            s.send_credit -= data.len() as u64;
+            s.send_credit -= len as u64;
         }
-        Ok(Frame::StreamData { id, data })
+        Ok(())
     }
 
     /// Finishes the sending half of stream `id`; returns the `StreamFin` to send (in
