@@ -306,6 +306,38 @@ impl Inner {
         self.io.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Writes what the caller collected into `w`, then `tail`, from the application's
+    /// task; the caller holds the write role, which is given up here. Whatever the socket
+    /// does not take now is copied into `w` (`tail`) or stays there (`Bytes`) for the
+    /// writer task, so all of it is always accepted unless the connection fails.
+    fn write_direct(&self, w: &mut WriteIo, cx: &mut Context<'_>, tail: &[u8]) -> io::Result<()> {
+        w.encode_queued();
+        let mut done = 0;
+        let result = match w.poll_write_with(cx, tail, &mut done) {
+            Poll::Ready(Ok(())) => match w.io.as_mut().poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    w.dirty = false;
+                    Ok(())
+                }
+                Poll::Ready(Err(e)) => Err(e),
+                Poll::Pending => Ok(()),
+            },
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Ok(()),
+        };
+        if let Err(e) = result {
+            self.write_failed(&e);
+            let sh = self.lock();
+            return Err(sh.cause.as_ref().map_or(e, |c| c.io_error(&self.remote)));
+        }
+        if done < tail.len() {
+            w.segs.push_back(Bytes::copy_from_slice(&tail[done..]));
+        }
+        let pending = w.has_pending();
+        self.lock().release_io(pending);
+        Ok(())
+    }
+
     /// The write role's holder failed to write: the connection is broken.
     fn write_failed(&self, e: &io::Error) {
         let mut sh = self.lock();
@@ -494,11 +526,24 @@ impl Mux {
         let inner = self.inner();
         let mut msg = Some(msg);
         std::future::poll_fn(|cx| {
+            let len = msg.as_ref().map_or(0, Bytes::len);
+            // Large messages are written by this task when nobody else is writing, like
+            // large stream writes (see `MuxStream::poll_write`): no hand-off, no copy.
+            let mut io = if len >= DIRECT_WRITE_MIN { inner.io.try_lock().ok() } else { None };
             let mut sh = inner.lock();
             if sh.cause.is_some() {
                 return Poll::Ready(Err(inner.closed_error(&sh)));
             }
-            let len = msg.as_ref().map_or(0, Bytes::len);
+            if let Some(w) = io.as_mut().filter(|_| !sh.io_busy) {
+                sh.io_busy = true;
+                w.collect(&mut sh);
+                drop(sh);
+                if let Some(m) = msg.take() {
+                    w.batch.push_back(Frame::Message(m));
+                    inner.stats.sent(len);
+                }
+                return Poll::Ready(inner.write_direct(w, cx, &[]).map_err(TransportError::Io));
+            }
             if !sh.has_room(len, 1) {
                 sh.blocked.push(cx.waker().clone());
                 return Poll::Pending;
@@ -643,45 +688,6 @@ impl MuxStream {
         Self { id, handle }
     }
 
-    /// Writes `data` as one `StreamData` frame from the application's task, after what
-    /// the caller collected into `w`; the caller holds the write role and took the
-    /// credit. Whatever the socket does not take now is copied into `w` and left to the
-    /// writer task, so the whole of `data` is always accepted.
-    fn write_direct(&self, w: &mut WriteIo, cx: &mut Context<'_>, data: &[u8]) -> io::Result<usize> {
-        let inner = self.inner();
-        w.encode_queued();
-        encode_header(FrameType::StreamData, data.len() + 4, &mut w.small);
-        w.small.put_u32(self.id);
-        w.seal();
-        let mut done = 0;
-        let mut result = match w.poll_write_with(cx, data, &mut done) {
-            Poll::Ready(Ok(())) => match w.io.as_mut().poll_flush(cx) {
-                Poll::Ready(Ok(())) => {
-                    w.dirty = false;
-                    Ok(())
-                }
-                Poll::Ready(Err(e)) => Err(e),
-                Poll::Pending => Ok(()),
-            },
-            Poll::Ready(Err(e)) => Err(e),
-            Poll::Pending => Ok(()),
-        };
-        if result.is_ok() && done < data.len() {
-            w.segs.push_back(Bytes::copy_from_slice(&data[done..]));
-        }
-        let pending = w.has_pending();
-        if let Err(e) = &result {
-            inner.write_failed(e);
-            let sh = inner.lock();
-            if let Some(c) = &sh.cause {
-                result = Err(c.io_error(&inner.remote));
-            }
-        } else {
-            inner.lock().release_io(pending);
-        }
-        result.map(|()| data.len())
-    }
-
     /// The stream id (odd: opened by the dialer, even: by the listener).
     pub fn id(&self) -> u32 {
         self.id
@@ -752,8 +758,10 @@ impl AsyncWrite for MuxStream {
                 sh.io_busy = true;
                 w.collect(&mut sh);
                 drop(sh);
-                let w = io.as_mut().map(|w| &mut **w);
-                return Poll::Ready(w.map_or(Ok(0), |w| self.write_direct(w, cx, &buf[..n])));
+                w.encode_queued();
+                encode_header(FrameType::StreamData, n + 4, &mut w.small);
+                w.small.put_u32(self.id);
+                return Poll::Ready(inner.write_direct(w, cx, &buf[..n]).map(|()| n));
             }
             if !sh.has_room(n, 1) {
                 sh.blocked.push(cx.waker().clone());
