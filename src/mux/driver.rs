@@ -701,27 +701,44 @@ impl MuxStream {
 impl AsyncRead for MuxStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let inner = self.inner();
-        let mut sh = inner.lock();
-        let dst = buf.initialize_unfilled();
-        match sh.state.read(self.id, dst) {
-            ReadOutcome::Data(n) => {
-                buf.advance(n);
-                if sh.state.wants_transmit() {
-                    sh.wake_writer();
+        let mut copied = false;
+        // Take chunks under the lock, copy them outside it: a 64 KiB copy under the lock
+        // stalls the reader task's dispatch of the next frame.
+        while buf.remaining() > 0 {
+            let taken = {
+                let mut sh = inner.lock();
+                let taken = sh.state.take(self.id, buf.remaining());
+                match taken {
+                    Ok(_) if sh.state.wants_transmit() => sh.wake_writer(),
+                    Ok(_) => {}
+                    Err(_) if copied => {}
+                    Err(ReadOutcome::Blocked) => match &sh.cause {
+                        Some(c) => return Poll::Ready(Err(c.io_error(&inner.remote))),
+                        None => {
+                            sh.readers.insert(self.id, cx.waker().clone());
+                            return Poll::Pending;
+                        }
+                    },
+                    Err(ReadOutcome::Reset(code)) => {
+                        return Poll::Ready(Err(stream_error(self.id, StreamClosed::Reset(code))))
+                    }
+                    Err(ReadOutcome::Unknown) => {
+                        return Poll::Ready(Err(stream_error(self.id, StreamClosed::Unknown)))
+                    }
+                    Err(ReadOutcome::Eof | ReadOutcome::Data(_)) => {}
                 }
-                Poll::Ready(Ok(()))
+                taken
+            };
+            match taken {
+                Ok(chunk) => {
+                    buf.put_slice(&chunk);
+                    copied = true;
+                }
+                // End of stream, or what was there is read (the rest waits for next time).
+                Err(_) => break,
             }
-            ReadOutcome::Eof => Poll::Ready(Ok(())),
-            ReadOutcome::Reset(code) => Poll::Ready(Err(stream_error(self.id, StreamClosed::Reset(code)))),
-            ReadOutcome::Blocked => match &sh.cause {
-                Some(c) => Poll::Ready(Err(c.io_error(&inner.remote))),
-                None => {
-                    sh.readers.insert(self.id, cx.waker().clone());
-                    Poll::Pending
-                }
-            },
-            ReadOutcome::Unknown => Poll::Ready(Err(stream_error(self.id, StreamClosed::Unknown))),
         }
+        Poll::Ready(Ok(()))
     }
 }
 
