@@ -2,14 +2,18 @@
 //!
 //! Three tasks per connection, plus one that supervises them:
 //!
-//! * the **reader** decodes frames with a bounded [`FrameDecoder`] and dispatches them:
+//! * the **reader** reads into two alternating buffers ([`ReadBuffers`]) that decoded
+//!   payloads share, and decodes frames with a bounded [`FrameDecoder`], dispatching them:
 //!   messages into a bounded queue (when it is full the reader *waits*, stops reading
 //!   the socket, and TCP flow control slows the remote sender — the backpressure
 //!   contract), stream frames into [`MuxState`], pings answered, pongs timed;
-//! * the **writer** owns the write half behind a [`BufWriter`]; it takes everything
-//!   queued in one go (batching), writes it, and flushes only when the queue is
-//!   momentarily empty. Large payloads are written from their `Bytes` without copying
-//!   into the frame;
+//! * the **writer** takes everything queued in one go (batching), encodes headers and
+//!   small frames into one buffer (so they share TLS records) and hands large payloads
+//!   to the TLS stream as their own slices of a vectored write, without copying; it
+//!   flushes only when the queue is momentarily empty. Writing is a role ([`WriteIo`]):
+//!   when nobody holds it, a large stream write or message is written by the
+//!   application's own task, straight into the TLS stream — no copy, no wake-up of the
+//!   writer — which is what brings a stream close to the raw TLS stream's throughput;
 //! * the **keep-alive** timer feeds [`KeepAlive`]: a ping when the peer has been quiet,
 //!   the connection closed with a timeout when it stays quiet;
 //! * the **supervisor** waits for the close to begin, lets the writer flush (bounded),
