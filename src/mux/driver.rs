@@ -82,12 +82,18 @@ const COPY_MAX: usize = 4 * 1024;
 /// Slices per vectored write. rustls takes at most its buffer limit (64 KiB) per call,
 /// which 16 slices of at least [`COPY_MAX`] bytes already fill.
 const MAX_IOVECS: usize = 16;
+/// The writer task gathers queued frames until this many bytes (or an empty queue)
+/// before writing them. 64 KiB, rustls's default send buffer limit: one write call's
+/// worth, so small frames make full 16 KiB TLS records rather than one per batch.
+const WRITE_COALESCE: usize = 64 * 1024;
 /// Initial capacity of the coalescing buffer for headers and small frames. 16 KiB, one
 /// TLS record; it grows (in place once its bytes are written) when batches are larger.
 const SMALL_BUFFER: usize = 16 * 1024;
-/// Bytes the reader asks the socket for at least per read, and the initial read buffer.
-/// 64 KiB: a few TLS records (tokio-rustls returns at most one record's plaintext per
-/// read); an idle connection keeps this small buffer.
+/// Bytes the reader asks the socket for per read (at most, and room for at least this
+/// much is made before each read), and the initial read buffer. 64 KiB: several TLS
+/// records per read, while a reader stalled by a slow message consumer holds at most
+/// this much unread data (the backpressure bound); an idle connection keeps this small
+/// buffer.
 const READ_CHUNK: usize = 64 * 1024;
 /// Capacity of the read buffers allocated once traffic outgrows [`READ_CHUNK`]. Decoded
 /// payloads share the buffer they were read into, so a buffer is reused only when the
@@ -924,7 +930,10 @@ async fn read_loop<R: AsyncRead + Unpin>(inner: Arc<Inner>, rd: R, tx: mpsc::Sen
         }
         bufs.make_room(FrameDecoder::frame_len(&bufs.current));
         let buf = &mut bufs.current;
-        let n = match rd.read_buf(buf).await {
+        // At most one chunk per read, even into a large buffer: the reader decodes (and
+        // may stop, for backpressure) after each read, so it never holds more than
+        // this much unread data beyond a stalled frame.
+        let n = match rd.read_buf(&mut buf.limit(READ_CHUNK)).await {
             Ok(n) => n,
             Err(e) => {
                 let mut sh = inner.lock();
@@ -1199,14 +1208,20 @@ impl WriteIo {
 
     /// Writes and flushes everything queued, for the holder of the write role. Ready
     /// once nothing is left, with the role released; pending (role kept) while the
-    /// socket is full.
+    /// socket is full. Batches are gathered until [`WRITE_COALESCE`] bytes or an empty
+    /// queue before they are written, so that a trickle of small frames still makes
+    /// full TLS records and few system calls.
     fn poll_run(&mut self, inner: &Inner, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            std::task::ready!(self.poll_write_with(cx, &[], &mut 0))?;
+            // Write a full gathering before taking more (also when woken with the socket
+            // writable again), so at most one queue's worth waits here beyond it.
+            if self.segs.iter().map(Bytes::len).sum::<usize>() >= WRITE_COALESCE {
+                std::task::ready!(self.poll_write_with(cx, &[], &mut 0))?;
+            }
             let took = {
                 let mut sh = inner.lock();
                 let took = self.collect(&mut sh);
-                if !took && !self.dirty {
+                if !took && !self.has_pending() {
                     sh.release_io(false);
                     return Poll::Ready(Ok(()));
                 }
@@ -1214,10 +1229,12 @@ impl WriteIo {
             };
             if took {
                 self.encode_queued();
-            } else {
-                std::task::ready!(self.io.as_mut().poll_flush(cx))?;
-                self.dirty = false;
+                continue;
             }
+            // The queue is momentarily empty: write everything and flush.
+            std::task::ready!(self.poll_write_with(cx, &[], &mut 0))?;
+            std::task::ready!(self.io.as_mut().poll_flush(cx))?;
+            self.dirty = false;
         }
     }
 
