@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Options: `--bytes N` (throughput transfer size, default 256 MiB), `--runs N` (repeats;
-//! the median is reported, default 3), `--json` (one JSON object per result line).
+//! the median is reported, default 3), `--filter NAME` (only the benches whose result line
+//! contains NAME, case-insensitive, e.g. `--filter "TCP stream"` to profile one), `--json`
+//! (one JSON object per result line).
 //! Figures and how they were taken are recorded in `docs/benchmarks.md`.
 
 #[path = "bench/actors.rs"]

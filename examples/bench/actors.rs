@@ -14,7 +14,7 @@ use kizuna_actors::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 
-use crate::util::{figure, gbps, report, rss_bytes, Opts};
+use crate::util::{figure, gbps, median, report, rss_bytes, Opts};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -181,58 +181,115 @@ async fn idle_memory(opts: &Opts) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// Runs `bench` `runs` times, returning the median.
+async fn med<F, Fut>(runs: usize, mut bench: F) -> Result<f64, BoxError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<f64, BoxError>>,
+{
+    let mut v = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        v.push(bench().await?);
+    }
+    Ok(median(v))
+}
+
+/// The raw TLS stream baseline of the stream-handle bench.
+async fn raw_stream(bytes: u64) -> Result<f64, BoxError> {
+    let (mut server, mut client) = crate::core_bench::raw_tls_pair().await?;
+    let r = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut n = 0u64;
+        loop {
+            let k = server.read(&mut buf).await?;
+            if k == 0 {
+                break;
+            }
+            n += k as u64;
+        }
+        Ok::<_, BoxError>((n, Instant::now()))
+    });
+    let buf = vec![7u8; 64 * 1024];
+    let start = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        client.write_all(&buf[..n]).await?;
+        left -= n as u64;
+    }
+    client.shutdown().await?;
+    let (_, end) = r.await??;
+    Ok(gbps(bytes, end - start))
+}
+
+/// Runs `f` on the shared I/O runtime (where the raw and core benches belong).
+async fn on_io<Fut>(f: Fut) -> Result<f64, BoxError>
+where
+    Fut: std::future::Future<Output = Result<f64, BoxError>> + Send + 'static,
+{
+    io_runtime().spawn(f).await?
+}
+
 pub(crate) fn run(opts: &Opts) -> Result<(), BoxError> {
     let sys = actix::System::new();
-    let opts = Opts { suite: opts.suite.clone(), bytes: opts.bytes, runs: opts.runs, json: opts.json };
+    let opts = Opts {
+        suite: opts.suite.clone(),
+        bytes: opts.bytes,
+        runs: opts.runs,
+        json: opts.json,
+        filter: opts.filter.clone(),
+    };
     sys.block_on(async move {
+        let runs = opts.runs;
         let small = 1_000_000;
-        let raw = io_runtime().spawn(raw_messages(64, small)).await??;
-        let core = io_runtime().spawn(core_messages(64, small)).await??;
-        let handle = actor_messages(64, small, false, 10).await?;
-        let sup = actor_messages(64, small / 4, true, 12).await?;
-        report(&opts, "64 B msgs: core Connection vs raw TLS", "msg/s", core, raw, true);
-        report(&opts, "64 B msgs: actor GetSender vs raw TLS", "msg/s", handle, raw, true);
-        report(&opts, "64 B msgs: actor Send (supervisor) vs raw", "msg/s", sup, raw, true);
+        const CORE64: &str = "64 B msgs: core Connection vs raw TLS";
+        const HANDLE64: &str = "64 B msgs: actor GetSender vs raw TLS";
+        const SUP64: &str = "64 B msgs: actor Send (supervisor) vs raw";
+        if [CORE64, HANDLE64, SUP64].iter().any(|w| opts.wants(w)) {
+            let raw = med(runs, || on_io(raw_messages(64, small))).await?;
+            if opts.wants(CORE64) {
+                let core = med(runs, || on_io(core_messages(64, small))).await?;
+                report(&opts, CORE64, "msg/s", core, raw, true);
+            }
+            if opts.wants(HANDLE64) {
+                let handle = med(runs, || actor_messages(64, small, false, 10)).await?;
+                report(&opts, HANDLE64, "msg/s", handle, raw, true);
+            }
+            if opts.wants(SUP64) {
+                let sup = med(runs, || actor_messages(64, small / 4, true, 12)).await?;
+                report(&opts, SUP64, "msg/s", sup, raw, true);
+            }
+        }
         let big = (opts.bytes / (64 * 1024)) as usize;
         let to_gbps = |rate: f64| rate * 64.0 * 1024.0 * 8.0 / 1e9;
-        let raw = to_gbps(io_runtime().spawn(raw_messages(64 * 1024, big)).await??);
-        let core = to_gbps(io_runtime().spawn(core_messages(64 * 1024, big)).await??);
-        let handle = to_gbps(actor_messages(64 * 1024, big, false, 14).await?);
-        let sup = to_gbps(actor_messages(64 * 1024, big, true, 16).await?);
-        report(&opts, "64 KiB msgs: core Connection vs raw TLS", "Gbit/s", core, raw, true);
-        report(&opts, "64 KiB msgs: actor GetSender vs raw TLS", "Gbit/s", handle, raw, true);
-        report(&opts, "64 KiB msgs: actor Send (supervisor) vs raw", "Gbit/s", sup, raw, true);
-        let bytes = opts.bytes;
-        let raw_stream = io_runtime().spawn(async move {
-            let (mut server, mut client) = crate::core_bench::raw_tls_pair().await?;
-            let r = tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut n = 0u64;
-                loop {
-                    let k = server.read(&mut buf).await?;
-                    if k == 0 {
-                        break;
-                    }
-                    n += k as u64;
-                }
-                Ok::<_, BoxError>((n, Instant::now()))
-            });
-            let buf = vec![7u8; 64 * 1024];
-            let start = Instant::now();
-            let mut left = bytes;
-            while left > 0 {
-                let n = left.min(buf.len() as u64) as usize;
-                client.write_all(&buf[..n]).await?;
-                left -= n as u64;
+        const CORE64K: &str = "64 KiB msgs: core Connection vs raw TLS";
+        const HANDLE64K: &str = "64 KiB msgs: actor GetSender vs raw TLS";
+        const SUP64K: &str = "64 KiB msgs: actor Send (supervisor) vs raw";
+        if [CORE64K, HANDLE64K, SUP64K].iter().any(|w| opts.wants(w)) {
+            let raw = to_gbps(med(runs, || on_io(raw_messages(64 * 1024, big))).await?);
+            if opts.wants(CORE64K) {
+                let core = to_gbps(med(runs, || on_io(core_messages(64 * 1024, big))).await?);
+                report(&opts, CORE64K, "Gbit/s", core, raw, true);
             }
-            client.shutdown().await?;
-            let (_, end) = r.await??;
-            Ok::<_, BoxError>(gbps(bytes, end - start))
-        });
-        let raw_stream = raw_stream.await??;
-        let stream = actor_stream(opts.bytes, 18).await?;
-        report(&opts, "stream handle (OpenStream) vs raw TLS", "Gbit/s", stream, raw_stream, true);
-        idle_memory(&opts).await?;
+            if opts.wants(HANDLE64K) {
+                let handle = to_gbps(med(runs, || actor_messages(64 * 1024, big, false, 14)).await?);
+                report(&opts, HANDLE64K, "Gbit/s", handle, raw, true);
+            }
+            if opts.wants(SUP64K) {
+                let sup = to_gbps(med(runs, || actor_messages(64 * 1024, big, true, 16)).await?);
+                report(&opts, SUP64K, "Gbit/s", sup, raw, true);
+            }
+        }
+        const STREAM: &str = "stream handle (OpenStream) vs raw TLS";
+        if opts.wants(STREAM) {
+            let bytes = opts.bytes;
+            let raw = med(runs, || on_io(raw_stream(bytes))).await?;
+            let stream = med(runs, || actor_stream(bytes, 18)).await?;
+            report(&opts, STREAM, "Gbit/s", stream, raw, true);
+        }
+        if opts.wants("memory per idle connection") {
+            idle_memory(&opts).await?;
+        }
         Ok::<_, BoxError>(())
     })
 }

@@ -264,18 +264,26 @@ async fn handshakes(opts: &Opts) -> Result<(), BoxError> {
 
 pub(crate) async fn run(opts: &Opts) -> Result<(), BoxError> {
     let mb = opts.bytes;
-    let mut k = vec![];
-    let mut r = vec![];
-    for _ in 0..opts.runs {
-        r.push(gbps(mb, raw_tls_throughput(mb).await?));
-        k.push(gbps(mb, kizuna_stream_throughput(true, mb).await?));
+    const TCP: &str = "throughput: TCP stream vs raw tokio-rustls";
+    if opts.wants(TCP) {
+        let (mut k, mut r) = (vec![], vec![]);
+        for _ in 0..opts.runs {
+            r.push(gbps(mb, raw_tls_throughput(mb).await?));
+            k.push(gbps(mb, kizuna_stream_throughput(true, mb).await?));
+        }
+        report(opts, TCP, "Gbit/s", median(k), median(r), true);
     }
-    report(opts, "throughput: TCP stream vs raw tokio-rustls", "Gbit/s", median(k), median(r), true);
-    let (mut k, mut r) = (vec![], vec![]);
-    for _ in 0..opts.runs {
-        r.push(gbps(mb, raw_quinn_throughput(mb).await?));
-        k.push(gbps(mb, kizuna_stream_throughput(false, mb).await?));
+    const QUIC: &str = "throughput: QUIC stream vs raw quinn";
+    if opts.wants(QUIC) {
+        let (mut k, mut r) = (vec![], vec![]);
+        for _ in 0..opts.runs {
+            r.push(gbps(mb, raw_quinn_throughput(mb).await?));
+            k.push(gbps(mb, kizuna_stream_throughput(false, mb).await?));
+        }
+        report(opts, QUIC, "Gbit/s", median(k), median(r), true);
     }
-    report(opts, "throughput: QUIC stream vs raw quinn", "Gbit/s", median(k), median(r), true);
-    handshakes(opts).await
+    if opts.wants("handshake") {
+        handshakes(opts).await?;
+    }
+    Ok(())
 }

@@ -7,11 +7,13 @@ pub(crate) struct Opts {
     pub(crate) bytes: u64,
     pub(crate) runs: usize,
     pub(crate) json: bool,
+    /// Only benches whose result line contains this text (case-insensitive) run.
+    pub(crate) filter: Option<String>,
 }
 
 impl Opts {
     pub(crate) fn parse() -> Result<Self, String> {
-        let mut o = Opts { suite: "all".into(), bytes: 256 << 20, runs: 3, json: false };
+        let mut o = Opts { suite: "all".into(), bytes: 256 << 20, runs: 3, json: false, filter: None };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
@@ -20,17 +22,25 @@ impl Opts {
                 "--bytes" => {
                     o.bytes = args.next().and_then(|v| v.parse().ok()).ok_or("--bytes needs a number")?
                 }
+                "--filter" => o.filter = Some(args.next().ok_or("--filter needs a name")?.to_lowercase()),
                 "--runs" => {
                     o.runs = args.next().and_then(|v| v.parse().ok()).ok_or("--runs needs a number")?
                 }
                 other => {
                     return Err(format!(
-                        "unknown argument {other:?} (use core|actors|all, --bytes N, --runs N, --json)"
+                        "unknown argument {other:?} (use core|actors|all, --bytes N, --runs N, --filter NAME, --json)"
                     ))
                 }
             }
         }
         Ok(o)
+    }
+}
+
+impl Opts {
+    /// Whether the bench reported as `what` is selected by `--filter`.
+    pub(crate) fn wants(&self, what: &str) -> bool {
+        self.filter.as_ref().is_none_or(|f| what.to_lowercase().contains(f.as_str()))
     }
 }
 

@@ -2,14 +2,18 @@
 //!
 //! Three tasks per connection, plus one that supervises them:
 //!
-//! * the **reader** decodes frames with a bounded [`FrameDecoder`] and dispatches them:
+//! * the **reader** reads into two alternating buffers ([`ReadBuffers`]) that decoded
+//!   payloads share, and decodes frames with a bounded [`FrameDecoder`], dispatching them:
 //!   messages into a bounded queue (when it is full the reader *waits*, stops reading
 //!   the socket, and TCP flow control slows the remote sender — the backpressure
 //!   contract), stream frames into [`MuxState`], pings answered, pongs timed;
-//! * the **writer** owns the write half behind a [`BufWriter`]; it takes everything
-//!   queued in one go (batching), writes it, and flushes only when the queue is
-//!   momentarily empty. Large payloads are written from their `Bytes` without copying
-//!   into the frame;
+//! * the **writer** takes everything queued in one go (batching), encodes headers and
+//!   small frames into one buffer (so they share TLS records) and hands large payloads
+//!   to the TLS stream as their own slices of a vectored write, without copying; it
+//!   flushes only when the queue is momentarily empty. Writing is a role ([`WriteIo`]):
+//!   when nobody holds it, a large stream write or message is written by the
+//!   application's own task, straight into the TLS stream — no copy, no wake-up of the
+//!   writer — which is what brings a stream close to the raw TLS stream's throughput;
 //! * the **keep-alive** timer feeds [`KeepAlive`]: a ping when the peer has been quiet,
 //!   the connection closed with a timeout when it stays quiet;
 //! * the **supervisor** waits for the close to begin, lets the writer flush (bounded),
@@ -33,9 +37,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     sync::{mpsc, watch},
     task::JoinHandle,
 };
@@ -64,12 +68,40 @@ const OUT_QUEUE_FRAMES: usize = 1024;
 /// the application and the writer keeps the socket busy while the writer encrypts; a
 /// single larger message is still admitted when the queue is empty.
 const OUT_QUEUE_BYTES: usize = 1024 * 1024;
-/// Capacity of the writer's `BufWriter`. 256 KiB: four 64 KiB data frames and their headers
-/// fit, so headers never become TLS records of their own (which halved throughput at
-/// 64 KiB, measured with `examples/bench`).
-const WRITE_BUFFER: usize = 256 * 1024;
-/// Bytes the reader asks the socket for per read. 64 KiB, one TLS-over-TCP burst.
+/// Stream writes of at least this many bytes are written by the application's own task
+/// straight into the TLS stream when nobody else is writing (see [`WriteIo`]), with no
+/// copy and no hand-off to the writer task. 16 KiB, one full TLS record: smaller writes
+/// gain from being coalesced by the writer task into full records, larger ones fill
+/// records on their own.
+const DIRECT_WRITE_MIN: usize = 16 * 1024;
+/// Payloads smaller than this are copied into the coalescing buffer with their headers;
+/// larger ones are handed to the TLS stream as their own slice, without copying. 4 KiB:
+/// with [`MAX_IOVECS`] slices per call that is still 64 KiB, rustls's default send buffer
+/// limit, so a vectored write is never short of slices.
+const COPY_MAX: usize = 4 * 1024;
+/// Slices per vectored write. rustls takes at most its buffer limit (64 KiB) per call,
+/// which 16 slices of at least [`COPY_MAX`] bytes already fill.
+const MAX_IOVECS: usize = 16;
+/// The writer task gathers queued frames until this many bytes (or an empty queue)
+/// before writing them. 64 KiB, rustls's default send buffer limit: one write call's
+/// worth, so small frames make full 16 KiB TLS records rather than one per batch.
+const WRITE_COALESCE: usize = 64 * 1024;
+/// Initial capacity of the coalescing buffer for headers and small frames. 16 KiB, one
+/// TLS record; it grows (in place once its bytes are written) when batches are larger.
+const SMALL_BUFFER: usize = 16 * 1024;
+/// Bytes the reader asks the socket for per read (at most, and room for at least this
+/// much is made before each read), and the initial read buffer. 64 KiB: several TLS
+/// records per read, while a reader stalled by a slow message consumer holds at most
+/// this much unread data (the backpressure bound); an idle connection keeps this small
+/// buffer.
 const READ_CHUNK: usize = 64 * 1024;
+/// Capacity of the read buffers allocated once traffic outgrows [`READ_CHUNK`]. Decoded
+/// payloads share the buffer they were read into, so a buffer is reused only when the
+/// application has consumed everything in it; otherwise the partial frame at its end is
+/// moved to another buffer. 1 MiB: that move (at most one frame, 64 KiB) costs a few
+/// per cent of a copy per buffer, where 256 KiB buffers cost 12% (and fresh 64 KiB
+/// allocations per read, the previous scheme, cost page faults and a copy per frame).
+const READ_BUFFER: usize = 1024 * 1024;
 /// Default bound on a graceful close (flush, then wait for the peer's end of stream).
 /// 5 s: generous for a flush on any live path; a dead peer must not hold the socket.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -197,6 +229,13 @@ struct Shared {
     cause: Option<Cause>,
     close_frame: Option<Control>,
     reader_stalled: bool,
+    /// The write role is taken: its holder (the writer task, or an application task
+    /// writing directly) checks for queued work before giving it up, so pushing work
+    /// needs no wake-up meanwhile.
+    io_busy: bool,
+    /// The last holder left encoded bytes in [`WriteIo`] or an unflushed TLS stream for
+    /// the writer task.
+    io_pending: bool,
 }
 
 impl Shared {
@@ -211,10 +250,32 @@ impl Shared {
         self.wake_writer();
     }
 
+    /// Tells the writer task about new work, unless the write role is taken (its holder
+    /// looks for work before giving it up).
     fn wake_writer(&mut self) {
+        if self.io_busy {
+            return;
+        }
         if let Some(w) = self.writer.take() {
             w.wake();
         }
+    }
+
+    /// Whether frames wait to be encoded for the writer.
+    fn has_work(&self) -> bool {
+        !self.out.is_empty() || self.pong.is_some() || self.ping.is_some() || self.state.wants_transmit()
+    }
+
+    /// Gives up the write role; `pending` says whether the holder left work in
+    /// [`WriteIo`]. The writer task is woken if anything is left to do.
+    fn release_io(&mut self, pending: bool) {
+        self.io_busy = false;
+        self.io_pending = pending;
+        if pending || self.has_work() || self.cause.is_some() {
+            self.wake_writer();
+        }
+        // Senders blocked on a busy writer may now write directly.
+        self.blocked.drain(..).for_each(Waker::wake);
     }
 
     fn wake_all(&mut self) {
@@ -228,6 +289,10 @@ impl Shared {
 
 struct Inner {
     shared: Mutex<Shared>,
+    /// The write half. Locked only by the holder of the write role
+    /// ([`Shared::io_busy`]), never while `shared` is held (lock order: `io`, then
+    /// `shared`), so it is uncontended.
+    io: Mutex<WriteIo>,
     messages: tokio::sync::Mutex<mpsc::Receiver<Bytes>>,
     stats: Arc<ConnStats>,
     remote: String,
@@ -245,6 +310,49 @@ impl Inner {
         // A panic while holding the lock cannot leave the table half-updated in a way
         // that matters more than losing the connection; keep going.
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_io(&self) -> MutexGuard<'_, WriteIo> {
+        self.io.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes what the caller collected into `w`, then `tail`, from the application's
+    /// task; the caller holds the write role, which is given up here. Whatever the socket
+    /// does not take now is copied into `w` (`tail`) or stays there (`Bytes`) for the
+    /// writer task, so all of it is always accepted unless the connection fails.
+    fn write_direct(&self, w: &mut WriteIo, cx: &mut Context<'_>, tail: &[u8]) -> io::Result<()> {
+        w.encode_queued();
+        let mut done = 0;
+        let result = match w.poll_write_with(cx, tail, &mut done) {
+            Poll::Ready(Ok(())) => match w.io.as_mut().poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    w.dirty = false;
+                    Ok(())
+                }
+                Poll::Ready(Err(e)) => Err(e),
+                Poll::Pending => Ok(()),
+            },
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Ok(()),
+        };
+        if let Err(e) = result {
+            self.write_failed(&e);
+            let sh = self.lock();
+            return Err(sh.cause.as_ref().map_or(e, |c| c.io_error(&self.remote)));
+        }
+        if done < tail.len() {
+            w.segs.push_back(Bytes::copy_from_slice(&tail[done..]));
+        }
+        let pending = w.has_pending();
+        self.lock().release_io(pending);
+        Ok(())
+    }
+
+    /// The write role's holder failed to write: the connection is broken.
+    fn write_failed(&self, e: &io::Error) {
+        let mut sh = self.lock();
+        self.begin_close(&mut sh, Cause::Io(e.kind(), e.to_string()), None);
+        sh.release_io(false);
     }
 
     /// Begins closing (once): records why, schedules the close frame, wakes everyone.
@@ -355,10 +463,14 @@ impl Mux {
             cause: None,
             close_frame: None,
             reader_stalled: false,
+            io_busy: false,
+            io_pending: false,
         };
+        let (rd, wr) = tokio::io::split(io);
         let (tx, rx) = mpsc::channel(config.message_queue.max(1));
         let inner = Arc::new(Inner {
             shared: Mutex::new(shared),
+            io: Mutex::new(WriteIo::new(Box::pin(wr))),
             messages: tokio::sync::Mutex::new(rx),
             stats,
             remote: remote.into(),
@@ -368,9 +480,8 @@ impl Mux {
             closing: watch::Sender::new(false),
             done: watch::Sender::new(false),
         });
-        let (rd, wr) = tokio::io::split(io);
         let reader = tokio::spawn(read_loop(inner.clone(), rd, tx));
-        let writer = tokio::spawn(write_loop(inner.clone(), wr));
+        let writer = tokio::spawn(write_loop(inner.clone()));
         let keep_alive = tokio::spawn(keep_alive_loop(inner.clone()));
         tokio::spawn(supervise(inner.clone(), reader, writer, keep_alive));
         Self { handle: Arc::new(Handle { inner }) }
@@ -425,11 +536,24 @@ impl Mux {
         let inner = self.inner();
         let mut msg = Some(msg);
         std::future::poll_fn(|cx| {
+            let len = msg.as_ref().map_or(0, Bytes::len);
+            // Large messages are written by this task when nobody else is writing, like
+            // large stream writes (see `MuxStream::poll_write`): no hand-off, no copy.
+            let mut io = if len >= DIRECT_WRITE_MIN { inner.io.try_lock().ok() } else { None };
             let mut sh = inner.lock();
             if sh.cause.is_some() {
                 return Poll::Ready(Err(inner.closed_error(&sh)));
             }
-            let len = msg.as_ref().map_or(0, Bytes::len);
+            if let Some(w) = io.as_mut().filter(|_| !sh.io_busy) {
+                sh.io_busy = true;
+                w.collect(&mut sh);
+                drop(sh);
+                if let Some(m) = msg.take() {
+                    w.batch.push_back(Frame::Message(m));
+                    inner.stats.sent(len);
+                }
+                return Poll::Ready(inner.write_direct(w, cx, &[]).map_err(TransportError::Io));
+            }
             if !sh.has_room(len, 1) {
                 sh.blocked.push(cx.waker().clone());
                 return Poll::Pending;
@@ -587,27 +711,44 @@ impl MuxStream {
 impl AsyncRead for MuxStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let inner = self.inner();
-        let mut sh = inner.lock();
-        let dst = buf.initialize_unfilled();
-        match sh.state.read(self.id, dst) {
-            ReadOutcome::Data(n) => {
-                buf.advance(n);
-                if sh.state.wants_transmit() {
-                    sh.wake_writer();
+        let mut copied = false;
+        // Take chunks under the lock, copy them outside it: a 64 KiB copy under the lock
+        // stalls the reader task's dispatch of the next frame.
+        while buf.remaining() > 0 {
+            let taken = {
+                let mut sh = inner.lock();
+                let taken = sh.state.take(self.id, buf.remaining());
+                match taken {
+                    Ok(_) if sh.state.wants_transmit() => sh.wake_writer(),
+                    Ok(_) => {}
+                    Err(_) if copied => {}
+                    Err(ReadOutcome::Blocked) => match &sh.cause {
+                        Some(c) => return Poll::Ready(Err(c.io_error(&inner.remote))),
+                        None => {
+                            sh.readers.insert(self.id, cx.waker().clone());
+                            return Poll::Pending;
+                        }
+                    },
+                    Err(ReadOutcome::Reset(code)) => {
+                        return Poll::Ready(Err(stream_error(self.id, StreamClosed::Reset(code))))
+                    }
+                    Err(ReadOutcome::Unknown) => {
+                        return Poll::Ready(Err(stream_error(self.id, StreamClosed::Unknown)))
+                    }
+                    Err(ReadOutcome::Eof | ReadOutcome::Data(_)) => {}
                 }
-                Poll::Ready(Ok(()))
+                taken
+            };
+            match taken {
+                Ok(chunk) => {
+                    buf.put_slice(&chunk);
+                    copied = true;
+                }
+                // End of stream, or what was there is read (the rest waits for next time).
+                Err(_) => break,
             }
-            ReadOutcome::Eof => Poll::Ready(Ok(())),
-            ReadOutcome::Reset(code) => Poll::Ready(Err(stream_error(self.id, StreamClosed::Reset(code)))),
-            ReadOutcome::Blocked => match &sh.cause {
-                Some(c) => Poll::Ready(Err(c.io_error(&inner.remote))),
-                None => {
-                    sh.readers.insert(self.id, cx.waker().clone());
-                    Poll::Pending
-                }
-            },
-            ReadOutcome::Unknown => Poll::Ready(Err(stream_error(self.id, StreamClosed::Unknown))),
         }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -617,6 +758,9 @@ impl AsyncWrite for MuxStream {
             return Poll::Ready(Ok(0));
         }
         let inner = self.inner();
+        // Large writes try to take the write role (lock order: `io` before `shared`); if
+        // the I/O half is in use, they queue a copy like small ones.
+        let mut io = if buf.len() >= DIRECT_WRITE_MIN { inner.io.try_lock().ok() } else { None };
         let n = {
             let mut sh = inner.lock();
             if let Some(c) = &sh.cause {
@@ -631,6 +775,21 @@ impl AsyncWrite for MuxStream {
                 return Poll::Pending;
             }
             let n = buf.len().min(MAX_DATA_CHUNK).min(credit as usize);
+            if let Some(w) = io.as_mut().filter(|_| !sh.io_busy && n >= DIRECT_WRITE_MIN) {
+                // Take the role, the credit, and everything queued before this frame in
+                // one critical section, so that nothing queued later (a reset echo for
+                // this stream) can be written before it.
+                if let Err(e) = sh.state.consume_credit(self.id, n) {
+                    return Poll::Ready(Err(stream_error(self.id, e)));
+                }
+                sh.io_busy = true;
+                w.collect(&mut sh);
+                drop(sh);
+                w.encode_queued();
+                encode_header(FrameType::StreamData, n + 4, &mut w.small);
+                w.small.put_u32(self.id);
+                return Poll::Ready(inner.write_direct(w, cx, &buf[..n]).map(|()| n));
+            }
             if !sh.has_room(n, 1) {
                 sh.blocked.push(cx.waker().clone());
                 return Poll::Pending;
@@ -640,6 +799,7 @@ impl AsyncWrite for MuxStream {
             sh.out_bytes += n;
             n
         };
+        drop(io);
         let data = Bytes::copy_from_slice(&buf[..n]);
         let mut sh = inner.lock();
         match sh.state.send(self.id, data) {
@@ -703,13 +863,57 @@ enum Flow {
     Stop,
 }
 
+/// The reader's buffers. Decoded payloads share the buffer they were read into (no copy
+/// between the TLS stream and the application), so a buffer can be reused only once the
+/// application has consumed everything decoded from it. Two buffers alternate: by the
+/// time one is full, the other has usually been consumed, so in steady state nothing is
+/// allocated (fresh allocations of this size cost page faults).
+struct ReadBuffers {
+    current: BytesMut,
+    /// The previous buffer (emptied), kept to be reclaimed when its payloads are gone.
+    spare: BytesMut,
+}
+
+impl ReadBuffers {
+    fn new() -> Self {
+        Self { current: BytesMut::with_capacity(READ_CHUNK), spare: BytesMut::new() }
+    }
+
+    /// Makes room for the rest of a frame of `frame_len` bytes (header included) whose
+    /// first bytes are in `current`, and for at least [`READ_CHUNK`] per read. Room
+    /// beyond [`READ_BUFFER`] grows with the bytes actually received (a bare header
+    /// claiming a 4 MiB frame must not make us allocate 4 MiB).
+    fn make_room(&mut self, frame_len: usize) {
+        let rest = frame_len.saturating_sub(self.current.len());
+        let need = rest.min(READ_BUFFER.max(self.current.len())).max(READ_CHUNK);
+        if self.current.capacity() - self.current.len() >= need {
+            return;
+        }
+        let total = self.current.len() + need;
+        // Reuse the current buffer in place (moving the partial frame to its front) if
+        // nothing decoded from it is still held, else the spare one, else a new one.
+        if self.current.try_reclaim(need) {
+            return;
+        }
+        let mut next = std::mem::take(&mut self.spare);
+        next.clear();
+        if !next.try_reclaim(total) {
+            next = BytesMut::with_capacity(total.max(READ_BUFFER));
+        }
+        next.extend_from_slice(&self.current);
+        self.current.clear();
+        self.spare = std::mem::replace(&mut self.current, next);
+    }
+}
+
 async fn read_loop<R: AsyncRead + Unpin>(inner: Arc<Inner>, rd: R, tx: mpsc::Sender<Bytes>) {
     let mut rd = rd;
     let decoder = FrameDecoder::default();
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut bufs = ReadBuffers::new();
     loop {
+        let buf = &mut bufs.current;
         loop {
-            match decoder.decode(&mut buf) {
+            match decoder.decode_split(buf) {
                 Ok(Some(frame)) => {
                     if let Flow::Stop = dispatch(&inner, frame, &tx).await {
                         return;
@@ -724,8 +928,12 @@ async fn read_loop<R: AsyncRead + Unpin>(inner: Arc<Inner>, rd: R, tx: mpsc::Sen
                 }
             }
         }
-        buf.reserve(READ_CHUNK);
-        let n = match rd.read_buf(&mut buf).await {
+        bufs.make_room(FrameDecoder::frame_len(&bufs.current));
+        let buf = &mut bufs.current;
+        // At most one chunk per read, even into a large buffer: the reader decodes (and
+        // may stop, for backpressure) after each read, so it never holds more than
+        // this much unread data beyond a stalled frame.
+        let n = match rd.read_buf(&mut buf.limit(READ_CHUNK)).await {
             Ok(n) => n,
             Err(e) => {
                 let mut sh = inner.lock();
@@ -858,108 +1066,245 @@ async fn dispatch(inner: &Inner, frame: Frame, tx: &mpsc::Sender<Bytes>) -> Flow
     }
 }
 
-/// What the writer found in the shared state.
-enum Step {
-    Write,
-    Flush,
-    Close(Option<Control>),
+/// The write half, with what has been encoded for it but not yet written.
+///
+/// Writing is a role, taken under the shared lock ([`Shared::io_busy`]) by the writer
+/// task, or by an application task writing a large stream chunk when nobody else is
+/// writing: that task then encrypts and sends its data itself, without a copy and without
+/// waking the writer (the raw TLS stream's cost). The holder writes everything queued
+/// before its own frame, so frames keep their order. Before giving the role up it looks
+/// for work queued meanwhile; an application task that cannot finish (socket full) leaves
+/// the rest here and wakes the writer task, which keeps the role while it waits.
+struct WriteIo {
+    io: Pin<Box<dyn AsyncWrite + Send>>,
+    /// Encoded bytes not yet accepted by `io`, in order: runs of headers and small frames
+    /// split off `small`, and large payloads shared with their `Bytes`, never copied.
+    segs: VecDeque<Bytes>,
+    /// Where headers, control frames and small payloads are encoded, so that they share
+    /// TLS records instead of becoming records of their own.
+    small: BytesMut,
+    /// Bytes went into `io` since it was last flushed.
+    dirty: bool,
+    control: Vec<Frame>,
+    batch: VecDeque<Frame>,
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(inner: Arc<Inner>, wr: W) {
-    let mut w = BufWriter::with_capacity(WRITE_BUFFER, wr);
-    let mut batch: VecDeque<Frame> = VecDeque::new();
-    let mut control: Vec<Frame> = Vec::new();
-    let mut scratch = BytesMut::with_capacity(256);
-    let mut dirty = false;
-    loop {
-        let step = std::future::poll_fn(|cx| {
-            let mut sh = inner.lock();
-            if let Some(nonce) = sh.pong.take() {
-                control.push(Frame::Control(Control::Pong { nonce }));
-            }
-            if let Some(nonce) = sh.ping.take() {
-                control.push(Frame::Control(Control::Ping { nonce }));
-            }
-            while let Some(f) = sh.state.poll_transmit() {
-                control.push(f);
-            }
-            if !sh.out.is_empty() {
-                std::mem::swap(&mut sh.out, &mut batch);
-                sh.out_bytes = 0;
-                sh.blocked.drain(..).for_each(Waker::wake);
-            }
-            if !control.is_empty() || !batch.is_empty() {
-                return Poll::Ready(Step::Write);
-            }
-            if dirty {
-                return Poll::Ready(Step::Flush);
-            }
-            if sh.cause.is_some() {
-                return Poll::Ready(Step::Close(sh.close_frame.take()));
-            }
-            sh.writer = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await;
-        let result = match step {
-            Step::Write => {
-                dirty = true;
-                write_batch(&mut w, &mut control, &mut batch, &mut scratch).await
-            }
-            Step::Flush => {
-                dirty = false;
-                w.flush().await
-            }
-            Step::Close(frame) => {
-                if let Some(frame) = frame {
-                    control.push(Frame::Control(frame));
-                    let _ = write_batch(&mut w, &mut control, &mut batch, &mut scratch).await;
-                }
-                let _ = w.flush().await;
-                let _ = w.shutdown().await;
-                return;
-            }
-        };
-        if let Err(e) = result {
-            let mut sh = inner.lock();
-            inner.begin_close(&mut sh, Cause::Io(e.kind(), e.to_string()), None);
-            return;
+impl WriteIo {
+    fn new(io: Pin<Box<dyn AsyncWrite + Send>>) -> Self {
+        Self {
+            io,
+            segs: VecDeque::new(),
+            small: BytesMut::with_capacity(SMALL_BUFFER),
+            dirty: false,
+            control: Vec::new(),
+            batch: VecDeque::new(),
         }
     }
-}
 
-async fn write_batch<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    control: &mut Vec<Frame>,
-    batch: &mut VecDeque<Frame>,
-    scratch: &mut BytesMut,
-) -> io::Result<()> {
-    for f in control.drain(..).chain(batch.drain(..)) {
-        scratch.clear();
+    /// Whether encoded bytes or an unflushed stream are left for the next holder.
+    fn has_pending(&self) -> bool {
+        !self.segs.is_empty() || !self.small.is_empty() || self.dirty
+    }
+
+    /// Takes everything queued in `sh` (unordered control first); true if anything was.
+    fn collect(&mut self, sh: &mut Shared) -> bool {
+        if let Some(nonce) = sh.pong.take() {
+            self.control.push(Frame::Control(Control::Pong { nonce }));
+        }
+        if let Some(nonce) = sh.ping.take() {
+            self.control.push(Frame::Control(Control::Ping { nonce }));
+        }
+        while let Some(f) = sh.state.poll_transmit() {
+            self.control.push(f);
+        }
+        if !sh.out.is_empty() {
+            std::mem::swap(&mut sh.out, &mut self.batch);
+            sh.out_bytes = 0;
+            sh.blocked.drain(..).for_each(Waker::wake);
+        }
+        !self.control.is_empty() || !self.batch.is_empty()
+    }
+
+    /// Encodes what [`collect`](Self::collect) took (outside the shared lock).
+    fn encode_queued(&mut self) {
+        let mut control = std::mem::take(&mut self.control);
+        let mut batch = std::mem::take(&mut self.batch);
+        for f in control.drain(..).chain(batch.drain(..)) {
+            self.encode(f);
+        }
+        // Keep the allocations for the next round.
+        self.control = control;
+        self.batch = batch;
+        self.seal();
+    }
+
+    fn encode(&mut self, f: Frame) {
         match f {
             Frame::Message(m) => {
-                encode_header(FrameType::Message, m.len(), scratch);
-                w.write_all(scratch).await?;
-                w.write_all(&m).await?;
+                encode_header(FrameType::Message, m.len(), &mut self.small);
+                self.payload(m);
             }
             Frame::StreamData { id, data } => {
-                encode_header(FrameType::StreamData, data.len() + 4, scratch);
-                scratch.put_u32(id);
-                w.write_all(scratch).await?;
-                w.write_all(&data).await?;
+                encode_header(FrameType::StreamData, data.len() + 4, &mut self.small);
+                self.small.put_u32(id);
+                self.payload(data);
             }
             other => {
                 // Control frames are small and always within bounds; an encoding error
                 // would be our bug, so drop that frame rather than the connection.
-                if let Err(e) = encode_frame(&other, scratch) {
+                if let Err(e) = encode_frame(&other, &mut self.small) {
                     tracing::warn!("dropping unencodable frame: {e}");
-                    continue;
                 }
-                w.write_all(scratch).await?;
             }
         }
     }
-    Ok(())
+
+    fn payload(&mut self, data: Bytes) {
+        if data.len() < COPY_MAX {
+            self.small.extend_from_slice(&data);
+        } else {
+            self.seal();
+            self.segs.push_back(data);
+        }
+    }
+
+    /// Ends the current run of small bytes, so that what follows goes after it.
+    fn seal(&mut self) {
+        if !self.small.is_empty() {
+            self.segs.push_back(self.small.split().freeze());
+        }
+    }
+
+    /// Drops `n` written bytes from the front of `segs`.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.segs.front_mut() else { return };
+            if front.len() > n {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.segs.pop_front();
+        }
+    }
+
+    /// Writes `segs`, then `tail[*done..]`, advancing `done` over the bytes of `tail`
+    /// written; ready when all of it is in `io` (not necessarily flushed).
+    fn poll_write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        tail: &[u8],
+        done: &mut usize,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut slices = [io::IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            let mut from_segs = 0;
+            for seg in self.segs.iter().take(MAX_IOVECS) {
+                slices[count] = io::IoSlice::new(seg);
+                from_segs += seg.len();
+                count += 1;
+            }
+            if count < MAX_IOVECS && count == self.segs.len() && *done < tail.len() {
+                slices[count] = io::IoSlice::new(&tail[*done..]);
+                count += 1;
+            }
+            if count == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let n = match self.io.as_mut().poll_write_vectored(cx, &slices[..count]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            self.dirty = true;
+            self.advance(n.min(from_segs));
+            *done += n.saturating_sub(from_segs);
+        }
+    }
+
+    /// Writes and flushes everything queued, for the holder of the write role. Ready
+    /// once nothing is left, with the role released; pending (role kept) while the
+    /// socket is full. Batches are gathered until [`WRITE_COALESCE`] bytes or an empty
+    /// queue before they are written, so that a trickle of small frames still makes
+    /// full TLS records and few system calls.
+    fn poll_run(&mut self, inner: &Inner, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            // Write a full gathering before taking more (also when woken with the socket
+            // writable again), so at most one queue's worth waits here beyond it.
+            if self.segs.iter().map(Bytes::len).sum::<usize>() >= WRITE_COALESCE {
+                std::task::ready!(self.poll_write_with(cx, &[], &mut 0))?;
+            }
+            let took = {
+                let mut sh = inner.lock();
+                let took = self.collect(&mut sh);
+                if !took && !self.has_pending() {
+                    sh.release_io(false);
+                    return Poll::Ready(Ok(()));
+                }
+                took
+            };
+            if took {
+                self.encode_queued();
+                continue;
+            }
+            // The queue is momentarily empty: write everything and flush.
+            std::task::ready!(self.poll_write_with(cx, &[], &mut 0))?;
+            std::task::ready!(self.io.as_mut().poll_flush(cx))?;
+            self.dirty = false;
+        }
+    }
+
+    /// Writes what is left and the close frame, flushes and shuts the write half down.
+    fn poll_close(&mut self, cx: &mut Context<'_>, frame: &mut Option<Control>) -> Poll<io::Result<()>> {
+        if let Some(frame) = frame.take() {
+            self.encode(Frame::Control(frame));
+            self.seal();
+        }
+        std::task::ready!(self.poll_write_with(cx, &[], &mut 0))?;
+        std::task::ready!(self.io.as_mut().poll_flush(cx))?;
+        self.dirty = false;
+        self.io.as_mut().poll_shutdown(cx)
+    }
+}
+
+async fn write_loop(inner: Arc<Inner>) {
+    loop {
+        // Wait for work (or the close) and take the write role.
+        let closing = std::future::poll_fn(|cx| {
+            let mut sh = inner.lock();
+            if !sh.io_busy {
+                if sh.io_pending || sh.has_work() {
+                    sh.io_busy = true;
+                    return Poll::Ready(false);
+                }
+                if sh.cause.is_some() {
+                    sh.io_busy = true;
+                    return Poll::Ready(true);
+                }
+            }
+            // Idle, or an application task holds the role: it wakes us if it leaves work.
+            sh.writer = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        if closing {
+            let mut frame = inner.lock().close_frame.take();
+            let _ = std::future::poll_fn(|cx| inner.lock_io().poll_close(cx, &mut frame)).await;
+            return;
+        }
+        let result = std::future::poll_fn(|cx| {
+            let mut w = inner.lock_io();
+            w.encode_queued();
+            w.poll_run(&inner, cx)
+        })
+        .await;
+        if let Err(e) = result {
+            inner.write_failed(&e);
+            return;
+        }
+    }
 }
 
 async fn keep_alive_loop(inner: Arc<Inner>) {

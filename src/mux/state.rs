@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 
 use crate::wire::Frame;
 
@@ -470,30 +470,40 @@ impl MuxState {
     /// Copies buffered bytes of stream `id` into `dst`. After a read, call
     /// [`poll_transmit`](Self::poll_transmit): a window update may be due.
     pub fn read(&mut self, id: u32, dst: &mut [u8]) -> ReadOutcome {
-        let half = self.config.window as u64 / 2;
-        let Some(s) = self.streams.get_mut(&id) else {
-            return ReadOutcome::Unknown;
-        };
-        if let RecvState::Reset(code) = s.recv {
-            return ReadOutcome::Reset(code);
-        }
-        if s.buffered == 0 {
-            return match s.recv {
-                RecvState::Open => ReadOutcome::Blocked,
-                _ => ReadOutcome::Eof,
-            };
-        }
         let mut n = 0;
         while n < dst.len() {
-            let Some(front) = s.buf.front_mut() else { break };
-            let k = front.len().min(dst.len() - n);
-            dst[n..n + k].copy_from_slice(&front[..k]);
-            front.advance(k);
-            if front.is_empty() {
-                s.buf.pop_front();
+            match self.take(id, dst.len() - n) {
+                Ok(chunk) => {
+                    dst[n..n + chunk.len()].copy_from_slice(&chunk);
+                    n += chunk.len();
+                }
+                Err(_) if n > 0 => break,
+                Err(outcome) => return outcome,
             }
-            n += k;
         }
+        ReadOutcome::Data(n)
+    }
+
+    /// Takes up to `max` (> 0) buffered bytes of stream `id`, the front of one received
+    /// chunk, without copying them (so that the caller can copy outside its lock); `Err`
+    /// says why there are none. Window accounting as for [`read`](Self::read).
+    pub fn take(&mut self, id: u32, max: usize) -> Result<Bytes, ReadOutcome> {
+        let half = self.config.window as u64 / 2;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Err(ReadOutcome::Unknown);
+        };
+        if let RecvState::Reset(code) = s.recv {
+            return Err(ReadOutcome::Reset(code));
+        }
+        let Some(front) = s.buf.front_mut() else {
+            return Err(match s.recv {
+                RecvState::Open => ReadOutcome::Blocked,
+                _ => ReadOutcome::Eof,
+            });
+        };
+        let chunk =
+            if front.len() <= max { s.buf.pop_front().unwrap_or_default() } else { front.split_to(max) };
+        let n = chunk.len();
         s.buffered -= n;
         if s.recv == RecvState::Open {
             let was_queued = s.unreported >= half;
@@ -502,7 +512,7 @@ impl MuxState {
                 self.grants.push_back(id);
             }
         }
-        ReadOutcome::Data(n)
+        Ok(chunk)
     }
 
     /// Bytes that may be sent on stream `id` right now (0: wait for
@@ -521,14 +531,21 @@ impl MuxState {
     /// Takes `n` bytes (at most the credit) of data for stream `id` and returns the frame
     /// carrying them.
     pub fn send(&mut self, id: u32, data: Bytes) -> Result<Frame, StreamClosed> {
+        self.consume_credit(id, data.len())?;
+        Ok(Frame::StreamData { id, data })
+    }
+
+    /// Takes `len` bytes (at most the credit) of send credit on stream `id`, for data the
+    /// caller frames and sends itself (in order with the stream's other frames).
+    pub fn consume_credit(&mut self, id: u32, len: usize) -> Result<(), StreamClosed> {
         let credit = self.send_credit(id)?;
-        if data.len() as u64 > credit {
+        if len as u64 > credit {
             return Err(StreamClosed::Unknown);
         }
         if let Some(s) = self.streams.get_mut(&id) {
-            s.send_credit -= data.len() as u64;
+            s.send_credit -= len as u64;
         }
-        Ok(Frame::StreamData { id, data })
+        Ok(())
     }
 
     /// Finishes the sending half of stream `id`; returns the `StreamFin` to send (in

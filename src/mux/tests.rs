@@ -150,6 +150,79 @@ async fn hundred_concurrent_streams_keep_their_bytes() {
     assert!(a.is_connected() && b.is_connected());
 }
 
+/// Large stream writes and messages are written by the application's task when the
+/// writer is idle; through a pipe far smaller than one write they are cut short and
+/// handed over to the writer task. Everything must still arrive intact and in order,
+/// interleaved with small messages and stream writes queued meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_writes_through_a_tiny_pipe_keep_order() {
+    let (x, y) = tokio::io::duplex(3000);
+    let (a, b) = (mux(x, true, config()), mux(y, false, config()));
+    let a = Arc::new(a);
+    let streams = tokio::spawn(async move {
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let mut s = b.accept_stream().await.unwrap().unwrap();
+            got.push(tokio::spawn(async move {
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).await.unwrap();
+                buf
+            }));
+        }
+        let mut msgs = Vec::new();
+        for _ in 0..200 {
+            msgs.push(b.recv_message().await.unwrap().unwrap());
+        }
+        let mut bufs = Vec::new();
+        for g in got {
+            bufs.push(g.await.unwrap());
+        }
+        (bufs, msgs, b)
+    });
+    let mut writers = Vec::new();
+    for i in 0..4usize {
+        let mut s = a.open_stream().await.unwrap();
+        writers.push(tokio::spawn(async move {
+            // Mixed sizes: below and above the direct-write threshold and the chunk size.
+            let data = pattern(i, 700_000);
+            let mut off = 0;
+            for (k, len) in [100usize, 20_000, 70_000, 16_384, 5, 200_000].iter().cycle().enumerate() {
+                if off == data.len() {
+                    break;
+                }
+                let end = (off + len + k % 3).min(data.len());
+                s.write_all(&data[off..end]).await.unwrap();
+                off = end;
+            }
+            s.shutdown().await.unwrap();
+            s
+        }));
+    }
+    let sender = a.clone();
+    let messages = tokio::spawn(async move {
+        for m in 0..200usize {
+            let len = if m % 2 == 0 { 40_000 + m } else { 10 + m };
+            sender.send_message(Bytes::from(pattern(100 + m, len))).await.unwrap();
+        }
+    });
+    within(messages).await.unwrap();
+    let mut keep = Vec::new();
+    for w in writers {
+        keep.push(within(w).await.unwrap());
+    }
+    let (bufs, msgs, _b) = within(streams).await.unwrap();
+    let mut bufs = bufs;
+    bufs.sort_by_key(|b| b.first().copied());
+    let mut want: Vec<Vec<u8>> = (0..4).map(|i| pattern(i, 700_000)).collect();
+    want.sort_by_key(|b| b.first().copied());
+    assert!(bufs == want, "stream bytes corrupted or reordered");
+    for (m, got) in msgs.iter().enumerate() {
+        let len = if m % 2 == 0 { 40_000 + m } else { 10 + m };
+        assert!(got[..] == pattern(100 + m, len)[..], "message {m} corrupted or reordered");
+    }
+    assert!(a.is_connected());
+}
+
 #[tokio::test]
 async fn a_reader_that_does_not_read_bounds_the_writer() {
     let (a, b) = pair();

@@ -210,6 +210,21 @@ impl FrameDecoder {
     /// Decodes one frame from the front of `buf`, or returns `Ok(None)` if more bytes are
     /// needed. On error the connection must be closed; `buf` is left unspecified.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+        let frame = self.decode_split(buf)?;
+        if frame.is_none() {
+            // Make room for the rest of the frame, but at most one chunk ahead of the bytes
+            // actually received: a bare header must not make us allocate 4 MiB.
+            buf.reserve(Self::frame_len(buf).saturating_sub(buf.len()).min(RESERVE_AHEAD));
+        }
+        Ok(frame)
+    }
+
+    /// Like [`decode`](Self::decode), but never touches `buf`'s capacity, for a caller
+    /// that manages its own read buffers and makes room once for a whole frame (see
+    /// [`frame_len`](Self::frame_len)): a `reserve` on a buffer that decoded payloads
+    /// still share moves the partial frame into a new allocation. The payload of a
+    /// decoded frame shares `buf`'s allocation.
+    pub fn decode_split(&self, buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
         if buf.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -217,14 +232,21 @@ impl FrameDecoder {
         header.copy_from_slice(&buf[..HEADER_LEN]);
         let (ty, len) = self.parse_header(header)?;
         if buf.len() < HEADER_LEN + len {
-            // Make room for the rest of the frame, but at most one chunk ahead of the bytes
-            // actually received: a bare header must not make us allocate 4 MiB.
-            buf.reserve((HEADER_LEN + len - buf.len()).min(RESERVE_AHEAD));
             return Ok(None);
         }
         buf.advance(HEADER_LEN);
         let payload = buf.split_to(len).freeze();
         decode_payload(ty, payload).map(Some)
+    }
+
+    /// The total length (header included) of the frame at the front of `buf`, or
+    /// [`HEADER_LEN`] while the header is incomplete. Unchecked: call after
+    /// [`decode_split`](Self::decode_split) returned `Ok(None)` for the same bytes.
+    pub fn frame_len(buf: &[u8]) -> usize {
+        match buf.first_chunk::<4>() {
+            Some(len) if buf.len() >= HEADER_LEN => HEADER_LEN + u32::from_be_bytes(*len) as usize,
+            _ => HEADER_LEN,
+        }
     }
 }
 
