@@ -5,6 +5,8 @@
 //! endpoint-independent; the RFC 5780 path is exercised end to end all the same (the
 //! filtering result needs the answer to come from the alternate address and port).
 
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
 use std::{net::SocketAddr, time::Duration};
 
 use kizuna::{

@@ -6,6 +6,8 @@
 //! `.ci/run`) they print SKIP and pass. Every process started here is killed at the end,
 //! also when an assertion fails (guards with `Drop`).
 
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
 use std::{
     io::{BufRead, BufReader},
     net::{SocketAddr, UdpSocket as StdUdp},
@@ -29,7 +31,10 @@ impl Drop for Guard {
 }
 
 fn have(program: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// A port `P` with `P` and `P + 1` free for UDP on 127.0.0.1 and 127.0.0.2 right now.
@@ -41,9 +46,9 @@ fn free_port_pair() -> u16 {
             continue;
         }
         drop(s);
-        let free = ["127.0.0.1", "127.0.0.2"].iter().all(|ip| {
-            StdUdp::bind((*ip, p)).is_ok() && StdUdp::bind((*ip, p + 1)).is_ok()
-        });
+        let free = ["127.0.0.1", "127.0.0.2"]
+            .iter()
+            .all(|ip| StdUdp::bind((*ip, p)).is_ok() && StdUdp::bind((*ip, p + 1)).is_ok());
         if free {
             return p;
         }
@@ -93,7 +98,9 @@ fn skip_without(program: &str) -> bool {
     if have(program) {
         return false;
     }
-    eprintln!("SKIP: `{program}` not found (apt-get install coturn; .ci/run does): coturn interop not tested");
+    eprintln!(
+        "SKIP: `{program}` not found (apt-get install coturn; .ci/run does): coturn interop not tested"
+    );
     true
 }
 

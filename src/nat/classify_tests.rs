@@ -2,6 +2,8 @@
 //! simulated servers drives [`NatDiscovery`]; and every combination of answers goes
 //! through [`classify`] with its invariants checked.
 
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
 use std::{
     collections::HashSet,
     net::{IpAddr, Ipv4Addr, SocketAddr},
