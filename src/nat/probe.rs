@@ -207,7 +207,9 @@ pub async fn binding(socket: &UdpSocket, test: &Test, config: &ProbeConfig) -> R
 /// Classifies the NAT in front of `socket` with the [`NatDiscovery`] tests against
 /// `servers` (the first preferred; one with RFC 5780 support decides everything, else two
 /// are compared). At most [`MAX_SERVERS`]; the run takes at most one
-/// [`ProbeConfig::deadline`] per test (seven tests at most).
+/// [`ProbeConfig::deadline`] per test, and there are at most `servers.len() + 4` tests
+/// (test I per server until one answers, then two filtering and two mapping tests, or the
+/// remaining servers for the comparison).
 ///
 /// If the socket is bound to an unspecified address (`0.0.0.0`), the local address
 /// reported and compared with the mapped one is the address the system would use to
