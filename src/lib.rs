@@ -15,13 +15,15 @@
 //!   [`transport::tcp`], [`transport::quic`] and [`transport::ws`] (WebSocket);
 //! * [`relay`] — the relay protocol's sans-IO core: messages, admission, limits, the
 //!   relay's and the client's state machines;
-//! * [`health`], [`pool`] — keep-alive/RTT and per-peer connection reuse.
+//! * [`health`], [`pool`] — keep-alive/RTT and per-peer connection reuse;
+//! * [`nat`] — NAT behaviour discovery over STUN (RFC 4787 / RFC 5780).
 
 pub mod address;
 pub mod error;
 pub mod health;
 pub mod identity;
 pub mod mux;
+pub mod nat;
 pub mod negotiate;
 pub mod node;
 pub mod pool;

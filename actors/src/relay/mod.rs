@@ -7,7 +7,7 @@
 //! RelayServerActor (owns RelayState, its timer, the registry of connections)
 //!  ├── accept loop task ── one connection task per WebSocket (handshake, reader, writer)
 //!  ├── RelayForwarderActor, one per open circuit ── its forwarding task
-//!  ├── STUN responder task per --stun address
+//!  ├── STUN responder task per STUN socket (four with RFC 5780, see `stun`)
 //!  └── stats HTTP task (--stats-addr)
 //! ```
 //!
@@ -92,7 +92,8 @@ pub struct RelayServerConfig {
     pub admission: Admission,
     /// Limits enforced by the relay.
     pub limits: RelayLimits,
-    /// UDP addresses to answer STUN Binding requests on (none: no STUN).
+    /// UDP addresses to answer STUN Binding requests on (none: no STUN). Two addresses
+    /// on different IPs with one port turn on RFC 5780 (see [`stun`]).
     pub stun: Vec<SocketAddr>,
     /// Address of the JSON metrics endpoint (`GET /` or `/stats`); `None`: none.
     pub stats_addr: Option<SocketAddr>,
@@ -199,7 +200,7 @@ pub struct RelayServer;
 /// Sockets bound on the I/O runtime before the actor starts.
 pub(crate) struct BoundSockets {
     pub(crate) listener: tokio::net::TcpListener,
-    pub(crate) stun: Vec<tokio::net::UdpSocket>,
+    pub(crate) stun: stun::StunSockets,
     pub(crate) stats: Option<tokio::net::TcpListener>,
 }
 
@@ -216,15 +217,7 @@ fn bind_tcp(addr: SocketAddr, what: &'static str) -> Result<tokio::net::TcpListe
 
 async fn bind_all(config: &RelayServerConfig) -> Result<BoundSockets, RelayServerError> {
     let listener = bind_tcp(config.listen, "WebSocket listener")?;
-    let mut stun = Vec::with_capacity(config.stun.len());
-    for &addr in &config.stun {
-        let sock = tokio::net::UdpSocket::bind(addr).await.map_err(|source| RelayServerError::Bind {
-            what: "STUN socket",
-            addr,
-            source,
-        })?;
-        stun.push(sock);
-    }
+    let stun = stun::StunSockets::bind(&config.stun).await?;
     let stats = config.stats_addr.map(|a| bind_tcp(a, "stats endpoint")).transpose()?;
     Ok(BoundSockets { listener, stun, stats })
 }
@@ -245,7 +238,7 @@ impl RelayServer {
             addr: config.listen,
             source,
         })?;
-        let stun_addrs: Vec<SocketAddr> = bound.stun.iter().filter_map(|s| s.local_addr().ok()).collect();
+        let stun_addrs = bound.stun.client_addrs();
         let stats_addr = bound.stats.as_ref().and_then(|s| s.local_addr().ok());
         let scheme = if config.ws.server_tls().is_some() { "wss" } else { "ws" };
         let url = config.public_url.clone().unwrap_or_else(|| format!("{scheme}://{local_addr}"));

@@ -48,7 +48,7 @@ use tokio::{
 use super::{
     connection::{self, AcceptCtx, ConnCmd},
     forwarder::{FwdCmd, RelayForwarderActor, Side, StopForwarder, FORWARDER_QUEUE},
-    stats, stun, BoundSockets, RelayServerConfig,
+    stats, BoundSockets, RelayServerConfig,
 };
 use crate::runtime::io_runtime;
 
@@ -333,10 +333,7 @@ impl RelayServerActor {
         let rt = io_runtime();
         let shutdown = self.shutdown.subscribe();
         self.tasks.push(rt.spawn(connection::accept_loop(accept, sockets.listener, shutdown)));
-        for socket in sockets.stun {
-            let responder = stun::StunResponder::new(stun::SOFTWARE);
-            self.tasks.push(rt.spawn(stun::serve(socket, responder)));
-        }
+        self.tasks.extend(sockets.stun.spawn(rt));
         if let Some(listener) = sockets.stats {
             self.tasks.push(rt.spawn(stats::serve(listener, ctx.address())));
         }

@@ -1,7 +1,7 @@
 //! `kizuna`: the Kizuna command-line program.
 //!
 //! One file per command (`id.rs`, `node.rs`, `ping.rs`, `perf.rs`, `send.rs`, `demo.rs`,
-//! `relay.rs`);
+//! `relay.rs`, `nat.rs`);
 //! `args.rs` holds the argument types and parsers shared by several commands, `client.rs`
 //! starting a client node and connecting, `output.rs` the JSON and human output helpers.
 //!
@@ -12,6 +12,7 @@ mod args;
 mod client;
 mod demo;
 mod id;
+mod nat;
 mod node;
 mod output;
 mod perf;
@@ -48,6 +49,7 @@ enum Command {
     Send(send::SendArgs),
     Demo(demo::DemoArgs),
     Relay(Box<relay::RelayArgs>),
+    Nat(nat::NatArgs),
 }
 
 /// A command's failure: what to tell the user and which exit code to use.
@@ -119,6 +121,7 @@ fn main() -> ExitCode {
         Command::Send(a) => actix::System::new().block_on(send::run(a)),
         Command::Demo(a) => actix::System::new().block_on(demo::run(a)),
         Command::Relay(a) => relay::run(*a),
+        Command::Nat(a) => actix::System::new().block_on(nat::run(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
