@@ -15,6 +15,8 @@
 //!   [`transport::tcp`], [`transport::quic`] and [`transport::ws`] (WebSocket);
 //! * [`relay`] — the relay protocol's sans-IO core: messages, admission, limits, the
 //!   relay's and the client's state machines;
+//! * [`punch`] — hole punching: the [`punch::PunchSession`] machine, its messages and a
+//!   NAT simulator;
 //! * [`health`], [`pool`] — keep-alive/RTT and per-peer connection reuse.
 
 pub mod address;
@@ -25,6 +27,7 @@ pub mod mux;
 pub mod negotiate;
 pub mod node;
 pub mod pool;
+pub mod punch;
 pub mod relay;
 pub mod secure;
 pub mod transport;
