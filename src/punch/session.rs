@@ -92,8 +92,11 @@ pub struct PunchConfig {
     /// a relayed RTT far above any seen in practice (the relay path rarely exceeds 1 s).
     pub message_timeout: Duration,
     /// Total lifetime from construction; the session has ended by then. Default 15 s:
-    /// above the worst case of the defaults (2 RTTs + 3 × 1.5 s + 0.5 s + 1 s ≈ 6.5 s
-    /// plus RTTs) so that it only trips when the peer stalls.
+    /// above the worst case of the defaults (3 × 1.5 s of rounds + 0.5 s + 1 s of
+    /// backoff + 3 relayed RTTs and 3 half RTTs ≈ 6 s + 4.5 RTT) so that it only trips
+    /// when the peer stalls. A responder adds [`message_timeout`](Self::message_timeout)
+    /// to it, so that a success the initiator nominates at its last moment still reaches
+    /// the responder in time.
     pub deadline: Duration,
     /// Ports tried above each server-reflexive candidate of a peer whose mapping hint is
     /// destination-dependent; 0 disables prediction. Default 8: sequential allocators
@@ -295,7 +298,10 @@ impl PunchSession {
         cfg.rounds = cfg.rounds.max(1);
         cfg.probes_per_round = cfg.probes_per_round.max(1);
         cfg.probe_interval = cfg.probe_interval.max(Duration::from_millis(1));
-        let deadline = now + cfg.deadline;
+        let deadline = match role {
+            Role::Initiator => now + cfg.deadline,
+            Role::Responder => now + cfg.deadline + cfg.message_timeout,
+        };
         let mut s = Self {
             role,
             cfg,

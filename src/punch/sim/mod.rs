@@ -265,13 +265,48 @@ impl Sim {
     /// Gathers both hosts' candidates and starts the two sessions now: A initiates, B
     /// responds, each with its own seed.
     pub fn start(&mut self, cfg: &PunchConfig, seeds: [[u8; 32]; 2]) {
-        for (i, role) in [(0, Role::Initiator), (1, Role::Responder)] {
-            let (cands, hint) = self.gather(i);
-            let s = PunchSession::new(role, self.now, cfg.clone(), cands, hint, seeds[i]);
+        let gathered = [self.gather(0), self.gather(1)];
+        self.start_with(cfg, seeds, gathered);
+    }
+
+    /// Starts the two sessions now with candidates gathered earlier (possibly stale).
+    pub fn start_with(
+        &mut self,
+        cfg: &PunchConfig,
+        seeds: [[u8; 32]; 2],
+        gathered: [(Vec<Candidate>, MappingHint); 2],
+    ) {
+        let roles = [Role::Initiator, Role::Responder];
+        for (i, (cands, hint)) in gathered.into_iter().enumerate() {
+            let s = PunchSession::new(roles[i], self.now, cfg.clone(), cands, hint, seeds[i]);
             self.hosts[i].session = Some(s);
             self.hosts[i].started = Some(self.now);
         }
         self.drain();
+    }
+
+    /// Sends one datagram from host `i`'s socket to `dst` instantly and losslessly through
+    /// both sites (as QUIC would over the punched path): returns the source address the
+    /// other host sees, or `None` if a site drops it or `dst` is unroutable.
+    pub fn path_check(&mut self, i: usize, dst: SocketAddr) -> Option<SocketAddr> {
+        let now = self.now;
+        let (i, j) = (i % 2, 1 - i % 2);
+        if self.hosts[j].public_ip != dst.ip() {
+            return None;
+        }
+        let h = &mut self.hosts[i];
+        let src = match (&h.site, h.nat.as_mut()) {
+            (SiteKind::Public, _) => h.local,
+            (SiteKind::Nat(_), Some(nat)) => nat.outbound(now, h.local, dst),
+            _ => return None,
+        };
+        let h = &mut self.hosts[j];
+        let admitted = match (&h.site, h.nat.as_mut()) {
+            (SiteKind::Public, _) => dst == h.local,
+            (SiteKind::Nat(_), Some(nat)) => nat.inbound(now, src, dst.port()) == Some(h.local),
+            _ => false,
+        };
+        admitted.then_some(src)
     }
 
     /// Host `i`'s session, once started.
