@@ -146,7 +146,7 @@ pub fn is_usable(addr: SocketAddr) -> bool {
 /// and keeps at most [`MAX_CANDIDATES`].
 pub fn sanitize(mut cands: Vec<Candidate>) -> Vec<Candidate> {
     cands.retain(|c| is_usable(c.addr) && c.kind.wire_name().is_some());
-    cands.sort_by(|a, b| b.priority.cmp(&a.priority));
+    cands.sort_by_key(|c| std::cmp::Reverse(c.priority));
     let mut out: Vec<Candidate> = Vec::with_capacity(cands.len().min(MAX_CANDIDATES));
     for c in cands {
         if out.len() == MAX_CANDIDATES {

@@ -92,7 +92,8 @@ impl Datagram {
     /// Decodes a datagram; `None` for anything that is not exactly a well-formed punch
     /// datagram of this version (such input is simply ignored by sessions).
     pub fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() < PROBE_LEN || b.len() > MAX_DATAGRAM_LEN || !is_punch_datagram(b) || b[4] != PUNCH_VERSION {
+        if b.len() < PROBE_LEN || b.len() > MAX_DATAGRAM_LEN || !is_punch_datagram(b) || b[4] != PUNCH_VERSION
+        {
             return None;
         }
         let mut token = [0u8; 16];

@@ -126,7 +126,9 @@ impl PunchMessage {
             PunchMessage::Ping { seq, sent_us } | PunchMessage::Pong { seq, sent_us } => {
                 to_vec(&PingBody { ty: t, seq: *seq, sent_us: *sent_us })
             }
-            PunchMessage::Sync { round, rtt_us } => to_vec(&SyncBody { ty: t, round: *round, rtt_us: *rtt_us }),
+            PunchMessage::Sync { round, rtt_us } => {
+                to_vec(&SyncBody { ty: t, round: *round, rtt_us: *rtt_us })
+            }
             PunchMessage::Success { remote } => to_vec(&SuccessBody { ty: t, remote: WireAddr(*remote) }),
             PunchMessage::Failure { reason } => {
                 to_vec(&FailureBody { ty: t, reason: truncate(reason, MAX_REASON_LEN).to_owned() })
@@ -213,7 +215,11 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
 fn wire_candidates(c: &[Candidate]) -> Vec<WireCandidate> {
     c.iter()
         .filter_map(|c| {
-            Some(WireCandidate { kind: c.kind.wire_name()?.into(), addr: WireAddr(c.addr), priority: c.priority })
+            Some(WireCandidate {
+                kind: c.kind.wire_name()?.into(),
+                addr: WireAddr(c.addr),
+                priority: c.priority,
+            })
         })
         .take(MAX_CANDIDATES)
         .collect()
@@ -281,9 +287,9 @@ impl Serialize for WireAddr {
 impl<'de> Deserialize<'de> for WireAddr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let b = serde_bytes::ByteBuf::deserialize(d)?;
-        addr_from_bytes(&b)
-            .map(WireAddr)
-            .ok_or_else(|| serde::de::Error::custom(format!("address of {} bytes (expected 6 or 18)", b.len())))
+        addr_from_bytes(&b).map(WireAddr).ok_or_else(|| {
+            serde::de::Error::custom(format!("address of {} bytes (expected 6 or 18)", b.len()))
+        })
     }
 }
 

@@ -409,7 +409,9 @@ impl PunchSession {
         let state_timer = match self.state {
             State::Succeeded { .. } | State::Failed => return None,
             State::AwaitingOffer | State::Listening => None,
-            State::Gathering { since, .. } | State::Measuring { since, .. } => Some(since + self.cfg.message_timeout),
+            State::Gathering { since, .. } | State::Measuring { since, .. } => {
+                Some(since + self.cfg.message_timeout)
+            }
             State::Scheduled { at, .. } => Some(at),
             State::Punching { ends_at, .. } => Some(ends_at),
             State::Backoff { until, .. } => Some(until),
@@ -446,7 +448,9 @@ impl PunchSession {
         match (self.role, self.state, msg) {
             (_, _, PunchMessage::Ping { seq, sent_us }) => self.send(PunchMessage::Pong { seq, sent_us }),
             (_, _, PunchMessage::Unknown) => {}
-            (_, _, PunchMessage::Failure { reason }) => self.end(now, Event::Failed { reason: FailReason::PeerFailed(reason) }),
+            (_, _, PunchMessage::Failure { reason }) => {
+                self.end(now, Event::Failed { reason: FailReason::PeerFailed(reason) })
+            }
             (Role::Initiator, _, PunchMessage::Pong { seq, sent_us }) => self.on_pong(now, seq, sent_us),
             (Role::Responder, _, PunchMessage::Pong { .. }) => {}
             (Role::Responder, State::AwaitingOffer, PunchMessage::Offer { token, mapping, candidates }) => {
@@ -455,7 +459,11 @@ impl PunchSession {
                 self.send(PunchMessage::Answer { mapping: self.mapping, candidates: self.local.clone() });
                 self.state = State::Listening;
             }
-            (Role::Initiator, State::Gathering { since, answer: false, pong }, PunchMessage::Answer { mapping, candidates }) => {
+            (
+                Role::Initiator,
+                State::Gathering { since, answer: false, pong },
+                PunchMessage::Answer { mapping, candidates },
+            ) => {
                 self.set_remote(mapping, candidates);
                 if self.remote.is_empty() && self.local.is_empty() {
                     self.fail(now, FailReason::NoCandidates);
@@ -472,7 +480,11 @@ impl PunchSession {
             {
                 self.start_round(now, round);
             }
-            (Role::Responder, State::Listening | State::Punching { .. }, PunchMessage::Success { remote }) => {
+            (
+                Role::Responder,
+                State::Listening | State::Punching { .. },
+                PunchMessage::Success { remote },
+            ) => {
                 if self.seen.contains(&remote) {
                     self.end(now, Event::Succeeded { remote });
                 } else {
@@ -480,7 +492,8 @@ impl PunchSession {
                 }
             }
             (_, state, msg) => {
-                let e = PunchProtocolError::Unexpected { message: msg.type_name(), state: state.phase().name() };
+                let e =
+                    PunchProtocolError::Unexpected { message: msg.type_name(), state: state.phase().name() };
                 self.fail(now, FailReason::Protocol(e));
             }
         }
@@ -582,7 +595,8 @@ impl PunchSession {
 
     fn send_ping(&mut self, now: Instant) {
         self.ping_seq = self.ping_seq.wrapping_add(1);
-        let sent_us = u64::try_from(now.saturating_duration_since(self.started).as_micros()).unwrap_or(u64::MAX);
+        let sent_us =
+            u64::try_from(now.saturating_duration_since(self.started).as_micros()).unwrap_or(u64::MAX);
         self.ping_outstanding = Some(self.ping_seq);
         self.send(PunchMessage::Ping { seq: self.ping_seq, sent_us });
     }
@@ -669,7 +683,7 @@ impl PunchSession {
 
     fn start_round(&mut self, now: Instant, round: u8) {
         self.round = round;
-        self.targets.sort_by(|a, b| b.priority.cmp(&a.priority));
+        self.targets.sort_by_key(|t| std::cmp::Reverse(t.priority));
         for t in &mut self.targets {
             t.remaining = self.cfg.probes_per_round;
         }
@@ -711,7 +725,9 @@ impl PunchSession {
         }
         match self.role {
             Role::Responder => self.state = State::Listening,
-            Role::Initiator if round >= self.cfg.rounds => self.fail(now, FailReason::NoPath { rounds: round }),
+            Role::Initiator if round >= self.cfg.rounds => {
+                self.fail(now, FailReason::NoPath { rounds: round })
+            }
             Role::Initiator => {
                 let factor = 1u32 << u32::from(round.saturating_sub(1)).min(16);
                 let until = now + self.cfg.backoff.saturating_mul(factor);

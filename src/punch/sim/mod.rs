@@ -174,16 +174,18 @@ pub struct Sim {
 impl Sim {
     /// A network at virtual time `start` (any instant: only differences matter).
     pub fn new(start: Instant, cfg: SimConfig) -> Self {
-        let publics = [IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10)), IpAddr::V4(Ipv4Addr::new(198, 51, 100, 20))];
+        let publics =
+            [IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10)), IpAddr::V4(Ipv4Addr::new(198, 51, 100, 20))];
         let privates = [IpAddr::V4(Ipv4Addr::new(10, 0, 1, 2)), IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2))];
-        let mut rng = cfg.seed ^ 0x5eed_0f_5100_u64;
+        let mut rng = cfg.seed ^ 0x005e_ed0f_5100_u64;
         let host = |i: usize, rng: &mut u64| {
             let site = cfg.sites[i];
             let (local, nat) = match site {
                 SiteKind::Public => (SocketAddr::new(publics[i], HOST_PORT), None),
-                SiteKind::Nat(c) => {
-                    (SocketAddr::new(privates[i], HOST_PORT), Some(NatBox::new(publics[i], c, nat::splitmix(rng))))
-                }
+                SiteKind::Nat(c) => (
+                    SocketAddr::new(privates[i], HOST_PORT),
+                    Some(NatBox::new(publics[i], c, nat::splitmix(rng))),
+                ),
                 SiteKind::UdpBlocked => (SocketAddr::new(privates[i], HOST_PORT), None),
             };
             Host {
@@ -414,7 +416,8 @@ impl Sim {
             while let Some(out) = self.hosts[i].session.as_mut().and_then(PunchSession::poll_output) {
                 match out {
                     Output::SendMessage(msg) => {
-                        let at = self.now + self.hosts[0].link.delay + self.hosts[1].link.delay + self.relay_extra;
+                        let at =
+                            self.now + self.hosts[0].link.delay + self.hosts[1].link.delay + self.relay_extra;
                         self.schedule(at, Delivery::Message { to: 1 - i, bytes: msg.encode() });
                     }
                     Output::SendDatagram { to, bytes } => self.send_datagram(i, to, bytes),

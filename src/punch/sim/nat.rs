@@ -134,8 +134,12 @@ impl Profile {
         use MappingBehavior as M;
         match self {
             Profile::Open => SiteKind::Public,
-            Profile::FullCone => SiteKind::Nat(NatConfig::new(M::EndpointIndependent, F::EndpointIndependent)),
-            Profile::RestrictedCone => SiteKind::Nat(NatConfig::new(M::EndpointIndependent, F::AddressDependent)),
+            Profile::FullCone => {
+                SiteKind::Nat(NatConfig::new(M::EndpointIndependent, F::EndpointIndependent))
+            }
+            Profile::RestrictedCone => {
+                SiteKind::Nat(NatConfig::new(M::EndpointIndependent, F::AddressDependent))
+            }
             Profile::PortRestrictedCone => {
                 SiteKind::Nat(NatConfig::new(M::EndpointIndependent, F::AddressAndPortDependent))
             }
@@ -208,12 +212,20 @@ impl NatBox {
             Some(i) => i,
             None => {
                 if self.mappings.len() >= MAX_MAPPINGS {
-                    if let Some(oldest) = (0..self.mappings.len()).min_by_key(|&i| self.mappings[i].last_outbound) {
+                    if let Some(oldest) =
+                        (0..self.mappings.len()).min_by_key(|&i| self.mappings[i].last_outbound)
+                    {
                         self.mappings.swap_remove(oldest);
                     }
                 }
                 let external_port = self.allocate_port();
-                self.mappings.push(Mapping { internal, key, external_port, contacted: Vec::new(), last_outbound: now });
+                self.mappings.push(Mapping {
+                    internal,
+                    key,
+                    external_port,
+                    contacted: Vec::new(),
+                    last_outbound: now,
+                });
                 self.mappings.len() - 1
             }
         };

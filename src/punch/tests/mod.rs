@@ -14,7 +14,7 @@ use std::{
 };
 
 use super::{
-    sim::{Sim, SimConfig, SideReport},
+    sim::{SideReport, Sim, SimConfig},
     PunchConfig,
 };
 

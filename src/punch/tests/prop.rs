@@ -20,7 +20,12 @@ enum Input {
     Bytes(Vec<u8>),
     /// A probe or ack from one of a few addresses, with the session's token or not, for
     /// a recently sent transaction or not.
-    Datagram { from: u8, ack: bool, right_token: bool, known_txid: bool },
+    Datagram {
+        from: u8,
+        ack: bool,
+        right_token: bool,
+        known_txid: bool,
+    },
     RawDatagram(Vec<u8>),
     Advance(u16),
 }

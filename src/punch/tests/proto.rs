@@ -72,12 +72,17 @@ fn snapshot_datagrams() {
     assert_eq!(hex::encode(probe.encode()), hex);
     assert_eq!(probe.encode().len(), PROBE_LEN);
     assert_eq!(Datagram::decode(&hex::decode(hex).unwrap()), Some(probe));
-    let ack = Datagram::Ack { token: [0x42; 16], txid: 0x0102_0304_0506_0708, observed: addr("203.0.113.10:20001") };
+    let ack = Datagram::Ack {
+        token: [0x42; 16],
+        txid: 0x0102_0304_0506_0708,
+        observed: addr("203.0.113.10:20001"),
+    };
     let hex = "136b7a70010242424242424242424242424242424242010203040506070804cb00710a4e21";
     assert_eq!(hex::encode(ack.encode()), hex);
     assert_eq!(Datagram::decode(&hex::decode(hex).unwrap()), Some(ack));
     let ack6 = Datagram::Ack { token: [0x42; 16], txid: 1, observed: addr("[2001:db8::1]:443") };
-    let hex = "136b7a7001024242424242424242424242424242424200000000000000010620010db800000000000000000000000101bb";
+    let hex =
+        "136b7a7001024242424242424242424242424242424200000000000000010620010db800000000000000000000000101bb";
     assert_eq!(hex::encode(ack6.encode()), hex);
     assert_eq!(ack6.encode().len(), MAX_DATAGRAM_LEN);
     assert_eq!(Datagram::decode(&hex::decode(hex).unwrap()), Some(ack6));
@@ -115,8 +120,10 @@ fn decode_errors_are_typed() {
     let e = PunchMessage::decode(&hex::decode("81a474797065a470696e67").unwrap()).unwrap_err();
     assert!(matches!(e, PunchDecodeError::Malformed(_)), "{e}");
     // An address of 5 bytes.
-    let e = PunchMessage::decode(&hex::decode("82a474797065a773756363657373a672656d6f7465c405cb00710a4e").unwrap())
-        .unwrap_err();
+    let e = PunchMessage::decode(
+        &hex::decode("82a474797065a773756363657373a672656d6f7465c405cb00710a4e").unwrap(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("5 bytes"), "{e}");
     // Port 0 and the unspecified address are refused.
     let zero = PunchMessage::Success { remote: addr("0.0.0.0:5000") }.encode();
@@ -140,7 +147,9 @@ fn too_many_candidates_are_refused_and_never_sent() {
         other => panic!("{other:?}"),
     }
     // A hand-built message with more is a typed error.
-    let mut raw = hex::decode("83a474797065a6616e73776572a76d617070696e67a365696daa63616e64696461746573dc0011").unwrap();
+    let mut raw =
+        hex::decode("83a474797065a6616e73776572a76d617070696e67a365696daa63616e64696461746573dc0011")
+            .unwrap();
     let one = hex::decode("83a46b696e64a4686f7374a461646472c406c0000201138aa87072696f7269747901").unwrap();
     for _ in 0..17 {
         raw.extend_from_slice(&one);
@@ -151,7 +160,10 @@ fn too_many_candidates_are_refused_and_never_sent() {
 #[test]
 fn forward_compatibility() {
     // Unknown type, unknown field, unknown candidate kind, unknown mapping name.
-    assert_eq!(PunchMessage::decode(&hex::decode("81a474797065a3666f6f").unwrap()).unwrap(), PunchMessage::Unknown);
+    assert_eq!(
+        PunchMessage::decode(&hex::decode("81a474797065a3666f6f").unwrap()).unwrap(),
+        PunchMessage::Unknown
+    );
     let raw = hex::decode(concat!(
         "84a474797065a6616e73776572a76d617070696e67a3787878aa63616e646964617465739283a46b696e64",
         "a47475726ea461646472c406c0000201138aa87072696f726974790183a46b696e64a4686f7374a461646472",

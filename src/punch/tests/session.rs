@@ -48,7 +48,10 @@ fn initiator_opens_with_offer_and_ping_then_syncs_after_rtt() {
     let t = now + Duration::from_millis(80);
     i.handle_message(t, PunchMessage::Pong { seq: 1, sent_us: 0 });
     assert_eq!(i.rtt(), Some(Duration::from_millis(80)));
-    i.handle_message(t, PunchMessage::Answer { mapping: MappingHint::Unknown, candidates: vec![host("192.0.2.20:5000")] });
+    i.handle_message(
+        t,
+        PunchMessage::Answer { mapping: MappingHint::Unknown, candidates: vec![host("192.0.2.20:5000")] },
+    );
     assert_eq!(drain(&mut i), vec![Output::SendMessage(PunchMessage::Sync { round: 1, rtt_us: 80_000 })]);
     assert_eq!(i.phase(), Phase::Scheduled);
     assert_eq!(i.poll_timeout(), Some(t + Duration::from_millis(40)));
@@ -70,7 +73,7 @@ fn both_sides_start_punching_together() {
         let (_, a, b) = run(cfg, &PunchConfig::default(), 1);
         let (fa, fb) = (a.first_datagram.unwrap(), b.first_datagram.unwrap());
         // The responder's session starts when the sim starts too, so both clocks agree.
-        let skew = if fa > fb { fa - fb } else { fb - fa };
+        let skew = fa.abs_diff(fb);
         assert!(skew <= Duration::from_millis(1), "{delays:?}: {fa:?} vs {fb:?}");
         assert!(a.succeeded().is_some() && b.succeeded().is_some(), "{delays:?}");
     }
@@ -109,7 +112,14 @@ fn forged_and_stray_datagrams_are_ignored() {
 #[test]
 fn a_probe_with_the_right_token_but_an_unknown_ack_is_ignored() {
     let now = t0();
-    let mut i = PunchSession::new(Role::Initiator, now, PunchConfig::default(), vec![], MappingHint::Unknown, [1; 32]);
+    let mut i = PunchSession::new(
+        Role::Initiator,
+        now,
+        PunchConfig::default(),
+        vec![],
+        MappingHint::Unknown,
+        [1; 32],
+    );
     let token = match drain(&mut i).first() {
         Some(Output::SendMessage(PunchMessage::Offer { token, .. })) => *token,
         other => panic!("{other:?}"),
@@ -131,20 +141,39 @@ fn garbage_message_fails_both_sides_cleanly() {
     sim.run_for(Duration::from_secs(20));
     let (a, b) = (sim.report(0), sim.report(1));
     assert!(
-        matches!(&b.event, Some(Event::Failed { reason: FailReason::Protocol(PunchProtocolError::Decode(_)) })),
+        matches!(
+            &b.event,
+            Some(Event::Failed { reason: FailReason::Protocol(PunchProtocolError::Decode(_)) })
+        ),
         "{b:?}"
     );
-    assert!(matches!(&a.event, Some(Event::Failed { reason: FailReason::PeerFailed(r) }) if r.contains("malformed")), "{a:?}");
+    assert!(
+        matches!(&a.event, Some(Event::Failed { reason: FailReason::PeerFailed(r) }) if r.contains("malformed")),
+        "{a:?}"
+    );
     assert!(a.after.unwrap() < Duration::from_millis(200), "the initiator learns it one relay trip later");
 }
 
 #[test]
 fn decode_error_is_returned_and_ends_the_session() {
     let now = t0();
-    let mut r = PunchSession::new(Role::Responder, now, PunchConfig::default(), vec![], MappingHint::Unknown, [1; 32]);
+    let mut r = PunchSession::new(
+        Role::Responder,
+        now,
+        PunchConfig::default(),
+        vec![],
+        MappingHint::Unknown,
+        [1; 32],
+    );
     assert!(r.handle_message_bytes(now, b"\xa3abc").is_err());
     let out = drain(&mut r);
-    assert!(matches!(&out[..], [Output::SendMessage(PunchMessage::Failure { .. }), Output::Event(Event::Failed { .. })]), "{out:?}");
+    assert!(
+        matches!(
+            &out[..],
+            [Output::SendMessage(PunchMessage::Failure { .. }), Output::Event(Event::Failed { .. })]
+        ),
+        "{out:?}"
+    );
     assert!(r.is_finished() && r.poll_timeout().is_none());
     // Nothing more comes out of a finished session.
     r.handle_message(now, PunchMessage::Ping { seq: 1, sent_us: 1 });
@@ -158,16 +187,25 @@ fn out_of_order_messages_are_protocol_errors() {
     let cases: [(Role, PunchMessage); 4] = [
         (Role::Responder, PunchMessage::Sync { round: 1, rtt_us: 0 }),
         (Role::Responder, PunchMessage::Success { remote: addr("192.0.2.1:1") }),
-        (Role::Initiator, PunchMessage::Offer { token: [0; 16], mapping: MappingHint::Unknown, candidates: vec![] }),
+        (
+            Role::Initiator,
+            PunchMessage::Offer { token: [0; 16], mapping: MappingHint::Unknown, candidates: vec![] },
+        ),
         (Role::Initiator, PunchMessage::Sync { round: 1, rtt_us: 0 }),
     ];
     for (role, msg) in cases {
-        let mut s = PunchSession::new(role, now, PunchConfig::default(), vec![], MappingHint::Unknown, [1; 32]);
+        let mut s =
+            PunchSession::new(role, now, PunchConfig::default(), vec![], MappingHint::Unknown, [1; 32]);
         drain(&mut s);
         s.handle_message(now, msg.clone());
         let out = drain(&mut s);
         assert!(
-            matches!(out.last(), Some(Output::Event(Event::Failed { reason: FailReason::Protocol(PunchProtocolError::Unexpected { .. }) }))),
+            matches!(
+                out.last(),
+                Some(Output::Event(Event::Failed {
+                    reason: FailReason::Protocol(PunchProtocolError::Unexpected { .. })
+                }))
+            ),
             "{role:?} {msg:?}: {out:?}"
         );
     }
@@ -176,44 +214,82 @@ fn out_of_order_messages_are_protocol_errors() {
 #[test]
 fn nomination_of_an_address_never_seen_is_refused() {
     let now = t0();
-    let mut r = PunchSession::new(Role::Responder, now, PunchConfig::default(), vec![], MappingHint::Unknown, [1; 32]);
-    r.handle_message(now, PunchMessage::Offer { token: [3; 16], mapping: MappingHint::Unknown, candidates: vec![] });
+    let mut r = PunchSession::new(
+        Role::Responder,
+        now,
+        PunchConfig::default(),
+        vec![],
+        MappingHint::Unknown,
+        [1; 32],
+    );
+    r.handle_message(
+        now,
+        PunchMessage::Offer { token: [3; 16], mapping: MappingHint::Unknown, candidates: vec![] },
+    );
     drain(&mut r);
     r.handle_message(now, PunchMessage::Success { remote: addr("192.0.2.1:1") });
-    assert!(matches!(drain(&mut r).last(), Some(Output::Event(Event::Failed { reason: FailReason::Protocol(PunchProtocolError::BadNomination(_)) }))));
+    assert!(matches!(
+        drain(&mut r).last(),
+        Some(Output::Event(Event::Failed {
+            reason: FailReason::Protocol(PunchProtocolError::BadNomination(_))
+        }))
+    ));
 }
 
 #[test]
 fn silent_peer_times_out() {
     let now = t0();
     let cfg = PunchConfig::default();
-    let mut i = PunchSession::new(Role::Initiator, now, cfg.clone(), vec![host("192.0.2.1:5")], MappingHint::Unknown, [1; 32]);
+    let mut i = PunchSession::new(
+        Role::Initiator,
+        now,
+        cfg.clone(),
+        vec![host("192.0.2.1:5")],
+        MappingHint::Unknown,
+        [1; 32],
+    );
     drain(&mut i);
     assert_eq!(i.poll_timeout(), Some(now + cfg.message_timeout));
     i.handle_timeout(now + cfg.message_timeout);
-    assert!(matches!(drain(&mut i).last(), Some(Output::Event(Event::Failed { reason: FailReason::PeerUnresponsive { .. } }))));
+    assert!(matches!(
+        drain(&mut i).last(),
+        Some(Output::Event(Event::Failed { reason: FailReason::PeerUnresponsive { .. } }))
+    ));
     // A responder that never hears an offer ends at its deadline.
     let mut r = PunchSession::new(Role::Responder, now, cfg.clone(), vec![], MappingHint::Unknown, [1; 32]);
     assert_eq!(r.poll_timeout(), Some(now + cfg.deadline + cfg.message_timeout));
     r.handle_timeout(now + cfg.deadline + cfg.message_timeout);
-    assert!(matches!(drain(&mut r).last(), Some(Output::Event(Event::Failed { reason: FailReason::DeadlineExceeded(_) }))));
+    assert!(matches!(
+        drain(&mut r).last(),
+        Some(Output::Event(Event::Failed { reason: FailReason::DeadlineExceeded(_) }))
+    ));
 }
 
 #[test]
 fn close_tells_the_peer() {
     let now = t0();
-    let mut i = PunchSession::new(Role::Initiator, now, PunchConfig::default(), vec![], MappingHint::Unknown, [1; 32]);
+    let mut i = PunchSession::new(
+        Role::Initiator,
+        now,
+        PunchConfig::default(),
+        vec![],
+        MappingHint::Unknown,
+        [1; 32],
+    );
     drain(&mut i);
     i.close(now);
     let out = drain(&mut i);
-    assert!(matches!(&out[..], [Output::SendMessage(PunchMessage::Failure { reason }), Output::Event(Event::Failed { reason: FailReason::Cancelled })] if reason == "cancelled"));
+    assert!(
+        matches!(&out[..], [Output::SendMessage(PunchMessage::Failure { reason }), Output::Event(Event::Failed { reason: FailReason::Cancelled })] if reason == "cancelled")
+    );
 }
 
 #[test]
 fn symmetric_responder_is_reached_through_its_peer_reflexive_address() {
     // The responder's NAT gives each destination a new port: the initiator only ever
     // reaches it at an address it never offered.
-    let (mut sim, a, b) = run(SimConfig::profiles(Profile::FullCone, Profile::Symmetric, 4), &PunchConfig::default(), 4);
+    let (mut sim, a, b) =
+        run(SimConfig::profiles(Profile::FullCone, Profile::Symmetric, 4), &PunchConfig::default(), 4);
     let remote = a.succeeded().expect("full cone × symmetric must punch");
     let offered = sim.gather(1).0;
     assert!(offered.iter().all(|c| c.addr != remote), "{remote} was offered");
@@ -226,8 +302,14 @@ fn symmetric_responder_is_reached_through_its_peer_reflexive_address() {
 fn stale_server_reflexive_mapping_is_recovered_by_adoption() {
     // A's STUN mapping expires before the session starts: its NAT picks a new port, and
     // B (full cone) learns it from A's packets.
-    let nat = NatConfig { mapping_timeout: Duration::from_secs(30), ..NatConfig::new(MappingBehavior::EndpointIndependent, FilteringBehavior::AddressAndPortDependent) };
-    let cfg = SimConfig { sites: [SiteKind::Nat(nat), Profile::FullCone.site()], ..SimConfig::profiles(Profile::Open, Profile::Open, 8) };
+    let nat = NatConfig {
+        mapping_timeout: Duration::from_secs(30),
+        ..NatConfig::new(MappingBehavior::EndpointIndependent, FilteringBehavior::AddressAndPortDependent)
+    };
+    let cfg = SimConfig {
+        sites: [SiteKind::Nat(nat), Profile::FullCone.site()],
+        ..SimConfig::profiles(Profile::Open, Profile::Open, 8)
+    };
     let mut sim = Sim::new(t0(), cfg);
     let gathered = [sim.gather(0), sim.gather(1)];
     let stale = gathered[0].0.iter().find(|c| c.kind == CandidateKind::ServerReflexive).unwrap().addr;
@@ -252,7 +334,10 @@ fn sequential_symmetric() -> SiteKind {
 
 #[test]
 fn port_prediction_rescues_sequential_symmetric_with_port_restricted() {
-    for (a, b) in [(sequential_symmetric(), Profile::PortRestrictedCone.site()), (Profile::PortRestrictedCone.site(), sequential_symmetric())] {
+    for (a, b) in [
+        (sequential_symmetric(), Profile::PortRestrictedCone.site()),
+        (Profile::PortRestrictedCone.site(), sequential_symmetric()),
+    ] {
         let cfg = SimConfig { sites: [a, b], ..SimConfig::profiles(Profile::Open, Profile::Open, 11) };
         let with = PunchConfig::default();
         let (mut sim, ra, rb) = run(cfg.clone(), &with, 11);
@@ -260,20 +345,27 @@ fn port_prediction_rescues_sequential_symmetric_with_port_restricted() {
         assert_eq!(sim.path_check(0, remote), rb.succeeded());
         let without = PunchConfig { port_prediction: 0, ..PunchConfig::default() };
         let (_, ra, _) = run(cfg, &without, 11);
-        assert!(matches!(ra.event, Some(Event::Failed { reason: FailReason::NoPath { rounds: 3 } })), "{ra:?}");
+        assert!(
+            matches!(ra.event, Some(Event::Failed { reason: FailReason::NoPath { rounds: 3 } })),
+            "{ra:?}"
+        );
     }
 }
 
 #[test]
 fn address_dependent_mapping_behaves_between_cone_and_symmetric() {
-    let adm = SiteKind::Nat(NatConfig::new(MappingBehavior::AddressDependent, FilteringBehavior::AddressAndPortDependent));
+    let adm = SiteKind::Nat(NatConfig::new(
+        MappingBehavior::AddressDependent,
+        FilteringBehavior::AddressAndPortDependent,
+    ));
     for (peer, direct) in [
         (Profile::FullCone, true),
         (Profile::RestrictedCone, true),
         (Profile::PortRestrictedCone, false),
         (Profile::Symmetric, false),
     ] {
-        let cfg = SimConfig { sites: [adm, peer.site()], ..SimConfig::profiles(Profile::Open, Profile::Open, 12) };
+        let cfg =
+            SimConfig { sites: [adm, peer.site()], ..SimConfig::profiles(Profile::Open, Profile::Open, 12) };
         let (_, a, b) = run(cfg, &PunchConfig { port_prediction: 0, ..PunchConfig::default() }, 12);
         assert_eq!(a.succeeded().is_some(), direct, "ADM+APDF × {peer:?}: {a:?}");
         assert_eq!(b.succeeded().is_some(), direct, "ADM+APDF × {peer:?}: {b:?}");
@@ -286,7 +378,8 @@ fn retries_survive_a_lossy_first_round() {
     let mut successes = 0;
     let mut later_rounds = 0;
     for seed in 0..10u8 {
-        let mut cfg = SimConfig::profiles(Profile::PortRestrictedCone, Profile::RestrictedCone, u64::from(seed));
+        let mut cfg =
+            SimConfig::profiles(Profile::PortRestrictedCone, Profile::RestrictedCone, u64::from(seed));
         cfg.links = [LinkConfig { delay: Duration::from_millis(30), loss: 0.3 }; 2];
         let (_, a, b) = run(cfg, &PunchConfig::default(), seed);
         assert!(a.event.is_some() && b.event.is_some(), "always ends");
