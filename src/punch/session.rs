@@ -282,7 +282,7 @@ impl PunchSession {
     /// A session for `role`, created at `now`.
     ///
     /// `local` are this node's candidates (cleaned with
-    /// [`sanitize`](super::candidates::sanitize)); `mapping` is this node's NAT mapping
+    /// [`sanitize`]); `mapping` is this node's NAT mapping
     /// behaviour if NAT detection measured it; `seed` drives the token and transaction
     /// ids — pass 32 bytes from the OS CSPRNG in production, a constant in tests.
     /// An initiator queues its `offer` and first `ping` at once: drain
