@@ -15,8 +15,10 @@
 //!   [`transport::tcp`], [`transport::quic`] and [`transport::ws`] (WebSocket);
 //! * [`relay`] — the relay protocol's sans-IO core: messages, admission, limits, the
 //!   relay's and the client's state machines;
-//! * [`health`], [`pool`] — keep-alive/RTT and per-peer connection reuse;
-//! * [`nat`] — NAT behaviour discovery over STUN (RFC 4787 / RFC 5780).
+//! * [`nat`] — NAT behaviour discovery over STUN (RFC 4787 / RFC 5780);
+//! * [`punch`] — hole punching: the [`punch::PunchSession`] machine, its messages and a
+//!   NAT simulator;
+//! * [`health`], [`pool`] — keep-alive/RTT and per-peer connection reuse.
 
 pub mod address;
 pub mod error;
@@ -27,6 +29,7 @@ pub mod nat;
 pub mod negotiate;
 pub mod node;
 pub mod pool;
+pub mod punch;
 pub mod relay;
 pub mod secure;
 pub mod transport;

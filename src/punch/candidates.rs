@@ -1,0 +1,187 @@
+//! Candidates: the addresses a node offers its peer for punching, their kinds and
+//! priorities, and the target list a session derives from the peer's offer (including
+//! predicted ports).
+//!
+//! Kinds and priorities follow ICE (RFC 8445 §5.1.2) in spirit: a host address is
+//! preferred over a peer-reflexive one, which is preferred over a server-reflexive one;
+//! an address observed by the relay (the source of the node's relay connection — a TCP
+//! mapping, so at best its IP is right for UDP) comes last.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::MAX_CANDIDATES;
+
+/// Where a candidate address comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CandidateKind {
+    /// An address of a local interface (the node's UDP socket's port).
+    Host,
+    /// The mapping a STUN server reported for the node's UDP socket.
+    ServerReflexive,
+    /// The address the relay saw the node's relay connection come from.
+    RelayObserved,
+    /// An address a punch packet of the peer actually came from, learned during the
+    /// session (never offered on the wire).
+    PeerReflexive,
+    /// A port guessed next to a server-reflexive candidate of a peer whose NAT maps per
+    /// destination (never offered on the wire).
+    Predicted,
+}
+
+impl CandidateKind {
+    /// ICE-style type preference (RFC 8445 §5.1.2.2: host 126, peer-reflexive 110,
+    /// server-reflexive 100); the relay-observed and predicted kinds are guesses and get
+    /// the lowest preferences.
+    pub fn type_preference(self) -> u32 {
+        match self {
+            CandidateKind::Host => 126,
+            CandidateKind::PeerReflexive => 110,
+            CandidateKind::ServerReflexive => 100,
+            CandidateKind::RelayObserved => 10,
+            CandidateKind::Predicted => 5,
+        }
+    }
+
+    /// The kind's name on the wire, for the kinds that are offered.
+    pub fn wire_name(self) -> Option<&'static str> {
+        match self {
+            CandidateKind::Host => Some("host"),
+            CandidateKind::ServerReflexive => Some("srflx"),
+            CandidateKind::RelayObserved => Some("relay"),
+            CandidateKind::PeerReflexive | CandidateKind::Predicted => None,
+        }
+    }
+
+    /// The offered kind named `s` on the wire.
+    pub fn from_wire_name(s: &str) -> Option<Self> {
+        match s {
+            "host" => Some(CandidateKind::Host),
+            "srflx" => Some(CandidateKind::ServerReflexive),
+            "relay" => Some(CandidateKind::RelayObserved),
+            _ => None,
+        }
+    }
+}
+
+/// One address offered for punching.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Candidate {
+    /// What kind of address it is.
+    pub kind: CandidateKind,
+    /// The address.
+    pub addr: SocketAddr,
+    /// Higher is tried first.
+    pub priority: u32,
+}
+
+impl Candidate {
+    /// A candidate with the default priority of its kind: `type_preference << 24`, minus
+    /// `index` (the position among candidates of the same kind, most preferred first) so
+    /// priorities stay distinct.
+    pub fn new(kind: CandidateKind, addr: SocketAddr, index: u16) -> Self {
+        let priority = (kind.type_preference() << 24) | (0xffff - u32::from(index)) << 8 | 0xff;
+        Self { kind, addr, priority }
+    }
+}
+
+/// The sender's NAT mapping behaviour (RFC 4787 §4.1), as its NAT detection found it.
+/// It tells the peer whether predicting ports next to the sender's server-reflexive
+/// address is worth trying.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MappingHint {
+    /// Not measured.
+    #[default]
+    Unknown,
+    /// Endpoint-independent mapping (or no NAT): the STUN mapping is what peers see.
+    EndpointIndependent,
+    /// Address-dependent mapping: a new mapping per destination IP.
+    AddressDependent,
+    /// Address-and-port-dependent mapping ("symmetric"): a new mapping per destination.
+    AddressAndPortDependent,
+}
+
+impl MappingHint {
+    /// Its name on the wire.
+    pub fn wire_name(self) -> &'static str {
+        match self {
+            MappingHint::Unknown => "unknown",
+            MappingHint::EndpointIndependent => "eim",
+            MappingHint::AddressDependent => "adm",
+            MappingHint::AddressAndPortDependent => "apdm",
+        }
+    }
+
+    /// The hint named `s` (unknown names: [`MappingHint::Unknown`]).
+    pub fn from_wire_name(s: &str) -> Self {
+        match s {
+            "eim" => MappingHint::EndpointIndependent,
+            "adm" => MappingHint::AddressDependent,
+            "apdm" => MappingHint::AddressAndPortDependent,
+            _ => MappingHint::Unknown,
+        }
+    }
+
+    /// Whether the NAT allocates a new mapping per destination, so that the mapping a
+    /// peer will see differs from the STUN one (and predicting it may help).
+    pub fn is_destination_dependent(self) -> bool {
+        matches!(self, MappingHint::AddressDependent | MappingHint::AddressAndPortDependent)
+    }
+}
+
+/// Whether packets may be sent to `addr`: not port 0, not unspecified, not multicast,
+/// not the IPv4 broadcast address. Offers naming such addresses are rejected, so a peer
+/// cannot turn a session into a broadcast or multicast source.
+pub fn is_usable(addr: SocketAddr) -> bool {
+    if addr.port() == 0 {
+        return false;
+    }
+    match addr.ip() {
+        IpAddr::V4(ip) => !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast()),
+        IpAddr::V6(ip) => !(ip.is_unspecified() || ip.is_multicast()),
+    }
+}
+
+/// Cleans a local candidate list before offering it: drops unusable addresses and
+/// duplicates (keeping the higher priority), sorts by priority (highest first, stable),
+/// and keeps at most [`MAX_CANDIDATES`].
+pub fn sanitize(mut cands: Vec<Candidate>) -> Vec<Candidate> {
+    cands.retain(|c| is_usable(c.addr) && c.kind.wire_name().is_some());
+    cands.sort_by_key(|c| std::cmp::Reverse(c.priority));
+    let mut out: Vec<Candidate> = Vec::with_capacity(cands.len().min(MAX_CANDIDATES));
+    for c in cands {
+        if out.len() == MAX_CANDIDATES {
+            break;
+        }
+        if !out.iter().any(|o| o.addr == c.addr) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Ports predicted for a peer whose NAT maps per destination: the `window` ports right
+/// above each of its server-reflexive candidates (many such NATs allocate sequentially,
+/// so the mapping created toward this node is likely a few ports above the one the STUN
+/// server saw). At most [`MAX_PREDICTED`] addresses, in order of distance.
+pub fn predicted_ports(remote: &[Candidate], hint: MappingHint, window: u16) -> Vec<SocketAddr> {
+    if !hint.is_destination_dependent() || window == 0 {
+        return Vec::new();
+    }
+    let bases: Vec<SocketAddr> =
+        remote.iter().filter(|c| c.kind == CandidateKind::ServerReflexive).map(|c| c.addr).collect();
+    let mut out = Vec::new();
+    for delta in 1..=window {
+        for base in &bases {
+            let Some(port) = base.port().checked_add(delta) else { continue };
+            let addr = SocketAddr::new(base.ip(), port);
+            if out.len() < MAX_PREDICTED && !out.contains(&addr) && !remote.iter().any(|c| c.addr == addr) {
+                out.push(addr);
+            }
+        }
+    }
+    out
+}
+
+/// Most predicted ports per session. 16: a window of 8 over two server-reflexive
+/// addresses (IPv4 and IPv6); prediction is a bonus and must not flood the peer's NAT.
+pub const MAX_PREDICTED: usize = 16;
