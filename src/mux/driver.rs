@@ -544,7 +544,9 @@ impl Mux {
             if sh.cause.is_some() {
                 return Poll::Ready(Err(inner.closed_error(&sh)));
             }
-            if let Some(w) = io.as_mut().filter(|_| !sh.io_busy) {
+            // Only when nothing is left over from an earlier partial write: the leftover
+            // is unbounded by the queue's room, so it must drain before more bypasses it.
+            if let Some(w) = io.as_mut().filter(|w| !sh.io_busy && !w.has_pending()) {
                 sh.io_busy = true;
                 w.collect(&mut sh);
                 drop(sh);
@@ -775,7 +777,8 @@ impl AsyncWrite for MuxStream {
                 return Poll::Pending;
             }
             let n = buf.len().min(MAX_DATA_CHUNK).min(credit as usize);
-            if let Some(w) = io.as_mut().filter(|_| !sh.io_busy && n >= DIRECT_WRITE_MIN) {
+            if let Some(w) = io.as_mut().filter(|w| !sh.io_busy && n >= DIRECT_WRITE_MIN && !w.has_pending())
+            {
                 // Take the role, the credit, and everything queued before this frame in
                 // one critical section, so that nothing queued later (a reset echo for
                 // this stream) can be written before it.

@@ -252,6 +252,36 @@ async fn a_reader_that_does_not_read_bounds_the_writer() {
 }
 
 #[tokio::test]
+async fn a_slow_consumer_of_large_messages_stops_the_sender() {
+    // Large messages take the direct-write path; a socket that stops draining must still
+    // stop the sender (a partial direct write must not let later ones bypass the queue).
+    let small = MuxConfig { message_queue: 4, ..config() };
+    let (a, b) = pair_with(config(), small);
+    let sent = Arc::new(AtomicUsize::new(0));
+    let count = sent.clone();
+    let sender = tokio::spawn(async move {
+        let msg = Bytes::from(vec![0u8; 64 * 1024]);
+        loop {
+            if a.send_message(msg.clone()).await.is_err() {
+                return;
+            }
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stalled_at = sent.load(Ordering::SeqCst);
+    // Receive queue (4) + reader buffers (2 MiB) + duplex buffer (256 KiB) + outbound
+    // queue (1 MiB) + one partial write: well under 100 messages of 64 KiB.
+    assert!(stalled_at < 100, "sender not slowed: {stalled_at} x 64 KiB accepted");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sent.load(Ordering::SeqCst), stalled_at, "sender kept going");
+    for _ in 0..stalled_at {
+        within(b.recv_message()).await.unwrap().unwrap();
+    }
+    sender.abort();
+}
+
+#[tokio::test]
 async fn a_slow_message_consumer_stops_the_sender() {
     let small = MuxConfig { message_queue: 4, ..config() };
     let (a, b) = pair_with(config(), small);
