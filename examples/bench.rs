@@ -17,6 +17,8 @@
 mod actors;
 #[path = "bench/core.rs"]
 mod core_bench;
+#[path = "bench/relay.rs"]
+mod relay;
 #[path = "bench/util.rs"]
 mod util;
 
@@ -31,6 +33,9 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if opts.suite == "actors" || opts.suite == "all" {
         drop(rt);
         actors::run(&opts)?;
+    }
+    if opts.suite == "relay" || opts.suite == "all" {
+        relay::run(&opts)?;
     }
     Ok(())
 }

@@ -258,6 +258,49 @@ async fn data_cap_and_bandwidth_are_enforced_per_circuit() {
 }
 
 #[actix_rt::test]
+async fn a_burst_of_new_circuits_does_not_stop_a_circuit_under_backpressure() {
+    // Every new circuit changes every open circuit's fair share (total / open).
+    let mut cfg = config(Admission::open());
+    cfg.limits = RelayLimits {
+        circuit_bandwidth: 1 << 30,
+        total_bandwidth: 1 << 30,
+        max_circuit_bytes: 1 << 40,
+        ..RelayLimits::default()
+    };
+    let relay = start(cfg).await;
+    let url = relay.url.clone();
+    let kb = key(2);
+    let mut cb = reserve(&url, &kb).await;
+    let (mut a, mut b) = circuit(&url, &key(1), &kb, &mut cb).await;
+    // b does not read: a's data fills the sockets and the forwarder waits on its write
+    // (backpressure, not a fault).
+    const MSGS: usize = 512; // 32 MiB, far beyond loopback socket buffers
+    let writer = actix_rt::spawn(async move {
+        for _ in 0..MSGS {
+            a.send(Message::Binary(vec![3u8; 64 * 1024].into())).await.unwrap();
+        }
+        a
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // More new circuits (each a new fair share) than the forwarder's command queue holds.
+    let mut others = Vec::new();
+    for i in 0..24 {
+        others.push(circuit(&url, &key(10 + i), &kb, &mut cb).await);
+    }
+    // Once b reads again, everything arrives: the circuit survived the burst.
+    let mut got = 0;
+    while got < MSGS * 64 * 1024 {
+        match next(&mut b).await {
+            Got::Data(d) => got += d.len(),
+            other => panic!("after {got} bytes: {other:?}"),
+        }
+    }
+    writer.await.unwrap();
+    let m = relay.addr.send(GetRelayMetrics).await.unwrap();
+    assert_eq!(m.circuits_open, 25);
+}
+
+#[actix_rt::test]
 async fn circuit_duration_is_limited() {
     let mut cfg = config(Admission::open());
     cfg.limits = RelayLimits { max_circuit_duration: Duration::from_secs(1), ..RelayLimits::default() };

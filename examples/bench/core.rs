@@ -22,7 +22,7 @@ pub(crate) fn node(seed: u8) -> Result<Arc<LocalNode>, BoxError> {
     Ok(LocalNode::new(NodeConfig::new(Keypair::from_seed([seed; 32])))?)
 }
 
-async fn pump<W: AsyncWrite + Unpin>(w: &mut W, bytes: u64) -> std::io::Result<()> {
+pub(crate) async fn pump<W: AsyncWrite + Unpin>(w: &mut W, bytes: u64) -> std::io::Result<()> {
     let buf = vec![0x5au8; CHUNK];
     let mut left = bytes;
     while left > 0 {
@@ -33,7 +33,7 @@ async fn pump<W: AsyncWrite + Unpin>(w: &mut W, bytes: u64) -> std::io::Result<(
     w.flush().await
 }
 
-async fn drain<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<u64> {
+pub(crate) async fn drain<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0;
     loop {

@@ -4,8 +4,10 @@
 //!   WebSockets (handed over by their connection tasks) and the circuit's
 //!   [`TokenBucket`].
 //! * **In:** [`FwdCmd`]s from the server actor on a bounded channel (`Send` an `error`
-//!   message, `Close` one side with a code, `SetRate` for a new fair share);
-//!   [`StopForwarder`] to abort.
+//!   message, `Close` one side with a code); the circuit's fair share on a `watch`
+//!   channel (latest value wins, so a burst of circuits opening, which changes every
+//!   share once per new circuit, never fills the command queue); [`StopForwarder`] to
+//!   abort.
 //! * **Out:** [`ForwardReport`]s to the server actor (awaited sends, batched per 64 KiB
 //!   or per 100 ms): bytes forwarded each way, bucket waits, a message that would cross
 //!   the data cap, a side whose socket ended; [`ForwarderExited`] when it stops. With a
@@ -34,7 +36,7 @@ use kizuna::relay::{
     CircuitId,
 };
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
     task::AbortHandle,
 };
 
@@ -46,7 +48,8 @@ use super::{
 use crate::runtime::io_runtime;
 
 /// Commands the server actor can queue for one forwarder. 16: one state input yields at
-/// most an `error` and a `Close` per side plus a rate change; the rest is margin.
+/// most an `error` and a `Close` per side; the rest is margin. (Rate changes do not use
+/// the queue.)
 pub(crate) const FORWARDER_QUEUE: usize = 16;
 
 /// Bytes forwarded before a report is sent. 64 KiB (one full message): the state's
@@ -88,8 +91,6 @@ pub(crate) enum FwdCmd {
     Send(Side, Bytes),
     /// Close one side with this WebSocket status code and reason.
     Close(Side, u16, String),
-    /// The circuit's new rate, bytes per second.
-    SetRate(u64),
 }
 
 /// Aborts the forwarding task (both sockets are dropped) and stops the actor.
@@ -104,6 +105,8 @@ pub(crate) struct ForwarderSetup {
     pub(crate) b: oneshot::Receiver<RelayWs>,
     pub(crate) limits: CircuitLimits,
     pub(crate) ctl: mpsc::Receiver<FwdCmd>,
+    /// The circuit's fair share, bytes per second (starts at `limits.rate`).
+    pub(crate) rate: watch::Receiver<u64>,
     pub(crate) reports: Recipient<ForwardReport>,
     pub(crate) exited: Recipient<ForwarderExited>,
     pub(crate) tap: Option<mpsc::Sender<TappedMessage>>,
@@ -230,9 +233,6 @@ impl Forwarding {
 
     async fn command(&mut self, cmd: FwdCmd) {
         match cmd {
-            FwdCmd::SetRate(rate) => {
-                self.bucket.set_rate(Instant::now(), rate);
-            }
             FwdCmd::Send(side, data) => {
                 if let Some(ws) = self.sides[side.index()].as_mut() {
                     let _ = ws.send_message(data).await;
@@ -295,7 +295,7 @@ impl Forwarding {
 }
 
 async fn forward(setup: ForwarderSetup) {
-    let ForwarderSetup { circuit, a, b, limits, mut ctl, reports, tap, live, .. } = setup;
+    let ForwarderSetup { circuit, a, b, limits, mut ctl, mut rate, reports, tap, live, .. } = setup;
     let _live = live;
     let now = Instant::now();
     let mut f = Forwarding {
@@ -319,6 +319,9 @@ async fn forward(setup: ForwarderSetup) {
     }
     let mut ticker = tokio::time::interval(REPORT_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The server actor dropping the rate sender means it is stopping (the ctl channel
+    // closes too); stop watching so that `changed` does not fire forever.
+    let mut rate_open = true;
     while f.sides.iter().any(Option::is_some) {
         let reading = f.forwarding() && f.held.is_none();
         let orphan_deadline = f.stopped_at.map(|t| t + ORPHAN_WAIT);
@@ -328,6 +331,17 @@ async fn forward(setup: ForwarderSetup) {
             cmd = ctl.recv() => match cmd {
                 Some(cmd) => f.command(cmd).await,
                 None => break,
+            },
+            changed = rate.changed(), if rate_open => match changed {
+                Ok(()) => {
+                    let r = *rate.borrow_and_update();
+                    f.bucket.set_rate(Instant::now(), r);
+                    // A held message waits for the bucket: re-time it at the new rate.
+                    if f.held.is_some() {
+                        f.try_forward().await;
+                    }
+                }
+                Err(_) => rate_open = false,
             },
             _ = tokio::time::sleep_until(f.wake), if f.held.is_some() => f.try_forward().await,
             (side, r) = recv_either(sa.as_mut(), sb.as_mut()), if reading => match r {

@@ -139,6 +139,11 @@ enum Link {
 struct ForwarderEntry {
     addr: actix::Addr<RelayForwarderActor>,
     ctl: mpsc::Sender<FwdCmd>,
+    /// The circuit's current fair share (bytes per second). A latest-value channel, not
+    /// a queued command: a burst of circuits opening changes every circuit's share once
+    /// per new circuit, far faster than a forwarder busy with its handover or a write
+    /// drains a queue, and only the newest share matters.
+    rate: watch::Sender<u64>,
     a: ConnId,
     b: ConnId,
 }
@@ -202,7 +207,9 @@ impl RelayServerActor {
                 Output::Close { conn, reason } => self.close_conn(conn, reason),
                 Output::Splice { circuit, a, b, limits } => self.splice(ctx, circuit, a, b, limits),
                 Output::RateChanged { circuit, rate } => {
-                    self.command_forwarder(circuit, FwdCmd::SetRate(rate))
+                    if let Some(f) = self.forwarders.get(&circuit) {
+                        f.rate.send_replace(rate);
+                    }
                 }
                 Output::Event(e) => log_event(&e),
                 other => tracing::debug!(?other, "relay output not handled by this version"),
@@ -301,6 +308,7 @@ impl RelayServerActor {
         let a_rx = handover(a, Side::A);
         let b_rx = handover(b, Side::B);
         let (ctl_tx, ctl_rx) = mpsc::channel(FORWARDER_QUEUE);
+        let (rate_tx, rate_rx) = watch::channel(limits.rate);
         let me = ctx.address();
         let forwarder = RelayForwarderActor::new(super::forwarder::ForwarderSetup {
             circuit,
@@ -308,13 +316,14 @@ impl RelayServerActor {
             b: b_rx,
             limits,
             ctl: ctl_rx,
+            rate: rate_rx,
             reports: me.clone().recipient(),
             exited: me.recipient(),
             tap: self.config.tap.clone(),
             live: connection::LiveGuard::new(self.live.clone()),
         });
         let addr = forwarder.start();
-        self.forwarders.insert(circuit, ForwarderEntry { addr, ctl: ctl_tx, a, b });
+        self.forwarders.insert(circuit, ForwarderEntry { addr, ctl: ctl_tx, rate: rate_tx, a, b });
     }
 
     fn start_tasks(&mut self, ctx: &mut Context<Self>) {
