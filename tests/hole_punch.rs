@@ -62,11 +62,18 @@ async fn relayed_connection_upgrades_to_direct_quic_by_itself() {
         let data = Bytes::from(n.to_be_bytes().to_vec());
         a.addr.send(SendMsg { peer: b.peer, data }).await.unwrap().unwrap();
     }
+    let number = |e: &Event| match e {
+        Event::MessageReceived { data, .. } => Some(u32::from_be_bytes(data[..4].try_into().unwrap())),
+        _ => None,
+    };
+    // Some arrived while b waited for the upgrade (recorded in its history).
     let mut seen = BTreeSet::new();
+    for n in b.history.iter().filter_map(number) {
+        assert!(seen.insert(n), "message {n} delivered twice");
+    }
     while seen.len() < 10 {
         let ev = b.wait_for(|e| matches!(e, Event::MessageReceived { .. }), secs(10)).await.unwrap();
-        let Event::MessageReceived { data, .. } = ev else { unreachable!() };
-        let n = u32::from_be_bytes(data[..4].try_into().unwrap());
+        let n = number(&ev).unwrap();
         assert!(seen.insert(n), "message {n} delivered twice");
     }
     assert_eq!(seen, (0..10).collect());
@@ -74,4 +81,37 @@ async fn relayed_connection_upgrades_to_direct_quic_by_itself() {
     assert_eq!(stats.connections.len(), 1);
     assert_eq!(stats.connections[0].path, PathKind::Direct);
     assert_eq!(stats.connections[0].protocol, Protocol::Quic);
+}
+
+#[actix_rt::test]
+async fn failed_punch_keeps_the_relayed_connection_and_reports_why() {
+    let r = relay().await;
+    let mut a = quic_node(92, &r).await;
+    // b reaches the relay but has no UDP socket: it cannot answer the punch offer.
+    let url = r.url.clone();
+    let mut b = TestNode::start_with(93, move |c| {
+        c.protocols = vec![];
+        c.relays = vec![RelayEndpoint { url, token: None }];
+    })
+    .await
+    .unwrap();
+    a.wait_reserved(secs(10)).await.unwrap();
+    b.wait_reserved(secs(10)).await.unwrap();
+    let info = a.addr.send(Connect { addr: PeerAddress::new(b.peer, vec![]) }).await.unwrap().unwrap();
+    assert_eq!(info.path, PathKind::Relayed);
+
+    let ev = a
+        .wait_for(|e| matches!(e, Event::PathUpgraded { .. } | Event::HolePunchFailed { .. }), secs(30))
+        .await
+        .unwrap();
+    let Event::HolePunchFailed { peer, reason } = ev else { panic!("unexpected: {}", describe(&ev)) };
+    assert_eq!(peer, b.peer);
+    assert!(!reason.is_empty());
+
+    // Still connected through the relay, and it still works.
+    let stats = a.stats().await.unwrap();
+    assert_eq!(stats.connections.len(), 1);
+    assert_eq!(stats.connections[0].path, PathKind::Relayed);
+    a.addr.send(SendMsg { peer: b.peer, data: "still relayed".into() }).await.unwrap().unwrap();
+    b.wait_for(|e| matches!(e, Event::MessageReceived { .. }), secs(10)).await.unwrap();
 }

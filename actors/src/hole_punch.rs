@@ -25,7 +25,9 @@ use std::{
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle};
 use bytes::Bytes;
 use kizuna::{
-    punch::{Candidate, CandidateKind, Event as PunchEvent, MappingHint, Output, PunchConfig, PunchSession, Role},
+    punch::{
+        Candidate, CandidateKind, Event as PunchEvent, MappingHint, Output, PunchConfig, PunchSession, Role,
+    },
     transport::quic::{demux::SideChannel, QuicTransport},
     Connection, PeerId,
 };
@@ -123,8 +125,14 @@ impl HolePunchActor {
             seed[..16].copy_from_slice(&t.to_le_bytes());
             seed[16..].copy_from_slice(&peer.as_bytes()[..16]);
         }
-        let session =
-            PunchSession::new(role, Instant::now(), PunchConfig::default(), local, MappingHint::Unknown, seed);
+        let session = PunchSession::new(
+            role,
+            Instant::now(),
+            PunchConfig::default(),
+            local,
+            MappingHint::Unknown,
+            seed,
+        );
         let guard = ExitGuard::new(id, ports.exited.clone());
         Self { peer, session, side, quic, ports, guard, timer: None }
     }
@@ -180,7 +188,8 @@ impl HolePunchActor {
             return;
         }
         // Dial from the punched socket; the supervisor adopts the result.
-        let (quic, peer, id, finished) = (self.quic.clone(), self.peer, self.guard.id(), self.ports.finished.clone());
+        let (quic, peer, id, finished) =
+            (self.quic.clone(), self.peer, self.guard.id(), self.ports.finished.clone());
         io_runtime().spawn(async move {
             let result = match quic.connect_with_info(remote, peer).await {
                 Ok((conn, _)) => Ok(Some(conn)),
@@ -266,7 +275,10 @@ pub(crate) type PunchInboxes = Arc<Mutex<Vec<(ChildId, Recipient<PunchDatagram>)
 /// actor (each keeps only those carrying its session token). Ends when the socket goes
 /// away or the supervisor that owns `inboxes` has stopped. Datagrams an actor has no room
 /// for are dropped (UDP is lossy; the session retries).
-pub(crate) fn spawn_side_reader(side: Arc<SideChannel>, inboxes: Weak<Mutex<Vec<(ChildId, Recipient<PunchDatagram>)>>>) {
+pub(crate) fn spawn_side_reader(
+    side: Arc<SideChannel>,
+    inboxes: Weak<Mutex<Vec<(ChildId, Recipient<PunchDatagram>)>>>,
+) {
     io_runtime().spawn(async move {
         while let Some((from, bytes)) = side.recv_from().await {
             let Some(inboxes) = inboxes.upgrade() else { return };

@@ -34,8 +34,8 @@ use bytes::Bytes;
 use kizuna::{
     negotiate::{resolve_duplicate, Candidate, Keep},
     punch::{PunchMessage, Role},
-    transport::quic::{demux::SideChannel, QuicTransport},
     relay::client::{RelayClientConfig, RelayEndpoint},
+    transport::quic::{demux::SideChannel, QuicTransport},
     wire::CloseCode,
     Connection, ConnectionInfo, Incoming, LocalNode, NodeConfig, PathKind, PeerAddress, PeerId, Protocol,
     Transport, TransportAddr,
@@ -397,7 +397,11 @@ impl Supervisor {
         self.punches.insert(peer, (id, actor.clone()));
         self.children.insert(
             id,
-            Child { name: format!("hole-punch/{peer}"), kind: ChildKind::HolePunch { peer }, fault: actor.recipient() },
+            Child {
+                name: format!("hole-punch/{peer}"),
+                kind: ChildKind::HolePunch { peer },
+                fault: actor.recipient(),
+            },
         );
         tracing::debug!(%peer, ?role, "hole punch started");
         true
