@@ -269,16 +269,16 @@ impl Handler<Fault> for HolePunchActor {
 
 /// The live punch actors' datagram inboxes, shared with the side channel's reader.
 /// Keyed by the actor's child id.
-pub(crate) type PunchInboxes = Arc<Mutex<Vec<(ChildId, Recipient<PunchDatagram>)>>>;
+pub(crate) type PunchInboxes = Arc<Mutex<InboxList>>;
+
+/// The punch actors' inboxes, by child id.
+pub(crate) type InboxList = Vec<(ChildId, Recipient<PunchDatagram>)>;
 
 /// Reads the side channel of one QUIC socket and hands every datagram to each live punch
 /// actor (each keeps only those carrying its session token). Ends when the socket goes
 /// away or the supervisor that owns `inboxes` has stopped. Datagrams an actor has no room
 /// for are dropped (UDP is lossy; the session retries).
-pub(crate) fn spawn_side_reader(
-    side: Arc<SideChannel>,
-    inboxes: Weak<Mutex<Vec<(ChildId, Recipient<PunchDatagram>)>>>,
-) {
+pub(crate) fn spawn_side_reader(side: Arc<SideChannel>, inboxes: Weak<Mutex<InboxList>>) {
     io_runtime().spawn(async move {
         while let Some((from, bytes)) = side.recv_from().await {
             let Some(inboxes) = inboxes.upgrade() else { return };

@@ -10,6 +10,9 @@ use kizuna::{
 
 use crate::api::NodeError;
 
+/// A node's transports, and its QUIC transport again if it has one.
+pub(crate) type Built = (Vec<Arc<dyn Transport>>, Option<Arc<QuicTransport>>);
+
 /// The transports for `protocols`, sharing `node`, plus the relay transport when relays
 /// are configured; and the QUIC transport among them, if any (hole punching uses its
 /// socket).
@@ -17,7 +20,7 @@ pub(crate) fn build_transports(
     node: &Arc<LocalNode>,
     protocols: &[Protocol],
     relays: &[RelayEndpoint],
-) -> Result<(Vec<Arc<dyn Transport>>, Option<Arc<QuicTransport>>), NodeError> {
+) -> Result<Built, NodeError> {
     let mut quic = None;
     let mut out: Vec<Arc<dyn Transport>> = protocols
         .iter()
