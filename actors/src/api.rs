@@ -339,6 +339,15 @@ pub enum Event {
         /// The direct connection now in use.
         to: Box<ConnectionInfo>,
     },
+    /// An automatic hole-punch attempt with `peer` (started because the connection to it
+    /// is relayed) found no direct path; the relayed connection stays, and the attempt is
+    /// repeated later.
+    HolePunchFailed {
+        /// The peer.
+        peer: PeerId,
+        /// Why (from the punch session, or the QUIC dial over the punched path).
+        reason: String,
+    },
     /// This node holds a reservation at the relay (first grant or after recovering).
     RelayReserved {
         /// The relay.

@@ -4,9 +4,10 @@
 //!   renewal, backoff and failover — every decision is there), its one timer, and the
 //!   control WebSocket to the current relay (a reader/writer task on the I/O runtime).
 //! * **In:** `RelayIo` (messages and failures from the control connection's task),
-//!   [`Fault`] (tests).
+//!   `SendSignal` (relay signaling, used by hole punching), [`Fault`] (tests).
 //! * **Out:** accepted relayed circuits to the supervisor as `Inbound` connections;
-//!   events (`RelayReserved`, `RelayFailed`, `SignalReceived`) on the bus.
+//!   events (`RelayReserved`, `RelayFailed`, `SignalReceived`) on the bus; signals
+//!   tagged as punch messages go to the supervisor instead (`PunchSignal`).
 //! * **Supervised** as a *permanent* child of the [`Supervisor`](crate::Supervisor)
 //!   (it recovers from relay failures by itself; only its own death needs a restart).
 //! * **Stops** with the supervisor.
@@ -32,6 +33,7 @@ use crate::{
     api::Event,
     child::{ChildExited, ChildId, ExitGuard, Fault},
     events::EventBus,
+    hole_punch::{PunchSignal, SendSignal, PUNCH_SIGNAL_TAG},
     listener::Inbound,
     runtime::io_runtime,
     supervision::ExitReason,
@@ -58,6 +60,7 @@ pub struct RelayClientActor {
     opts: WsOptions,
     bus: EventBus,
     inbound: Recipient<Inbound>,
+    punch: Recipient<PunchSignal>,
     guard: ExitGuard,
     generation: u64,
     writer: Option<mpsc::Sender<RelayMessage>>,
@@ -71,6 +74,7 @@ impl RelayClientActor {
         config: RelayClientConfig,
         bus: EventBus,
         inbound: Recipient<Inbound>,
+        punch: Recipient<PunchSignal>,
         exited: Recipient<ChildExited>,
     ) -> Result<Self, kizuna::relay::RelayConfigError> {
         let seed = u64::from_le_bytes(node.peer_id().as_bytes()[..8].try_into().unwrap_or([7; 8]));
@@ -82,6 +86,7 @@ impl RelayClientActor {
             opts,
             bus,
             inbound,
+            punch,
             guard: ExitGuard::new(id, exited),
             generation: 0,
             writer: None,
@@ -158,6 +163,12 @@ impl RelayClientActor {
                         };
                     let _ = inbound.send(Inbound(incoming)).await;
                 });
+            }
+            ClientEvent::Signaled { from, payload } if payload.first() == Some(&PUNCH_SIGNAL_TAG) => {
+                let payload = Bytes::from(payload).slice(1..);
+                if self.punch.try_send(PunchSignal { peer: from, payload }).is_err() {
+                    tracing::debug!(peer = %from, "punch signal dropped: supervisor busy");
+                }
             }
             ClientEvent::Signaled { from, payload } => {
                 self.bus.publish_later(Event::SignalReceived { peer: from, payload: Bytes::from(payload) });
@@ -252,6 +263,15 @@ impl Handler<RelayIo> for RelayClientActor {
             _ => return,
         }
         self.drain(ctx);
+    }
+}
+
+impl Handler<SendSignal> for RelayClientActor {
+    type Result = Result<(), String>;
+    fn handle(&mut self, msg: SendSignal, ctx: &mut Context<Self>) -> Self::Result {
+        let r = self.state.signal(msg.to, msg.payload, Instant::now()).map_err(|e| e.to_string());
+        self.drain(ctx);
+        r
     }
 }
 

@@ -3,8 +3,16 @@
 //! ```text
 //! Supervisor ─┬─ ListenerActor     (permanent: one per listen address)
 //!             ├─ NegotiatorActor   (never restarted: one per outbound connect)
-//!             └─ ConnectionActor   (transient: one per live connection)
+//!             ├─ ConnectionActor   (transient: one per live connection)
+//!             └─ HolePunchActor    (never restarted: one per punch attempt and peer)
 //! ```
+//!
+//! Hole punching is automatic: adopting a relayed connection this node dialed starts a
+//! [`HolePunchActor`] as initiator (when the node has a QUIC socket and relays); a punch
+//! `offer` from a peer connected through a relay starts one as responder. A direct QUIC
+//! connection that results is adopted like any other, which upgrades the path
+//! (`PathUpgraded`); a failure is reported as [`Event::HolePunchFailed`] and the initiator
+//! tries again after [`PUNCH_RETRY`].
 //!
 //! It keeps the registry (listeners, connections per peer, pending connects, wanted peers),
 //! answers the commands of [`crate::api`], routes messages to connection actors, and
@@ -22,9 +30,12 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult,
     Recipient, ResponseActFuture, ResponseFuture, WrapFuture,
 };
+use bytes::Bytes;
 use kizuna::{
     negotiate::{resolve_duplicate, Candidate, Keep},
+    punch::{PunchMessage, Role},
     relay::client::{RelayClientConfig, RelayEndpoint},
+    transport::quic::{demux::SideChannel, QuicTransport},
     wire::CloseCode,
     Connection, ConnectionInfo, Incoming, LocalNode, NodeConfig, PathKind, PeerAddress, PeerId, Protocol,
     Transport, TransportAddr,
@@ -36,6 +47,9 @@ use crate::{
     child::{ChildExited, ChildId, Fault},
     connection::{CloseConnection, ConnectionActor, OpenStreamTo, SendMessage},
     events::EventBus,
+    hole_punch::{
+        spawn_side_reader, HolePunchActor, PunchFinished, PunchInboxes, PunchPorts, PunchSignal, SendSignal,
+    },
     listener::{Inbound, ListenerActor, ListenerPorts, ListenerReady, StopListener},
     negotiator::{Negotiated, NegotiatorActor},
     relay_client::RelayClientActor,
@@ -91,6 +105,7 @@ enum ChildKind {
     Connection { peer: PeerId },
     Negotiator { peer: PeerId },
     RelayClient,
+    HolePunch { peer: PeerId },
 }
 
 struct Child {
@@ -113,6 +128,18 @@ type Waiter = oneshot::Sender<Result<ConnectionInfo, NodeError>>;
 /// below this; past it the peer evidently will not close it, so this node does.
 const RETIRE_GRACE: Duration = Duration::from_secs(10);
 
+/// How long after a failed hole-punch attempt the initiator tries again (while the
+/// connection is still relayed). 60 s: NAT state and mappings may have changed by then,
+/// and an impossible pair costs one short burst of probes per minute.
+pub const PUNCH_RETRY: Duration = Duration::from_secs(60);
+
+/// How long a punch `offer` that arrives before the relayed connection it belongs to is
+/// kept (the offerer adopted that connection first). Few peers, few messages: see
+/// `MAX_EARLY_*`.
+const EARLY_SIGNAL_TTL: Duration = Duration::from_secs(5);
+const MAX_EARLY_PEERS: usize = 16;
+const MAX_EARLY_SIGNALS: usize = 8;
+
 /// The connection manager actor. Start it with [`Supervisor::start`] inside an actix
 /// system, then send it the messages of [`crate::api`].
 pub struct Supervisor {
@@ -131,6 +158,15 @@ pub struct Supervisor {
     stats: NodeStats,
     shutting_down: bool,
     relays: Vec<RelayEndpoint>,
+    /// Hole punching: the QUIC transport, the relay client's signaling port, the live
+    /// punch actors per peer, their datagram inboxes, the side channel being read, and
+    /// punch signals that arrived before their relayed connection.
+    quic: Option<Arc<QuicTransport>>,
+    relay_signal: Option<Recipient<SendSignal>>,
+    punches: HashMap<PeerId, (ChildId, Addr<HolePunchActor>)>,
+    punch_inboxes: PunchInboxes,
+    punch_reader: Option<Arc<SideChannel>>,
+    early_signals: HashMap<PeerId, Vec<Bytes>>,
 }
 
 impl Supervisor {
@@ -138,7 +174,7 @@ impl Supervisor {
     /// the current actix arbiter.
     pub fn start(config: SupervisorConfig) -> Result<Addr<Supervisor>, NodeError> {
         let node = LocalNode::new(config.node)?;
-        let transports = build_transports(&node, &config.protocols, &config.relays)?;
+        let (transports, quic) = build_transports(&node, &config.protocols, &config.relays)?;
         Ok(Supervisor {
             node,
             transports,
@@ -155,6 +191,12 @@ impl Supervisor {
             stats: NodeStats::default(),
             shutting_down: false,
             relays: config.relays,
+            quic,
+            relay_signal: None,
+            punches: HashMap::new(),
+            punch_inboxes: PunchInboxes::default(),
+            punch_reader: None,
+            early_signals: HashMap::new(),
         }
         .start())
     }
@@ -177,10 +219,12 @@ impl Supervisor {
             config,
             self.bus.clone(),
             me.clone().recipient(),
+            me.clone().recipient(),
             me.recipient(),
         ) {
             Ok(actor) => {
                 let addr = actor.start();
+                self.relay_signal = Some(addr.clone().recipient());
                 let kind = ChildKind::RelayClient;
                 self.children
                     .insert(id, Child { name: "relay-client".into(), kind, fault: addr.recipient() });
@@ -313,9 +357,98 @@ impl Supervisor {
             },
         );
         let info = conn.info();
+        let dialer = conn.is_dialer();
         self.peers.insert(peer, PeerEntry { conn, actor, child: id, established: Instant::now() });
         self.stats.connections_established += 1;
+        if info.path == PathKind::Relayed {
+            if dialer {
+                self.start_punch(peer, Role::Initiator, ctx);
+            } else if let Some(early) = self.early_signals.remove(&peer) {
+                for payload in early {
+                    self.on_punch_signal(PunchSignal { peer, payload }, ctx);
+                }
+            }
+        }
         info
+    }
+
+    /// Starts a hole-punch attempt with `peer` unless one runs already, the connection to
+    /// it is not (or no longer) relayed, or this node cannot punch (no QUIC socket, no
+    /// relay to signal through).
+    fn start_punch(&mut self, peer: PeerId, role: Role, ctx: &mut Context<Self>) -> bool {
+        let relayed = self.peers.get(&peer).is_some_and(|e| e.conn.info().path == PathKind::Relayed);
+        if self.shutting_down || !relayed || self.punches.contains_key(&peer) {
+            return false;
+        }
+        let (Some(quic), Some(signal)) = (self.quic.clone(), self.relay_signal.clone()) else { return false };
+        let Some(side) = quic.side_channel() else {
+            tracing::debug!(%peer, "no hole punching: the QUIC transport has no socket yet");
+            return false;
+        };
+        if !self.punch_reader.as_ref().is_some_and(|r| Arc::ptr_eq(r, &side)) {
+            spawn_side_reader(side.clone(), Arc::downgrade(&self.punch_inboxes));
+            self.punch_reader = Some(side.clone());
+        }
+        let id = self.id();
+        let me = ctx.address();
+        let ports = PunchPorts { signal, finished: me.clone().recipient(), exited: me.recipient() };
+        let actor = HolePunchActor::new(id, peer, role, quic, side, ports).start();
+        self.punch_inboxes.lock().unwrap_or_else(|e| e.into_inner()).push((id, actor.clone().recipient()));
+        self.punches.insert(peer, (id, actor.clone()));
+        self.children.insert(
+            id,
+            Child {
+                name: format!("hole-punch/{peer}"),
+                kind: ChildKind::HolePunch { peer },
+                fault: actor.recipient(),
+            },
+        );
+        tracing::debug!(%peer, ?role, "hole punch started");
+        true
+    }
+
+    /// Routes a punch message from `peer` to its session; an `offer` on a relayed
+    /// connection starts the responder's session.
+    fn on_punch_signal(&mut self, msg: PunchSignal, ctx: &mut Context<Self>) {
+        let peer = msg.peer;
+        if !self.punches.contains_key(&peer) {
+            if !matches!(PunchMessage::decode(&msg.payload), Ok(PunchMessage::Offer { .. })) {
+                return;
+            }
+            if !self.peers.contains_key(&peer) {
+                // The offerer adopted the relayed connection before this node did.
+                if self.early_signals.len() < MAX_EARLY_PEERS {
+                    let q = self.early_signals.entry(peer).or_default();
+                    if q.len() < MAX_EARLY_SIGNALS {
+                        q.push(msg.payload);
+                    }
+                    ctx.run_later(EARLY_SIGNAL_TTL, move |act, _| {
+                        act.early_signals.remove(&peer);
+                    });
+                }
+                return;
+            }
+            if !self.start_punch(peer, Role::Responder, ctx) {
+                return;
+            }
+        }
+        if let Some((_, actor)) = self.punches.get(&peer) {
+            if actor.try_send(msg).is_err() {
+                tracing::debug!(%peer, "punch signal dropped: session busy or ended");
+            }
+        }
+    }
+
+    /// A hole-punch attempt failed: report it; the side that dialed the relayed
+    /// connection tries again later.
+    fn punch_failed(&mut self, peer: PeerId, reason: String, ctx: &mut Context<Self>) {
+        tracing::info!(%peer, %reason, "hole punch failed; the connection stays relayed");
+        self.bus.publish_later(Event::HolePunchFailed { peer, reason });
+        ctx.run_later(PUNCH_RETRY, move |act, ctx| {
+            if act.peers.get(&peer).is_some_and(|e| e.conn.is_dialer()) {
+                act.start_punch(peer, Role::Initiator, ctx);
+            }
+        });
     }
 
     fn restart_decision(
@@ -590,6 +723,15 @@ impl Handler<ChildExited> for Supervisor {
                     Decision::GiveUp | Decision::Stop => {}
                 }
             }
+            ChildKind::HolePunch { peer } => {
+                self.punch_inboxes.lock().unwrap_or_else(|e| e.into_inner()).retain(|(id, _)| *id != msg.id);
+                if self.punches.get(&peer).is_some_and(|(id, _)| *id == msg.id) {
+                    self.punches.remove(&peer);
+                }
+                if reason.is_abnormal() && !self.shutting_down {
+                    self.punch_failed(peer, format!("hole-punch actor {reason}"), ctx);
+                }
+            }
             ChildKind::Negotiator { peer } => {
                 if reason.is_abnormal() {
                     // It died without reporting: fail whoever waits for it.
@@ -598,6 +740,31 @@ impl Handler<ChildExited> for Supervisor {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Handler<PunchSignal> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: PunchSignal, ctx: &mut Context<Self>) {
+        self.on_punch_signal(msg, ctx);
+    }
+}
+
+impl Handler<PunchFinished> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: PunchFinished, ctx: &mut Context<Self>) {
+        if self.punches.get(&msg.peer).is_some_and(|(id, _)| *id == msg.id) {
+            self.punches.remove(&msg.peer);
+        }
+        match msg.result {
+            // Direct beats relayed: adopting it upgrades the path (`PathUpgraded`).
+            Ok(Some(conn)) => {
+                self.adopt(conn, ctx);
+            }
+            Ok(None) => {}
+            Err(reason) if !self.shutting_down => self.punch_failed(msg.peer, reason, ctx),
+            Err(_) => {}
         }
     }
 }

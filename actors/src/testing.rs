@@ -231,6 +231,7 @@ pub fn describe(e: &Event) -> String {
                 to.path
             )
         }
+        Event::HolePunchFailed { peer, reason } => format!("HolePunchFailed({}: {reason})", peer.short()),
         Event::RelayReserved { url } => format!("RelayReserved({url})"),
         Event::RelayFailed { url, reason } => format!("RelayFailed({url}: {reason})"),
         Event::SignalReceived { peer, payload } => {

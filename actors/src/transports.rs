@@ -10,19 +10,28 @@ use kizuna::{
 
 use crate::api::NodeError;
 
+/// A node's transports, and its QUIC transport again if it has one.
+pub(crate) type Built = (Vec<Arc<dyn Transport>>, Option<Arc<QuicTransport>>);
+
 /// The transports for `protocols`, sharing `node`, plus the relay transport when relays
-/// are configured.
+/// are configured; and the QUIC transport among them, if any (hole punching uses its
+/// socket).
 pub(crate) fn build_transports(
     node: &Arc<LocalNode>,
     protocols: &[Protocol],
     relays: &[RelayEndpoint],
-) -> Result<Vec<Arc<dyn Transport>>, NodeError> {
+) -> Result<Built, NodeError> {
+    let mut quic = None;
     let mut out: Vec<Arc<dyn Transport>> = protocols
         .iter()
         .map(|p| -> Result<Arc<dyn Transport>, NodeError> {
             match p {
                 Protocol::Tcp => Ok(Arc::new(TcpTransport::new(node.clone()))),
-                Protocol::Quic => Ok(Arc::new(QuicTransport::new(node.clone()))),
+                Protocol::Quic => {
+                    let q = Arc::new(QuicTransport::new(node.clone()));
+                    quic = Some(q.clone());
+                    Ok(q)
+                }
                 Protocol::WebSocket => Ok(Arc::new(WsTransport::new(node.clone()))),
                 other => Err(NodeError::NoTransport(other.to_string())),
             }
@@ -32,5 +41,5 @@ pub(crate) fn build_transports(
         let tokens = relays.iter().filter_map(|r| Some((r.url.clone(), r.token.clone()?))).collect();
         out.push(Arc::new(RelayTransport::new(node.clone(), tokens)));
     }
-    Ok(out)
+    Ok((out, quic))
 }

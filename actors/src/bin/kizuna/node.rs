@@ -196,6 +196,17 @@ fn log_event(ev: &Event, json: bool) {
                 tracing::info!(%peer, transport = %to.protocol, "path upgraded: relayed -> direct");
             }
         }
+        Event::HolePunchFailed { peer, reason } => {
+            if json {
+                output::json_line(&json!({
+                    "event": "hole_punch_failed",
+                    "peer": peer.to_string(),
+                    "reason": reason,
+                }));
+            } else {
+                tracing::info!(%peer, %reason, "hole punch failed; staying relayed");
+            }
+        }
         Event::RelayReserved { url } => {
             if json {
                 output::json_line(&json!({ "event": "relay_reserved", "relay": url }));
