@@ -435,3 +435,27 @@ fn demo_runs_every_transport() {
         }
     }
 }
+
+#[test]
+fn node_reports_its_nat_type_at_start() {
+    // A STUN responder (the relay's, as a library) on loopback.
+    let stun = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let stun_addr = stun.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let responder = kizuna_actors::relay::stun::StunResponder::new("cli-test");
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = stun.recv_from(&mut buf) {
+            if let Some(reply) = responder.answer(&buf[..n], from) {
+                let _ = stun.send_to(&reply, from);
+            }
+        }
+    });
+    let home = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(home.path(), &["--json", "--stun", &stun_addr.to_string()]);
+    let first: Value = serde_json::from_str(&node.first).unwrap();
+    assert_eq!(first["event"], "listening", "the first line stays the listening line");
+    let nat: Value = serde_json::from_str(&node.next_line(STARTUP).expect("a nat line")).unwrap();
+    assert_eq!(nat["event"], "nat", "{nat}");
+    assert_eq!(nat["nat_type"], "open", "loopback has no NAT: {nat}");
+    assert!(nat["public_addr"].as_str().unwrap().starts_with("127.0.0.1:"), "{nat}");
+}

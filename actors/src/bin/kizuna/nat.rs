@@ -43,11 +43,24 @@ fn resolve(s: &str) -> Result<SocketAddr, CliError> {
 }
 
 pub(crate) async fn run(a: NatArgs) -> CliResult {
-    let mut servers = a.stun.iter().map(|s| resolve(s)).collect::<Result<Vec<_>, _>>()?;
+    let report = probe(&a.stun, a.bind).await?;
+    if a.json {
+        let v = serde_json::to_value(&report).map_err(|e| CliError::Failed(e.to_string()))?;
+        output::json_line(&v);
+    } else {
+        output::line(&human(&report));
+    }
+    Ok(())
+}
+
+/// Runs NAT discovery against the `stun` servers from a UDP socket bound to `bind` (default:
+/// the wildcard address of the servers' family).
+pub(crate) async fn probe(stun: &[String], bind: Option<SocketAddr>) -> Result<NatReport, CliError> {
+    let mut servers = stun.iter().map(|s| resolve(s)).collect::<Result<Vec<_>, _>>()?;
     if servers.len() > nat::MAX_SERVERS {
         return Err(CliError::Usage(format!("at most {} --stun servers", nat::MAX_SERVERS)));
     }
-    let bind = a.bind.unwrap_or_else(|| {
+    let bind = bind.unwrap_or_else(|| {
         let v4 = servers.first().is_none_or(|s| s.is_ipv4());
         if v4 { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
     });
@@ -62,16 +75,11 @@ pub(crate) async fn run(a: NatArgs) -> CliResult {
         }
         Err(e) => return Err(CliError::Failed(e.to_string())),
     };
-    if a.json {
-        let v = serde_json::to_value(&report).map_err(|e| CliError::Failed(e.to_string()))?;
-        output::json_line(&v);
-    } else {
-        output::line(&human(&report));
-    }
-    Ok(())
+    Ok(report)
 }
 
-fn human(r: &NatReport) -> String {
+/// A short human-readable report.
+pub(crate) fn human(r: &NatReport) -> String {
     let or_unknown = |o: Option<String>| o.unwrap_or_else(|| "unknown".into());
     let mut s = format!("NAT type:   {}\n", r.nat_type);
     s.push_str(&format!("mapping:    {}\n", or_unknown(r.mapping.map(|m| m.to_string()))));

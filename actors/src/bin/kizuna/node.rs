@@ -43,6 +43,10 @@ pub(crate) struct NodeArgs {
     json: bool,
     #[command(flatten)]
     relay: args::RelayArgs,
+    /// STUN server to learn this node's NAT type from at start (repeatable, as for
+    /// `kizuna nat`); the report is logged (or a JSON line `{"event":"nat",...}`).
+    #[arg(long = "stun", value_name = "HOST:PORT")]
+    stun: Vec<String>,
 }
 
 /// Reports buffered between the service and the output loop; beyond that they are dropped
@@ -103,6 +107,10 @@ pub(crate) async fn run(a: NodeArgs) -> CliResult {
     } else {
         output::line(&ticket.ticket());
         eprintln!("node {} listening; try: kizuna ping {}", ticket.peer_id, ticket.ticket());
+    }
+
+    if !a.stun.is_empty() {
+        report_nat(&a.stun, a.json).await;
     }
 
     let (tx, mut reports) = mpsc::channel(REPORT_BUFFER);
@@ -266,5 +274,24 @@ fn log_report(r: &ServiceReport, json: bool) {
             }
         }
         _ => {}
+    }
+}
+
+/// Classifies the NAT in front of the node over STUN and reports it (never fatal: the node
+/// serves whatever the answer).
+async fn report_nat(stun: &[String], json: bool) {
+    match crate::nat::probe(stun, None).await {
+        Ok(report) if json => {
+            let mut v = serde_json::to_value(&report).unwrap_or_default();
+            v["event"] = json!("nat");
+            output::json_line(&v);
+        }
+        Ok(report) => {
+            let mapping = report.mapping.map(|m| m.to_string()).unwrap_or_else(|| "unknown".into());
+            let public = report.public_addr.map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+            tracing::info!(nat_type = %report.nat_type, %mapping, %public, "NAT detected");
+            eprintln!("NAT type: {} (mapping {mapping}, public address {public})", report.nat_type);
+        }
+        Err(e) => tracing::warn!("NAT detection failed: {e}"),
     }
 }

@@ -84,12 +84,15 @@ pub(crate) async fn run(a: PingArgs) -> CliResult {
         if let Some(rtt) = rtt {
             rtts.push(rtt);
         }
+        // The path can change during a run (a relayed connection upgraded to direct by
+        // hole punching): report the connection as it is now, one line per ping.
+        let now = current_info(&session.node, peer).await.unwrap_or_else(|| info.clone());
         if a.json {
             let mut v = json!({
                 "seq": seq,
                 "peer": peer.to_string(),
-                "transport": info.protocol.name(),
-                "path": info.path.name(),
+                "transport": now.protocol.name(),
+                "path": now.path.name(),
                 "connect_ms": connect_ms,
                 "rtt_ms": rtt.map(output::ms),
                 "status": status,
@@ -100,7 +103,12 @@ pub(crate) async fn run(a: PingArgs) -> CliResult {
             output::json_line(&v);
         } else {
             match (&r, rtt) {
-                (_, Some(rtt)) => output::line(&format!("seq={seq} time={:.3} ms", output::ms(rtt))),
+                (_, Some(rtt)) => output::line(&format!(
+                    "seq={seq} time={:.3} ms via {} ({})",
+                    output::ms(rtt),
+                    now.protocol,
+                    now.path
+                )),
                 (Err(e), None) => output::line(&format!("seq={seq} {status}: {e}")),
                 (Ok(_), None) => {}
             }
@@ -130,4 +138,13 @@ pub(crate) async fn run(a: PingArgs) -> CliResult {
         return Err(CliError::Failed(format!("no reply from {peer}")));
     }
     Ok(())
+}
+
+/// The live connection to `peer`, if any.
+async fn current_info(
+    node: &actix::Addr<kizuna_actors::Supervisor>,
+    peer: kizuna::PeerId,
+) -> Option<kizuna::ConnectionInfo> {
+    let stats = node.send(kizuna_actors::GetStats).await.ok()?;
+    stats.connections.into_iter().find(|c| c.peer == peer)
 }
