@@ -24,7 +24,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use serde::{de::IgnoredAny, Deserialize, Serialize};
+use crate::wire::tagged::{Tag, TypeTag};
+use serde::{Deserialize, Serialize};
 
 use super::{
     candidates::{is_usable, Candidate, CandidateKind, MappingHint},
@@ -290,29 +291,6 @@ impl<'de> Deserialize<'de> for WireAddr {
         addr_from_bytes(&b).map(WireAddr).ok_or_else(|| {
             serde::de::Error::custom(format!("address of {} bytes (expected 6 or 18)", b.len()))
         })
-    }
-}
-
-/// Just the `type` field; every other field is skipped.
-#[derive(Deserialize)]
-struct Tag<'a> {
-    #[serde(rename = "type", borrow)]
-    ty: std::borrow::Cow<'a, str>,
-}
-
-/// The `type` field: a fixed string when encoding, skipped when decoding (already read).
-#[derive(Default)]
-struct TypeTag(&'static str);
-
-impl Serialize for TypeTag {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for TypeTag {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        IgnoredAny::deserialize(d).map(|_| TypeTag::default())
     }
 }
 

@@ -8,7 +8,8 @@
 //! Maps whose `type` this version does not know decode as [`RelayMessage::Unknown`];
 //! unknown fields of known messages are ignored; duplicate fields are malformed.
 
-use serde::{de::IgnoredAny, Deserialize, Serialize};
+use crate::wire::tagged::{Tag, TypeTag};
+use serde::{Deserialize, Serialize};
 
 use super::MAX_RELAY_MESSAGE_LEN;
 use crate::{error::WireError, identity::PeerId};
@@ -421,29 +422,6 @@ fn to_vec<T: Serialize>(v: &T) -> Result<Vec<u8>, WireError> {
 
 fn from_slice<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, WireError> {
     rmp_serde::from_slice(b).map_err(malformed)
-}
-
-/// Just the `type` field; every other field is skipped.
-#[derive(Deserialize)]
-struct Tag<'a> {
-    #[serde(rename = "type", borrow)]
-    ty: std::borrow::Cow<'a, str>,
-}
-
-/// The `type` field: a fixed string when encoding, skipped when decoding (already read).
-#[derive(Default)]
-struct TypeTag(&'static str);
-
-impl Serialize for TypeTag {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for TypeTag {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        IgnoredAny::deserialize(d).map(|_| TypeTag::default())
-    }
 }
 
 // One body per message, fields in wire order. `deny_unknown_fields` is deliberately

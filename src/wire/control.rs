@@ -7,6 +7,8 @@
 
 use serde::{de::IgnoredAny, Deserialize, Serialize};
 
+use super::tagged::Tag;
+
 use super::msgpack;
 use crate::error::WireError;
 
@@ -73,13 +75,6 @@ pub enum Control {
     /// A control message this version does not know (including a `close` whose code
     /// this version does not know). Encodes as `{"type": "unknown"}`.
     Unknown,
-}
-
-/// Just the `type` field; every other field is skipped without allocating.
-#[derive(Deserialize)]
-struct Tag<'a> {
-    #[serde(rename = "type", borrow)]
-    ty: std::borrow::Cow<'a, str>,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -17,6 +17,7 @@ mod control;
 mod frame;
 mod hello;
 pub(crate) mod msgpack;
+pub(crate) mod tagged;
 #[cfg(test)]
 mod tests;
 
