@@ -57,41 +57,56 @@ fn free_port_pair() -> u16 {
 }
 
 /// Waits until a Binding request to `server` is answered (the server is up).
-fn wait_for_stun(server: SocketAddr) {
+/// Whether `server` answers a STUN Binding request within `within`.
+fn answers_stun(server: SocketAddr, within: Duration) -> bool {
     let sock = StdUdp::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
     let req = kizuna::nat::probe::encode_request([7; 12], false, false);
     let start = Instant::now();
     let mut buf = [0u8; 1500];
-    while start.elapsed() < Duration::from_secs(10) {
+    while start.elapsed() < within {
         let _ = sock.send_to(&req, server);
         if let Ok((n, from)) = sock.recv_from(&mut buf) {
             if kizuna::nat::probe::parse_response(&buf[..n], from, &[7; 12]).is_some() {
-                return;
+                return true;
             }
         }
     }
-    panic!("no STUN answer from {server} within 10 s");
+    false
 }
 
-/// Starts coturn, STUN only, on 127.0.0.1 and 127.0.0.2 (RFC 5780 needs two IPs) with
-/// port `P` and alternate port `P + 1`; returns the guard and `127.0.0.1:P`.
+/// Starts coturn (STUN only, UDP only) on a free port pair of 127.0.0.1 and 127.0.0.2.
+/// The free-port check races with other tests binding ports, so a server that does not
+/// answer is replaced on new ports, a few times.
 fn start_coturn(dir: &Path) -> (Guard, SocketAddr) {
-    let port = free_port_pair();
-    let d = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    let child = Command::new("turnserver")
-        .args(["-n", "--listening-ip", "127.0.0.1", "--listening-ip", "127.0.0.2"])
-        .args(["--listening-port", &port.to_string(), "--alt-listening-port", &(port + 1).to_string()])
-        .args(["--no-tls", "--no-dtls", "--no-auth", "--stun-only", "--no-cli", "--simple-log"])
-        .args(["--log-file", &d("turn.log"), "--pidfile", &d("turn.pid"), "--db", &d("turndb")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start turnserver");
-    let guard = Guard(child);
-    let server: SocketAddr = ([127, 0, 0, 1], port).into();
-    wait_for_stun(server);
-    (guard, server)
+    for attempt in 0..4 {
+        let port = free_port_pair();
+        let d = |f: &str| dir.join(format!("{attempt}-{f}")).to_string_lossy().into_owned();
+        let child = Command::new("turnserver")
+            .args(["-n", "--listening-ip", "127.0.0.1", "--listening-ip", "127.0.0.2"])
+            .args(["--listening-port", &port.to_string(), "--alt-listening-port", &(port + 1).to_string()])
+            .args([
+                "--no-tls",
+                "--no-dtls",
+                "--no-tcp",
+                "--no-auth",
+                "--stun-only",
+                "--no-cli",
+                "--simple-log",
+            ])
+            .args(["--log-file", &d("turn.log"), "--pidfile", &d("turn.pid"), "--db", &d("turndb")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start turnserver");
+        let guard = Guard(child);
+        let server: SocketAddr = ([127, 0, 0, 1], port).into();
+        if answers_stun(server, Duration::from_secs(5)) {
+            return (guard, server);
+        }
+        eprintln!("coturn on port {port} did not answer (attempt {attempt}); trying other ports");
+    }
+    panic!("coturn never answered STUN on loopback (4 attempts; see its logs in the temp dir)");
 }
 
 fn skip_without(program: &str) -> bool {

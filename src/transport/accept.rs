@@ -10,8 +10,11 @@ use tokio::{
     sync::{watch, OwnedSemaphorePermit, Semaphore},
 };
 
-use super::{Connection, Incoming};
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use super::{BoxFuture, Connection, Incoming, Listener};
 use crate::error::{Result, TransportError};
+use crate::{address::TransportAddr, node::LocalNode};
 
 /// Idle time before the kernel sends TCP keep-alive probes, interval between probes, and
 /// probes before the socket is declared dead. 30 s / 10 s / 3: a dead peer is noticed by
@@ -114,4 +117,51 @@ pub(crate) async fn handshake_incoming(
         tracing::debug!(remote = %label, "inbound handshake rejected: {error}");
     }
     incoming
+}
+
+/// A [`Listener`] fed by an accept task through a bounded channel (the TCP and WebSocket
+/// transports). Closing (or dropping) it stops the task and forgets the listen address.
+pub(crate) struct ChannelListener {
+    node: Arc<LocalNode>,
+    local_addr: TransportAddr,
+    rx: mpsc::Receiver<Incoming>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ChannelListener {
+    /// A listener reporting `local_addr`, fed by `task` through `rx`; `shutdown` stops it.
+    pub(crate) fn new(
+        node: Arc<LocalNode>,
+        local_addr: TransportAddr,
+        rx: mpsc::Receiver<Incoming>,
+        shutdown: watch::Sender<bool>,
+        task: JoinHandle<()>,
+    ) -> Self {
+        Self { node, local_addr, rx, shutdown, task }
+    }
+}
+
+impl Listener for ChannelListener {
+    fn local_addr(&self) -> TransportAddr {
+        self.local_addr.clone()
+    }
+
+    fn accept(&mut self) -> BoxFuture<'_, Option<Incoming>> {
+        Box::pin(self.rx.recv())
+    }
+
+    fn close(&mut self) {
+        if !self.shutdown.send_replace(true) {
+            self.node.remove_listen_addr(&self.local_addr);
+        }
+        self.rx.close();
+    }
+}
+
+impl Drop for ChannelListener {
+    fn drop(&mut self) {
+        self.close();
+        self.task.abort();
+    }
 }

@@ -11,7 +11,7 @@
 //! [`Incoming::Rejected`] and the listener keeps serving.
 
 use crate::transport::{
-    accept::{bind_tcp, configure_tcp, handshake_incoming, BoundedAccept},
+    accept::{bind_tcp, configure_tcp, handshake_incoming, BoundedAccept, ChannelListener},
     muxed::{muxed_connection, StreamEnd},
 };
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -20,7 +20,7 @@ use tokio::{
     io::AsyncWriteExt,
     net::TcpStream,
     sync::{mpsc, watch},
-    task::{JoinHandle, JoinSet},
+    task::JoinSet,
 };
 
 use super::{BoxFuture, Connection, Incoming, Listener, Transport};
@@ -134,7 +134,7 @@ impl Transport for TcpTransport {
             let (shutdown, shutdown_rx) = watch::channel(false);
             let task = tokio::spawn(accept_loop(self.node.clone(), listener, tx, shutdown_rx));
             tracing::debug!(%local, "TCP listener started");
-            Ok(Box::new(TcpListener { node: self.node.clone(), local_addr, rx, shutdown, task })
+            Ok(Box::new(ChannelListener::new(self.node.clone(), local_addr, rx, shutdown, task))
                 as Box<dyn Listener>)
         })
     }
@@ -189,38 +189,5 @@ async fn handshake(node: &LocalNode, stream: TcpStream, remote: SocketAddr) -> R
             .await;
             Err(e)
         }
-    }
-}
-
-/// A listening TCP socket; see [`Listener`].
-struct TcpListener {
-    node: Arc<LocalNode>,
-    local_addr: TransportAddr,
-    rx: mpsc::Receiver<Incoming>,
-    shutdown: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl Listener for TcpListener {
-    fn local_addr(&self) -> TransportAddr {
-        self.local_addr.clone()
-    }
-
-    fn accept(&mut self) -> BoxFuture<'_, Option<Incoming>> {
-        Box::pin(self.rx.recv())
-    }
-
-    fn close(&mut self) {
-        if !self.shutdown.send_replace(true) {
-            self.node.remove_listen_addr(&self.local_addr);
-        }
-        self.rx.close();
-    }
-}
-
-impl Drop for TcpListener {
-    fn drop(&mut self) {
-        self.close();
-        self.task.abort();
     }
 }

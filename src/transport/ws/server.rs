@@ -7,7 +7,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
     sync::{mpsc, watch},
-    task::{JoinHandle, JoinSet},
+    task::JoinSet,
 };
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::{
@@ -20,12 +20,12 @@ use tokio_tungstenite::tungstenite::{
 };
 
 use super::{build_connection, stream::ws_config, WsOptions, WsSocket, WsStream, SUBPROTOCOL};
-use crate::transport::accept::{handshake_incoming, BoundedAccept};
+use crate::transport::accept::{handshake_incoming, BoundedAccept, ChannelListener};
 use crate::{
     address::TransportAddr,
     error::{Result, TransportError, WireError},
     node::LocalNode,
-    transport::{BoxFuture, Incoming, Listener},
+    transport::Incoming,
     wire::{exchange_hello, write_frame, CloseCode, Control, Frame},
 };
 
@@ -139,13 +139,13 @@ pub(super) fn start(
     ctx: ListenCtx,
     listener: tokio::net::TcpListener,
     local_addr: TransportAddr,
-) -> WsListener {
+) -> ChannelListener {
     let node = ctx.node.clone();
     node.add_listen_addr(local_addr.clone());
     let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(accept_loop(Arc::new(ctx), listener, tx, shutdown_rx));
-    WsListener { node, local_addr, rx, shutdown, task }
+    ChannelListener::new(node, local_addr, rx, shutdown, task)
 }
 
 async fn accept_loop(
@@ -237,38 +237,5 @@ fn label_error(e: TransportError, label: &str) -> TransportError {
             TransportError::Timeout { what: format!("{what} with {label}"), after }
         }
         other => other,
-    }
-}
-
-/// A listening WebSocket endpoint; see [`Listener`].
-pub(super) struct WsListener {
-    node: Arc<LocalNode>,
-    local_addr: TransportAddr,
-    rx: mpsc::Receiver<Incoming>,
-    shutdown: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl Listener for WsListener {
-    fn local_addr(&self) -> TransportAddr {
-        self.local_addr.clone()
-    }
-
-    fn accept(&mut self) -> BoxFuture<'_, Option<Incoming>> {
-        Box::pin(self.rx.recv())
-    }
-
-    fn close(&mut self) {
-        if !self.shutdown.send_replace(true) {
-            self.node.remove_listen_addr(&self.local_addr);
-        }
-        self.rx.close();
-    }
-}
-
-impl Drop for WsListener {
-    fn drop(&mut self) {
-        self.close();
-        self.task.abort();
     }
 }
