@@ -67,13 +67,18 @@ async fn send_to_unknown_peer_and_unreachable_connect_fail_clearly() {
 #[actix_rt::test]
 async fn concurrent_connects_share_one_attempt() {
     let a = TestNode::start(32).await.unwrap();
-    let b = TestNode::start(33).await.unwrap();
+    let mut b = TestNode::start(33).await.unwrap();
     let t = b.ticket().await.unwrap();
     let calls: Vec<_> = (0..10).map(|_| a.addr.send(Connect { addr: t.clone() })).collect();
     for c in calls {
         c.await.unwrap().unwrap();
     }
     assert_eq!(a.stats().await.unwrap().connections_established, 1);
+    // b adopts its side once its listener hands the connection over (possibly after a's
+    // dial returned); then it must have exactly one, and no second one may follow.
+    b.wait_for(|e| matches!(e, Event::PeerConnected { .. }), secs(5)).await.unwrap();
+    let second = b.wait_for(|e| matches!(e, Event::PeerConnected { .. }), Duration::from_millis(300)).await;
+    assert!(second.is_err(), "a second connection: {second:?}");
     assert_eq!(b.stats().await.unwrap().connections_established, 1);
 }
 
