@@ -275,6 +275,19 @@ impl Handler<SendSignal> for RelayClientActor {
     }
 }
 
+/// Release the reservation and stop (node shutdown).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct StopRelayClient;
+
+impl Handler<StopRelayClient> for RelayClientActor {
+    type Result = ();
+    fn handle(&mut self, _: StopRelayClient, ctx: &mut Context<Self>) {
+        self.guard.set(ExitReason::Normal);
+        ctx.stop();
+    }
+}
+
 impl Handler<Fault> for RelayClientActor {
     type Result = ();
     fn handle(&mut self, fault: Fault, ctx: &mut Context<Self>) {

@@ -52,7 +52,7 @@ use crate::{
     },
     listener::{Inbound, ListenerActor, ListenerPorts, ListenerReady, StopListener},
     negotiator::{Negotiated, NegotiatorActor},
-    relay_client::RelayClientActor,
+    relay_client::{RelayClientActor, StopRelayClient},
     runtime::io_runtime,
     supervision::{Decision, ExitReason, RestartLimits, RestartPolicy, RestartTracker},
     transports::build_transports,
@@ -104,7 +104,7 @@ enum ChildKind {
     Listener { transport: Arc<dyn Transport>, addr: TransportAddr, stop: Recipient<StopListener> },
     Connection { peer: PeerId },
     Negotiator { peer: PeerId },
-    RelayClient,
+    RelayClient { stop: Recipient<StopRelayClient> },
     HolePunch { peer: PeerId },
 }
 
@@ -225,7 +225,7 @@ impl Supervisor {
             Ok(actor) => {
                 let addr = actor.start();
                 self.relay_signal = Some(addr.clone().recipient());
-                let kind = ChildKind::RelayClient;
+                let kind = ChildKind::RelayClient { stop: addr.clone().recipient() };
                 self.children
                     .insert(id, Child { name: "relay-client".into(), kind, fault: addr.recipient() });
             }
@@ -708,7 +708,7 @@ impl Handler<ChildExited> for Supervisor {
                 self.bus.publish_later(Event::PeerDisconnected { peer, reason: why });
                 self.connection_failed(peer, reason, ctx);
             }
-            ChildKind::RelayClient => {
+            ChildKind::RelayClient { .. } => {
                 if self.shutting_down {
                     return;
                 }
@@ -897,8 +897,10 @@ impl Handler<Shutdown> for Supervisor {
         self.shutting_down = true;
         self.wanted.clear();
         for child in self.children.values() {
-            if let ChildKind::Listener { stop, .. } = &child.kind {
-                stop.do_send(StopListener);
+            match &child.kind {
+                ChildKind::Listener { stop, .. } => stop.do_send(StopListener),
+                ChildKind::RelayClient { stop } => stop.do_send(StopRelayClient),
+                _ => {}
             }
         }
         let closes: Vec<_> = self
