@@ -12,8 +12,11 @@ use tokio::{
 
 use tokio::{sync::mpsc, task::JoinHandle};
 
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
 use super::{BoxFuture, Connection, Incoming, Listener};
 use crate::error::{Result, TransportError};
+use crate::wire::{write_frame, CloseCode, Control, Frame};
 use crate::{address::TransportAddr, node::LocalNode};
 
 /// Idle time before the kernel sends TCP keep-alive probes, interval between probes, and
@@ -28,6 +31,28 @@ const TCP_KEEPALIVE_RETRIES: u32 = 3;
 /// Pause after a failed `accept(2)` (e.g. out of file descriptors) before retrying. 50 ms
 /// keeps a persistent failure from spinning a core.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// How long a client refused after its secure channel is up is given to read our close
+/// frame. 100 ms: a courtesy for debugging the peer, never worth holding a handshake slot
+/// longer.
+const REJECT_LINGER: Duration = Duration::from_millis(100);
+
+/// Tells a client refused after the secure channel why (a `Close` control frame), briefly,
+/// then shuts the stream down; returns the error for the listener to report.
+pub(crate) async fn reject<S: AsyncWrite + Unpin>(io: &mut S, e: TransportError) -> TransportError {
+    let code = match e {
+        TransportError::ProtocolViolation { .. } => CloseCode::ProtocolError,
+        _ => CloseCode::Normal,
+    };
+    let close = Frame::Control(Control::Close { code, reason: e.to_string() });
+    let _ = tokio::time::timeout(REJECT_LINGER, async {
+        write_frame(io, &close).await?;
+        io.shutdown().await?;
+        Ok::<_, TransportError>(())
+    })
+    .await;
+    e
+}
 
 /// Sets `TCP_NODELAY` (Kizuna batches its own writes) and kernel keep-alive probes on a
 /// connected socket.

@@ -14,10 +14,9 @@ use crate::transport::{
     accept::{bind_tcp, configure_tcp, handshake_incoming, BoundedAccept, ChannelListener},
     muxed::{muxed_connection, StreamEnd},
 };
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use tokio::{
-    io::AsyncWriteExt,
     net::TcpStream,
     sync::{mpsc, watch},
     task::JoinSet,
@@ -29,7 +28,7 @@ use crate::{
     error::{Result, TransportError},
     identity::PeerId,
     node::LocalNode,
-    wire::{exchange_hello, write_frame, CloseCode, Control, Frame, Hello},
+    wire::{exchange_hello, Hello},
 };
 
 /// Priority of TCP among transports. 100: below QUIC (which adds 0-RTT and migration),
@@ -40,10 +39,6 @@ pub const TCP_PRIORITY: u8 = 100;
 /// stops accepting, handshake tasks wait holding their permits, so this plus
 /// `max_pending_handshakes` bounds everything a listener holds.
 const INCOMING_QUEUE: usize = 64;
-
-/// How long a rejected client is given to read our close frame. 100 ms: a courtesy for
-/// debugging the peer, never worth holding a handshake slot longer.
-const REJECT_LINGER: Duration = Duration::from_millis(100);
 
 /// TLS 1.3 over TCP.
 #[derive(Debug, Clone)]
@@ -174,20 +169,6 @@ async fn handshake(node: &LocalNode, stream: TcpStream, remote: SocketAddr) -> R
     let ours = node.hello(Some(TransportAddr::Tcp(remote)));
     match exchange_hello(&mut tls, &ours, peer, &remote.to_string(), bound).await {
         Ok(theirs) => Ok(build_connection(node, tls, peer, remote, local, theirs, false)),
-        Err(e) => {
-            // Tell the client why, briefly, then close.
-            let code = match e {
-                TransportError::ProtocolViolation { .. } => CloseCode::ProtocolError,
-                _ => CloseCode::Normal,
-            };
-            let close = Frame::Control(Control::Close { code, reason: e.to_string() });
-            let _ = tokio::time::timeout(REJECT_LINGER, async {
-                write_frame(&mut tls, &close).await?;
-                tls.shutdown().await?;
-                Ok::<_, TransportError>(())
-            })
-            .await;
-            Err(e)
-        }
+        Err(e) => Err(crate::transport::accept::reject(&mut tls, e).await),
     }
 }

@@ -8,11 +8,11 @@ use tokio::{
     task::JoinSet,
 };
 
-use super::{backend::QuicBackend, peer_of, stream::QuicBiStream, Shared};
+use super::{peer_of, stream::QuicBiStream, Shared};
 use crate::{
-    address::{PathKind, Protocol, TransportAddr},
+    address::TransportAddr,
     error::{Result, TransportError, WireError},
-    transport::{BoxFuture, ConnStats, Connection, ConnectionParts, Incoming, Listener},
+    transport::{BoxFuture, Connection, Incoming, Listener},
     wire::{read_frame, write_frame, Frame, FrameDecoder},
 };
 
@@ -194,23 +194,7 @@ async fn handshake_inner(
                 presented: format!("hello naming {}", theirs.peer_id),
             });
         }
-        let stats = Arc::new(ConnStats::default());
-        let backend = QuicBackend::start(
-            conn.clone(),
-            endpoint,
-            primary,
-            stats.clone(),
-            shared.node.config().message_queue,
-        );
-        let parts = ConnectionParts {
-            peer,
-            remote_addr: TransportAddr::Quic(conn.remote_address()),
-            protocol: Protocol::Quic,
-            path: PathKind::Direct,
-            remote_hello: theirs,
-            dialer: false,
-        };
-        Ok(Connection::new(parts, Arc::new(backend), stats))
+        Ok(super::quic_connection(&shared.node, conn.clone(), endpoint, primary, peer, theirs, false))
     }
     .await;
     if let Err(e) = &result {

@@ -341,23 +341,7 @@ impl QuicTransport {
                 return Err(e);
             }
         };
-        let stats = Arc::new(ConnStats::default());
-        let backend = QuicBackend::start(
-            conn.clone(),
-            endpoint,
-            primary,
-            stats.clone(),
-            shared.node.config().message_queue,
-        );
-        let parts = ConnectionParts {
-            peer,
-            remote_addr: TransportAddr::Quic(conn.remote_address()),
-            protocol: Protocol::Quic,
-            path: PathKind::Direct,
-            remote_hello: theirs,
-            dialer: true,
-        };
-        Ok((Connection::new(parts, Arc::new(backend), stats), info))
+        Ok((quic_connection(&shared.node, conn, endpoint, primary, peer, theirs, true), info))
     }
 
     async fn listen_on(&self, addr: SocketAddr) -> Result<Box<dyn Listener>> {
@@ -451,6 +435,30 @@ fn peer_of(conn: &quinn::Connection) -> Result<PeerId> {
         )?;
     peer_id_from_certs(&certs)
         .map_err(|e| TransportError::Tls(format!("QUIC peer {}: {e}", conn.remote_address())))
+}
+
+/// Wraps an established QUIC connection (hellos done on `primary`) as a [`Connection`].
+fn quic_connection(
+    node: &LocalNode,
+    conn: quinn::Connection,
+    endpoint: quinn::Endpoint,
+    primary: QuicBiStream,
+    peer: PeerId,
+    remote_hello: crate::wire::Hello,
+    dialer: bool,
+) -> Connection {
+    let stats = Arc::new(ConnStats::default());
+    let remote_addr = TransportAddr::Quic(conn.remote_address());
+    let backend = QuicBackend::start(conn, endpoint, primary, stats.clone(), node.config().message_queue);
+    let parts = ConnectionParts {
+        peer,
+        remote_addr,
+        protocol: Protocol::Quic,
+        path: PathKind::Direct,
+        remote_hello,
+        dialer,
+    };
+    Connection::new(parts, Arc::new(backend), stats)
 }
 
 /// The QUIC application close code for a failed connection setup.

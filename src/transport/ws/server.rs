@@ -1,10 +1,10 @@
 //! The accepting side: [`ws_accept`] (the HTTP upgrade with the subprotocol check) and
 //! the listener of [`WsTransport`](super::WsTransport).
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncWrite},
     net::TcpStream,
     sync::{mpsc, watch},
     task::JoinSet,
@@ -26,17 +26,13 @@ use crate::{
     error::{Result, TransportError, WireError},
     node::LocalNode,
     transport::Incoming,
-    wire::{exchange_hello, write_frame, CloseCode, Control, Frame},
+    wire::exchange_hello,
 };
 
 /// Handshaken connections waiting for [`Listener::accept`]. 64, as for TCP: with
 /// `max_pending_handshakes` it bounds everything a listener holds when the application
 /// stops accepting.
 const INCOMING_QUEUE: usize = 64;
-
-/// How long a client refused after the upgrade is given to read our close frame. 100 ms,
-/// as for TCP: a courtesy for debugging, never worth holding a handshake slot longer.
-const REJECT_LINGER: Duration = Duration::from_millis(100);
 
 /// Most offered subprotocol names quoted back in a refusal. 8 names of at most 32
 /// characters: enough to show a confused client what it sent.
@@ -208,21 +204,7 @@ async fn handshake(ctx: &ListenCtx, stream: TcpStream, label: &str) -> Result<cr
             },
             theirs,
         )),
-        Err(e) => {
-            // Tell the client why, briefly, then close.
-            let code = match e {
-                TransportError::ProtocolViolation { .. } => CloseCode::ProtocolError,
-                _ => CloseCode::Normal,
-            };
-            let close = Frame::Control(Control::Close { code, reason: e.to_string() });
-            let _ = tokio::time::timeout(REJECT_LINGER, async {
-                write_frame(&mut tls, &close).await?;
-                tls.shutdown().await?;
-                Ok::<_, TransportError>(())
-            })
-            .await;
-            Err(e)
-        }
+        Err(e) => Err(crate::transport::accept::reject(&mut tls, e).await),
     }
 }
 
