@@ -334,3 +334,64 @@ async fn listener_records_and_forgets_its_address() {
     assert!(!server.listen_addrs().contains(&addr));
     assert!(within(l.accept()).await.is_none());
 }
+
+/// The first stream a TCP punch finds.
+async fn punched_stream(
+    p: kizuna::transport::tcp_punch::TcpPunch,
+    to: SocketAddr,
+) -> (TcpStream, SocketAddr) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let remotes = [to];
+    let run = p.open(&remotes, Duration::from_secs(10), tx);
+    tokio::pin!(run);
+    tokio::select! {
+        s = rx.recv() => s.unwrap(),
+        _ = &mut run => rx.recv().await.unwrap(),
+    }
+}
+
+/// TCP simultaneous open then the secure channel with roles from the punch: the
+/// initiator is the TLS client, the responder the server; both authenticate the peer the
+/// punch was for, and a wrong peer is refused.
+#[tokio::test]
+async fn punched_tcp_paths_carry_authenticated_connections() {
+    use kizuna::transport::{tcp::punched_connection, tcp_punch::TcpPunch};
+    let (a, b, mallory) = (node(), node(), node());
+    let lo = std::net::IpAddr::from([127, 0, 0, 1]);
+    let (pa, pb) = (TcpPunch::bind(lo).unwrap(), TcpPunch::bind(lo).unwrap());
+    let (aa, ba) = (pa.local_addr(), pb.local_addr());
+    let ((sa, ra), (sb, rb)) =
+        within(async { tokio::join!(punched_stream(pa, ba), punched_stream(pb, aa)) }).await;
+    let (ca, cb) = within(async {
+        tokio::join!(
+            punched_connection(&a, sa, ra, true, b.peer_id()),
+            punched_connection(&b, sb, rb, false, a.peer_id())
+        )
+    })
+    .await;
+    let (ca, cb) = (ca.unwrap(), cb.unwrap());
+    assert_eq!((ca.peer(), cb.peer()), (b.peer_id(), a.peer_id()));
+    assert!(ca.is_dialer() && !cb.is_dialer());
+    ca.send(Bytes::from_static(b"through the punched path")).await.unwrap();
+    assert_eq!(
+        within(cb.recv()).await.unwrap().unwrap(),
+        Bytes::from_static(b"through the punched path")
+    );
+    cb.send(Bytes::from_static(b"and back")).await.unwrap();
+    assert_eq!(within(ca.recv()).await.unwrap().unwrap(), Bytes::from_static(b"and back"));
+
+    // The responder expects `a` but `mallory` turns up: refused, as is the reverse.
+    let (pm, pb) = (TcpPunch::bind(lo).unwrap(), TcpPunch::bind(lo).unwrap());
+    let (ma, ba) = (pm.local_addr(), pb.local_addr());
+    let ((sm, rm), (sb, rb)) =
+        within(async { tokio::join!(punched_stream(pm, ba), punched_stream(pb, ma)) }).await;
+    let (cm, cb) = within(async {
+        tokio::join!(
+            punched_connection(&mallory, sm, rm, true, b.peer_id()),
+            punched_connection(&b, sb, rb, false, a.peer_id())
+        )
+    })
+    .await;
+    assert!(matches!(cb, Err(TransportError::AuthenticationFailed { .. })), "{cb:?}");
+    drop(cm);
+}

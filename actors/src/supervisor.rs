@@ -407,7 +407,12 @@ impl Supervisor {
         }
         let id = self.id();
         let me = ctx.address();
-        let ports = PunchPorts { signal, finished: me.clone().recipient(), exited: me.recipient() };
+        let ports = PunchPorts {
+            signal,
+            finished: me.clone().recipient(),
+            exited: me.clone().recipient(),
+            inbound: me.recipient(),
+        };
         let actor = HolePunchActor::new(id, peer, role, self.punch_env(), quic, side, ports).start();
         self.punch_inboxes.lock().unwrap_or_else(|e| e.into_inner()).push((id, actor.clone().recipient()));
         self.punches.insert(peer, (id, actor.clone()));
@@ -435,6 +440,7 @@ impl Supervisor {
             stun,
             interfaces: self.interfaces.clone(),
             relay_observed: self.relay_addrs.observed.map(|a| a.ip()),
+            tcp: self.transports.iter().any(|t| t.protocol() == Protocol::Tcp).then(|| self.node.clone()),
         }
     }
 
