@@ -350,48 +350,44 @@ async fn punched_stream(
     }
 }
 
+/// Punches a TCP path between `initiator` and `responder` on loopback and runs the
+/// secure channel over it with the punch's roles; the responder expects `expected`.
+async fn punched_pair(
+    initiator: &LocalNode,
+    responder: &LocalNode,
+    expected: kizuna::PeerId,
+) -> (kizuna::error::Result<Connection>, kizuna::error::Result<Connection>) {
+    use kizuna::transport::{tcp::punched_connection, tcp_punch::TcpPunch};
+    let lo = std::net::IpAddr::from([127, 0, 0, 1]);
+    let (pi, pr) = (TcpPunch::bind(lo).unwrap(), TcpPunch::bind(lo).unwrap());
+    let (ia, ra) = (pi.local_addr(), pr.local_addr());
+    let ((si, to_r), (sr, to_i)) =
+        within(async { tokio::join!(punched_stream(pi, ra), punched_stream(pr, ia)) }).await;
+    within(async {
+        tokio::join!(
+            punched_connection(initiator, si, to_r, true, responder.peer_id()),
+            punched_connection(responder, sr, to_i, false, expected)
+        )
+    })
+    .await
+}
+
 /// TCP simultaneous open then the secure channel with roles from the punch: the
 /// initiator is the TLS client, the responder the server; both authenticate the peer the
 /// punch was for, and a wrong peer is refused.
 #[tokio::test]
 async fn punched_tcp_paths_carry_authenticated_connections() {
-    use kizuna::transport::{tcp::punched_connection, tcp_punch::TcpPunch};
     let (a, b, mallory) = (node(), node(), node());
-    let lo = std::net::IpAddr::from([127, 0, 0, 1]);
-    let (pa, pb) = (TcpPunch::bind(lo).unwrap(), TcpPunch::bind(lo).unwrap());
-    let (aa, ba) = (pa.local_addr(), pb.local_addr());
-    let ((sa, ra), (sb, rb)) =
-        within(async { tokio::join!(punched_stream(pa, ba), punched_stream(pb, aa)) }).await;
-    let (ca, cb) = within(async {
-        tokio::join!(
-            punched_connection(&a, sa, ra, true, b.peer_id()),
-            punched_connection(&b, sb, rb, false, a.peer_id())
-        )
-    })
-    .await;
+    let (ca, cb) = punched_pair(&a, &b, a.peer_id()).await;
     let (ca, cb) = (ca.unwrap(), cb.unwrap());
     assert_eq!((ca.peer(), cb.peer()), (b.peer_id(), a.peer_id()));
     assert!(ca.is_dialer() && !cb.is_dialer());
     ca.send(Bytes::from_static(b"through the punched path")).await.unwrap();
-    assert_eq!(
-        within(cb.recv()).await.unwrap().unwrap(),
-        Bytes::from_static(b"through the punched path")
-    );
+    assert_eq!(within(cb.recv()).await.unwrap().unwrap(), Bytes::from_static(b"through the punched path"));
     cb.send(Bytes::from_static(b"and back")).await.unwrap();
     assert_eq!(within(ca.recv()).await.unwrap().unwrap(), Bytes::from_static(b"and back"));
 
-    // The responder expects `a` but `mallory` turns up: refused, as is the reverse.
-    let (pm, pb) = (TcpPunch::bind(lo).unwrap(), TcpPunch::bind(lo).unwrap());
-    let (ma, ba) = (pm.local_addr(), pb.local_addr());
-    let ((sm, rm), (sb, rb)) =
-        within(async { tokio::join!(punched_stream(pm, ba), punched_stream(pb, ma)) }).await;
-    let (cm, cb) = within(async {
-        tokio::join!(
-            punched_connection(&mallory, sm, rm, true, b.peer_id()),
-            punched_connection(&b, sb, rb, false, a.peer_id())
-        )
-    })
-    .await;
+    // The responder expects `a` but `mallory` turns up: refused.
+    let (_, cb) = punched_pair(&mallory, &b, a.peer_id()).await;
     assert!(matches!(cb, Err(TransportError::AuthenticationFailed { .. })), "{cb:?}");
-    drop(cm);
 }
