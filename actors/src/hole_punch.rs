@@ -370,26 +370,32 @@ impl HolePunchActor {
         });
         let deliver = rt.spawn(async move {
             let mut handshakes = tokio::task::JoinSet::new();
-            while let Some((stream, remote)) = rx.recv().await {
-                if role == Role::Initiator {
-                    // The first stream is the one; the actor decides whether to use it.
-                    me.do_send(TcpFound { stream, remote });
-                    return;
-                }
-                // Responder: try the handshake on every stream; the initiator uses one.
-                let node = node.clone();
-                handshakes.spawn(async move { punched_connection(&node, stream, remote, false, peer).await });
-            }
-            while let Some(done) = handshakes.join_next().await {
-                match done {
-                    Ok(Ok(conn)) => {
-                        tracing::info!(%peer, remote = %conn.info().remote_addr, "TCP simultaneous open succeeded");
-                        let _ = inbound.send(Inbound(Incoming::Connection(conn))).await;
-                        me.do_send(TcpEnded { connected: true });
-                        return;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, "TCP punch handshake failed: {e}"),
-                    Err(_) => {}
+            let mut searching = true;
+            while searching || !handshakes.is_empty() {
+                tokio::select! {
+                    found = rx.recv(), if searching => match found {
+                        Some((stream, remote)) if role == Role::Initiator => {
+                            // The first stream is the one; the actor decides whether to use it.
+                            me.do_send(TcpFound { stream, remote });
+                            return;
+                        }
+                        // Responder: try the handshake on every stream; the initiator uses one.
+                        Some((stream, remote)) => {
+                            let node = node.clone();
+                            handshakes.spawn(async move { punched_connection(&node, stream, remote, false, peer).await });
+                        }
+                        None => searching = false,
+                    },
+                    Some(done) = handshakes.join_next(), if !handshakes.is_empty() => match done {
+                        Ok(Ok(conn)) => {
+                            tracing::info!(%peer, remote = %conn.info().remote_addr, "TCP simultaneous open succeeded");
+                            let _ = inbound.send(Inbound(Incoming::Connection(conn))).await;
+                            me.do_send(TcpEnded { connected: true });
+                            return;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, "TCP punch handshake failed: {e}"),
+                        Err(_) => {}
+                    },
                 }
             }
             me.do_send(TcpEnded { connected: false });
