@@ -19,7 +19,7 @@ mod channel;
 mod config;
 pub mod error;
 mod peer;
-mod runtime;
+pub mod runtime;
 pub mod session;
 pub mod signal;
 
@@ -34,12 +34,12 @@ pub use self::{
     channel::{LABEL_DATAGRAMS, LABEL_MESSAGES, LABEL_STREAM},
     config::{IceServer, WebRtcConfig, MAX_DATA_CHANNEL_MESSAGE},
     error::SignalError,
+    runtime::BufferedRuntime,
     signal::{SignalKind, SignalMessage, WEBRTC_SIGNAL_TAG},
 };
 use self::{
     backend::WebRtcBackend,
     peer::{PeerSetup, SessionSignals},
-    runtime::BufferedRuntime,
     session::{Role, Route, SessionTable},
 };
 use crate::{
