@@ -75,7 +75,9 @@ async fn raw_peer(buffers: bool) -> Result<RawPeer, BoxError> {
         .with_handler(Arc::new(RawHandler { candidates: ctx, channels: chtx }))
         .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
         .with_setting_engine(
-            webrtc::peer_connection::SettingEngineBuilder::new().with_include_loopback_candidate(true).build(),
+            webrtc::peer_connection::SettingEngineBuilder::new()
+                .with_include_loopback_candidate(true)
+                .build(),
         )
         .with_data_channel_send_buffer_limit(SEND_LIMIT);
     if buffers {
