@@ -139,6 +139,18 @@ async fn route_channels(
     }
 }
 
+/// Refuses what does not fit in one data channel message.
+fn check_size(limit: &'static str, n: usize) -> Result<()> {
+    if n > MAX_DATA_CHANNEL_MESSAGE {
+        return Err(TransportError::LimitExceeded {
+            limit,
+            max: MAX_DATA_CHANNEL_MESSAGE as u64,
+            attempted: n as u64,
+        });
+    }
+    Ok(())
+}
+
 impl ConnectionBackend for WebRtcBackend {
     fn send_message(&self, msg: Bytes) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
@@ -146,13 +158,7 @@ impl ConnectionBackend for WebRtcBackend {
                 return Err(closed_error("connection closing"));
             }
             let n = msg.len();
-            if n > MAX_DATA_CHANNEL_MESSAGE {
-                return Err(TransportError::LimitExceeded {
-                    limit: "WebRTC message size",
-                    max: MAX_DATA_CHANNEL_MESSAGE as u64,
-                    attempted: n as u64,
-                });
-            }
+            check_size("WebRTC message size", n)?;
             self.msg.send(BytesMut::from(msg)).await.map_err(closed_error)?;
             self.stats.sent(n);
             Ok(())
@@ -164,8 +170,20 @@ impl ConnectionBackend for WebRtcBackend {
         // driver's bounded event queue is the only queue, and not reading is what
         // applies backpressure. `poll` is cancel safe (a channel receive).
         Box::pin(async move {
+            let mut pc_state = self.pc_state.clone();
+            let failed = async move {
+                if pc_state.wait_for(|s| *s == RTCPeerConnectionState::Failed).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::pin!(failed);
             loop {
-                match self.msg.poll().await {
+                let ev = tokio::select! {
+                    ev = self.msg.poll() => ev,
+                    // ICE consent lost (the peer vanished without closing): end, not hang.
+                    _ = &mut failed => return Err(closed_error("peer connection failed (ICE consent lost)")),
+                };
+                match ev {
                     Some(DataChannelEvent::OnMessage(m)) => {
                         self.stats.received(m.data.len());
                         return Ok(Some(m.data.freeze()));
@@ -201,13 +219,7 @@ impl ConnectionBackend for WebRtcBackend {
 
     fn send_datagram(&self, data: Bytes) -> Result<()> {
         let n = data.len();
-        if n > MAX_DATA_CHANNEL_MESSAGE {
-            return Err(TransportError::LimitExceeded {
-                limit: "WebRTC datagram size",
-                max: MAX_DATA_CHANNEL_MESSAGE as u64,
-                attempted: n as u64,
-            });
-        }
+        check_size("WebRTC datagram size", n)?;
         match self.dgram_tx.try_send(data) {
             Ok(()) => {
                 self.stats.sent(n);
