@@ -169,7 +169,8 @@ pub fn sanitize(mut cands: Vec<Candidate>) -> Vec<Candidate> {
 /// A node's candidates for its UDP socket bound at `bound`, ready to offer (sanitized):
 ///
 /// * host: `bound` itself, or, when it is a wildcard address, each of `interfaces` of the
-///   same family with `bound`'s port;
+///   same family with `bound`'s port (only the loopback address when the relay observed
+///   this node on loopback: the peers are then on this host);
 /// * server-reflexive: each of `reflexive` (the mappings STUN servers reported for this
 ///   very socket);
 /// * relay-observed: the IP the relay saw this node's relay connection come from, with
@@ -182,13 +183,8 @@ pub fn local_candidates(
     relay_observed: Option<IpAddr>,
 ) -> Vec<Candidate> {
     let mut out = Vec::new();
-    if bound.ip().is_unspecified() {
-        let same_family = interfaces.iter().filter(|ip| ip.is_ipv4() == bound.is_ipv4());
-        for (i, ip) in same_family.enumerate() {
-            out.push(Candidate::new(CandidateKind::Host, SocketAddr::new(*ip, bound.port()), index(i)));
-        }
-    } else {
-        out.push(Candidate::new(CandidateKind::Host, bound, 0));
+    for (i, ip) in host_ips(bound, interfaces, relay_observed).into_iter().enumerate() {
+        out.push(Candidate::new(CandidateKind::Host, SocketAddr::new(ip, bound.port()), index(i)));
     }
     for (i, addr) in reflexive.iter().enumerate() {
         out.push(Candidate::new(CandidateKind::ServerReflexive, *addr, index(i)));
@@ -207,11 +203,7 @@ pub fn tcp_candidates(
     interfaces: &[IpAddr],
     relay_observed: Option<IpAddr>,
 ) -> Vec<Candidate> {
-    let mut ips: Vec<IpAddr> = if bound.ip().is_unspecified() {
-        interfaces.iter().copied().filter(|ip| ip.is_ipv4() == bound.is_ipv4()).collect()
-    } else {
-        vec![bound.ip()]
-    };
+    let mut ips = host_ips(bound, interfaces, relay_observed);
     ips.extend(relay_observed);
     let out = ips
         .into_iter()
@@ -224,6 +216,21 @@ pub fn tcp_candidates(
 
 /// Most TCP candidates a node offers: each costs the peer one connect attempt per retry.
 pub const MAX_TCP_CANDIDATES: usize = 4;
+
+/// The host IPs to offer for a socket bound at `bound`: its own IP, or, for a wildcard
+/// socket, each of `interfaces` of its family — except when the relay sees this node
+/// come from a loopback address: then the peers are on this very host and the loopback
+/// address is the only one worth offering (and nothing is sent to the host's other
+/// addresses).
+fn host_ips(bound: SocketAddr, interfaces: &[IpAddr], relay_observed: Option<IpAddr>) -> Vec<IpAddr> {
+    if !bound.ip().is_unspecified() {
+        return vec![bound.ip()];
+    }
+    match relay_observed {
+        Some(ip) if ip.is_loopback() && ip.is_ipv4() == bound.is_ipv4() => vec![ip],
+        _ => interfaces.iter().copied().filter(|ip| ip.is_ipv4() == bound.is_ipv4()).collect(),
+    }
+}
 
 fn index(i: usize) -> u16 {
     u16::try_from(i).unwrap_or(u16::MAX)

@@ -54,3 +54,16 @@ fn unusable_addresses_are_never_offered() {
     let many: Vec<_> = (1..=40).map(|i| addr(&format!("198.51.100.{i}:1000"))).collect();
     assert_eq!(local_candidates(addr("10.0.0.5:1"), &[], &many, None).len(), crate::punch::MAX_CANDIDATES);
 }
+
+#[test]
+fn a_node_the_relay_sees_on_loopback_offers_only_loopback() {
+    let ifs = [ip("10.0.0.5"), ip("203.0.113.9")];
+    let lo = Some(ip("127.0.0.1"));
+    let c = local_candidates(addr("0.0.0.0:4433"), &ifs, &[addr("127.0.0.1:4433")], lo);
+    assert_eq!(c.iter().map(|c| c.addr).collect::<Vec<_>>(), vec![addr("127.0.0.1:4433")]);
+    let t = crate::punch::candidates::tcp_candidates(addr("0.0.0.0:5000"), &ifs, lo);
+    assert_eq!(
+        t.iter().map(|c| (c.kind, c.addr)).collect::<Vec<_>>(),
+        vec![(CandidateKind::Tcp, addr("127.0.0.1:5000"))]
+    );
+}
