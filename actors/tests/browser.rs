@@ -1,0 +1,273 @@
+//! Browser interop: the page in `examples/browser/` running in headless Chromium (Debian's
+//! `chromium`, installed by `.ci/run`), driven through the DevTools protocol.
+//!
+//! * the page's MessagePack, PeerId and signaling encodings agree byte for byte with the
+//!   Rust ones;
+//! * the page signs in at a real relay with a WebCrypto Ed25519 key and reserves;
+//! * the page signs its offer over the contract's transcript and refuses an answer whose
+//!   signature does not verify against the node's PeerId.
+//!
+//! Skipped, with a message, when `chromium` is not installed.
+
+#![allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
+
+mod chromium;
+mod relay_client;
+
+use std::time::Duration;
+
+use chromium::{enc, page_url, Chromium};
+use kizuna::{
+    relay::{auth::Admission, RelayMessage},
+    Keypair, PeerId,
+};
+use kizuna_actors::relay::GetRelayMetrics;
+use relay_client::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Bound on the page's scripted checks (signing in, offering, connecting, echoes).
+const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn browser() -> Option<Chromium> {
+    let Some(bin) = chromium::binary() else {
+        eprintln!("SKIP browser: `chromium` is not installed (apt-get install chromium; .ci/run does)");
+        return None;
+    };
+    Some(Chromium::launch(&bin).await)
+}
+
+fn js_bytes(b: &[u8]) -> String {
+    format!("new Uint8Array({:?})", b)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
+#[actix_rt::test]
+async fn page_encodings_match_rust() {
+    let Some(mut page) = browser().await else { return };
+    page.navigate(&page_url("")).await;
+    page.eval(
+        "globalThis.hex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+         globalThis.unhex = (s) => new Uint8Array((s.match(/../g) || []).map((x) => parseInt(x, 16))); true",
+    )
+    .await;
+
+    // PeerId text form both ways.
+    for seed in [1u8, 2, 7, 255] {
+        let id = key(seed).peer_id();
+        let text = page.eval(&format!("Kizuna.peerId.toText({})", js_bytes(id.as_bytes()))).await;
+        assert_eq!(text, json!(id.to_string()), "seed {seed}");
+        let parsed = page.eval(&format!("Kizuna.peerId.parse('{id}').then(hex)")).await;
+        assert_eq!(parsed, json!(hex(id.as_bytes())));
+    }
+    let id = key(1).peer_id().to_string();
+    let c = if id.starts_with('a') { 'b' } else { 'a' };
+    for bad in [format!("{c}{}", &id[1..]), id[1..].to_string(), format!("1{}", &id[1..])] {
+        assert!(bad.parse::<PeerId>().is_err());
+        let r = page
+            .eval(&format!("Kizuna.peerId.parse('{bad}').then(() => 'accepted', (e) => 'refused')"))
+            .await;
+        assert_eq!(r, json!("refused"), "{bad}");
+    }
+
+    // Relay messages the Rust side encodes decode and re-encode to the same bytes.
+    let rust_msgs = [
+        RelayMessage::Challenge { nonce: [0xab; 32], relay: "ws://127.0.0.1:7000".into() },
+        RelayMessage::Reserved { expires_in_secs: 3600 },
+        RelayMessage::Signaled { from: key(1).peer_id(), payload: vec![0x14, 1, 2, 3] },
+        RelayMessage::error(kizuna::relay::ErrorCode::TargetNotReserved, "no such peer"),
+        RelayMessage::Reserved { expires_in_secs: u64::MAX },
+    ];
+    for m in rust_msgs {
+        let bytes = m.encode().unwrap();
+        let again = page
+            .eval(&format!("hex(Kizuna.msgpack.encode(Kizuna.msgpack.decode(unhex('{}'))))", hex(&bytes)))
+            .await;
+        assert_eq!(again, json!(hex(&bytes)), "{m:?}");
+    }
+    // What the page sends decodes in Rust.
+    let auth = page
+        .eval(&format!(
+            "hex(Kizuna.msgpack.encode({{type: 'auth', peer_id: {}, signature: new Uint8Array(64).fill(0x5a), token: null}}))",
+            js_bytes(key(1).peer_id().as_bytes())
+        ))
+        .await;
+    let auth = RelayMessage::decode(&unhex(auth.as_str().unwrap())).unwrap();
+    assert_eq!(auth, RelayMessage::Auth { peer_id: key(1).peer_id(), signature: [0x5a; 64], token: None });
+
+    // Garbage is refused with a MsgpackError, never a hang or another exception.
+    let deep = "91".repeat(40);
+    for bad in ["", "c1", "92", "dcffff", "c6ffffffff00", "8101", "820101a10101", "0000", &deep, "a2c3"] {
+        let r = page
+            .eval(&format!(
+                "(() => {{ try {{ Kizuna.msgpack.decode(unhex('{bad}')); return 'accepted'; }} catch (e) {{ return e.name; }} }})()"
+            ))
+            .await;
+        assert_eq!(r, json!("MsgpackError"), "input {bad:?}");
+    }
+
+    // Signaling payloads: the page's encoding is the contract's map behind 0x14.
+    let payload = page
+        .eval(
+            "hex(Kizuna.signaling.encodeSignal({session: 0xfedcba9876543210n, kind: 'candidate', sdp: 'candidate:1 1 udp 1 127.0.0.1 9 typ host', mid: '0'}))",
+        )
+        .await;
+    let payload = unhex(payload.as_str().unwrap());
+    assert_eq!(payload[0], 0x14);
+    let s: Signal = rmp_serde::from_slice(&payload[1..]).unwrap();
+    assert_eq!(s.session, 0xfedc_ba98_7654_3210);
+    assert_eq!((s.kind.as_str(), s.mid.as_deref(), s.sig.is_none()), ("candidate", Some("0"), true));
+    let back = page
+        .eval(&format!("Kizuna.signaling.decodeSignal(unhex('{}')).session.toString()", hex(&payload)))
+        .await;
+    assert_eq!(back, json!(0xfedc_ba98_7654_3210u64.to_string()));
+}
+
+#[actix_rt::test]
+async fn page_signs_in_at_the_relay_and_receives_signals() {
+    let Some(mut page) = browser().await else { return };
+    let relay = start(config(Admission::open())).await;
+    page.navigate(&page_url("")).await;
+    let me = page
+        .eval(&format!(
+            "(async () => {{
+                const id = await Kizuna.Identity.generate();
+                globalThis.relay = await Kizuna.RelayClient.connect('{}', id);
+                globalThis.signals = [];
+                relay.addEventListener('signaled', (ev) => signals.push([Array.from(ev.detail.from), Array.from(ev.detail.payload)]));
+                return id.peerId;
+            }})()",
+            relay.url
+        ))
+        .await;
+    let me: PeerId = me.as_str().unwrap().parse().unwrap();
+    let metrics = relay.addr.send(GetRelayMetrics).await.unwrap();
+    let usage =
+        metrics.peers.iter().find(|p| p.peer == me).expect("the page's peer id is known to the relay");
+    assert!(usage.reserved, "the page holds a reservation");
+
+    // A Rust peer signals the page through the relay, and the page signals back.
+    let mut node = reserve(&relay.url, &key(2)).await;
+    send(&mut node, &RelayMessage::Signal { to: me, payload: b"hello page".to_vec() }).await;
+    let got = page.wait_for("signals.length ? signals[0] : null", PAGE_TIMEOUT).await;
+    assert_eq!(got, json!([key(2).peer_id().as_bytes().to_vec(), b"hello page".to_vec()]));
+    page.eval(&format!(
+        "relay.signal({}, new TextEncoder().encode('hello node')), true",
+        js_bytes(key(2).peer_id().as_bytes())
+    ))
+    .await;
+    match next(&mut node).await {
+        Got::Msg(RelayMessage::Signaled { from, payload }) => {
+            assert_eq!(from, me);
+            assert_eq!(payload, b"hello node");
+        }
+        other => panic!("expected the page's signal, got {other:?}"),
+    }
+
+    // A relay that names itself differently is refused before anything is signed.
+    let wrong = relay.url.replace("127.0.0.1", "localhost");
+    let r = page
+        .eval(&format!(
+            "Kizuna.Identity.generate().then((id) => Kizuna.RelayClient.connect('{wrong}', id)).then(() => 'signed in', (e) => e.message)"
+        ))
+        .await;
+    assert!(r.as_str().unwrap().contains("challenge names relay"), "{r}");
+}
+
+/// The contract's signaling message (docs/webrtc.md): the test plays the node.
+#[derive(Debug, Serialize, Deserialize)]
+struct Signal {
+    session: u64,
+    kind: String,
+    sdp: String,
+    mid: Option<String>,
+    sig: Option<serde_bytes::ByteBuf>,
+}
+
+fn transcript(session: u64, recipient: &PeerId, kind: &str, sdp: &str) -> Vec<u8> {
+    let mut t = b"kizuna-webrtc-v1\0".to_vec();
+    t.extend_from_slice(&session.to_be_bytes());
+    t.extend_from_slice(recipient.as_bytes());
+    t.extend_from_slice(kind.as_bytes());
+    t.push(0);
+    t.extend_from_slice(sdp.as_bytes());
+    t
+}
+
+fn signal_payload(s: &Signal) -> Vec<u8> {
+    let mut p = vec![0x14];
+    p.extend(rmp_serde::to_vec_named(s).unwrap());
+    p
+}
+
+/// Opens the page in scripted mode against a fake node (`node_key`'s reservation on
+/// `control`), checks the page's signed offer, answers with `answer_sdp` signed by
+/// `signer`, and returns the page's published result.
+async fn answer_offer(signer: &Keypair, answer_sdp: Option<&str>) -> Value {
+    let mut page = browser().await.unwrap();
+    let relay = start(config(Admission::open())).await;
+    let node = key(2);
+    let mut control = reserve(&relay.url, &node).await;
+    page.navigate(&page_url(&format!("relay={}&peer={}&auto=1&count=3", enc(&relay.url), node.peer_id())))
+        .await;
+
+    let (from, offer) = loop {
+        match next(&mut control).await {
+            Got::Msg(RelayMessage::Signaled { from, payload }) => {
+                assert_eq!(payload[0], 0x14);
+                let s: Signal = rmp_serde::from_slice(&payload[1..]).unwrap();
+                if s.kind == "offer" {
+                    break (from, s);
+                }
+            }
+            other => panic!("expected the page's offer, got {other:?}"),
+        }
+    };
+    assert_ne!(offer.session, 0);
+    assert!(offer.sdp.contains("a=fingerprint:"), "{}", offer.sdp);
+    assert!(offer.sdp.contains("webrtc-datachannel"), "{}", offer.sdp);
+    let sig = offer.sig.as_ref().expect("the offer is signed");
+    assert!(
+        from.verify(&transcript(offer.session, &node.peer_id(), "offer", &offer.sdp), sig),
+        "offer signature"
+    );
+    assert!(!from.verify(&transcript(offer.session, &key(9).peer_id(), "offer", &offer.sdp), sig));
+
+    let sdp = answer_sdp.unwrap_or(&offer.sdp).to_string();
+    let sig = signer.sign(&transcript(offer.session, &from, "answer", &sdp));
+    let answer = Signal {
+        session: offer.session,
+        kind: "answer".into(),
+        sdp,
+        mid: None,
+        sig: Some(sig.to_vec().into()),
+    };
+    send(&mut control, &RelayMessage::Signal { to: from, payload: signal_payload(&answer) }).await;
+    page.wait_for("window.kizunaResult ?? null", PAGE_TIMEOUT).await
+}
+
+#[actix_rt::test]
+async fn page_refuses_an_answer_not_signed_by_the_node() {
+    if chromium::binary().is_none() {
+        eprintln!("SKIP browser: `chromium` is not installed (apt-get install chromium; .ci/run does)");
+        return;
+    }
+    // Signed by someone else (a relay swapping the answer): an authentication error.
+    let r = answer_offer(&key(3), Some("v=0\r\n")).await;
+    assert_eq!(r["ok"], json!(false), "{r}");
+    assert_eq!(r["error"]["kind"], json!("auth"), "{r}");
+
+    // Control: the node's own signature passes the check, and the page gets as far as
+    // handing the (here unusable) SDP to the browser, which refuses it for what it is.
+    let r = answer_offer(&key(2), Some("v=0\r\n")).await;
+    assert_eq!(r["ok"], json!(false), "{r}");
+    assert_eq!(r["error"]["kind"], json!("signaling"), "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("refused by the browser"), "{r}");
+}
