@@ -34,7 +34,7 @@ async fn browser() -> Option<Chromium> {
         eprintln!("SKIP browser: `chromium` is not installed (apt-get install chromium; .ci/run does)");
         return None;
     };
-    Some(Chromium::launch(&bin).await)
+    Some(Chromium::launch(&bin, None).await)
 }
 
 fn js_bytes(b: &[u8]) -> String {

@@ -1,29 +1,40 @@
 //! Headless Chromium driven through the DevTools protocol, for the browser interop tests.
 //!
 //! [`Chromium::launch`] starts Debian's `chromium` in its own process group with a fresh
-//! profile directory and `--remote-debugging-port=0`, reads the port from the profile's
-//! `DevToolsActivePort` file, and opens one page target over a tokio-tungstenite
-//! WebSocket. Dropping the handle kills the whole process group and deletes the profile,
-//! also when a test panics.
+//! profile directory and `--remote-debugging-pipe` (DevTools JSON messages, NUL-terminated,
+//! on file descriptors 3 and 4), optionally inside a network namespace ([`BrowserNet`]),
+//! and attaches to one page. Dropping the handle kills the whole process group, deletes
+//! the profile and (for [`BrowserNet`]) the namespace, also when a test panics.
+//!
+//! Why a namespace for WebRTC: Chromium never gathers loopback ICE candidates, only the
+//! host's interface addresses. In a namespace whose only link is a veth pair on a
+//! 198.51.100.0/30, Chromium's one candidate is its end of that link and every packet of
+//! the test stays on it.
 
 #![allow(clippy::unwrap_used, dead_code, unreachable_pub)] // Tests: a panic is the failure report.
 
 use std::{
-    os::unix::process::CommandExt,
+    fs::File,
+    io::{BufRead, BufReader, Write},
+    net::Ipv4Addr,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::process::CommandExt,
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio_tungstenite::{client_async, tungstenite::Message, WebSocketStream};
+use tokio::sync::mpsc;
 
 /// Bound on Chromium's start-up and on each DevTools round trip. Generous: a cold Chromium
 /// start on a loaded 2-core machine takes several seconds.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// DevTools messages buffered between the pipe reader thread and the test.
+const EVENT_QUEUE: usize = 1024;
 
 /// The Chromium binary, if installed (Debian's package installs `/usr/bin/chromium`).
 pub fn binary() -> Option<PathBuf> {
@@ -36,22 +47,109 @@ pub fn binary() -> Option<PathBuf> {
     })
 }
 
+/// A network namespace holding only a veth link to the test's namespace:
+/// `host` (this side) and `browser` (inside) on one 198.51.100.0/30.
+pub struct BrowserNet {
+    name: String,
+    host_if: String,
+    /// This side's address: bind the relay and the node here.
+    pub host: Ipv4Addr,
+    /// Chromium's address inside the namespace.
+    pub browser: Ipv4Addr,
+}
+
+impl BrowserNet {
+    /// Creates the namespace, or explains why it cannot (not root, no `ip`).
+    pub fn create() -> Result<BrowserNet, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("creating a network namespace needs root".into());
+        }
+        let used = ip(&["-4", "-o", "addr", "show"])?;
+        // One /30 per concurrent test; the interface name reserves it (creation is atomic).
+        for k in (1..64u8).rev() {
+            let host = Ipv4Addr::new(198, 51, 100, 4 * k + 1);
+            let browser = Ipv4Addr::new(198, 51, 100, 4 * k + 2);
+            if used.contains(&format!("{host}/")) || used.contains(&format!("{browser}/")) {
+                continue;
+            }
+            let host_if = format!("kzbrw{k}h");
+            let ns_if = format!("kzbrw{k}n");
+            if ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]).is_err() {
+                continue; // taken by a concurrent test
+            }
+            let net = BrowserNet { name: format!("kzbrw{k}-{}", std::process::id()), host_if, host, browser };
+            net.setup(&ns_if).map_err(|e| format!("setting up {}: {e}", net.name))?;
+            return Ok(net);
+        }
+        Err("no free 198.51.100.0/30 for a browser namespace".into())
+    }
+
+    fn setup(&self, ns_if: &str) -> Result<(), String> {
+        let ns = self.name.as_str();
+        ip(&["netns", "add", ns])?;
+        ip(&["link", "set", ns_if, "netns", ns])?;
+        ip(&["addr", "add", &format!("{}/30", self.host), "dev", &self.host_if])?;
+        ip(&["link", "set", &self.host_if, "up"])?;
+        ip(&["-n", ns, "addr", "add", &format!("{}/30", self.browser), "dev", ns_if])?;
+        ip(&["-n", ns, "link", "set", ns_if, "up"])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        // Chromium gathers no candidates at all without a default route (it asks the
+        // routing table for its "default local address"). The test's namespace does not
+        // forward, so nothing can leave through it.
+        ip(&["-n", ns, "route", "add", "default", "via", &self.host.to_string()])?;
+        Ok(())
+    }
+}
+
+impl Drop for BrowserNet {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+        let _ = ip(&["link", "del", &self.host_if]);
+    }
+}
+
+fn ip(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run `ip`: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// A running headless Chromium with one page attached.
 pub struct Chromium {
     child: Child,
     profile: Option<tempfile::TempDir>,
-    ws: WebSocketStream<TcpStream>,
+    to_browser: File,
+    from_browser: mpsc::Receiver<String>,
     session: String,
     next_id: u64,
     /// Console lines and exceptions of the page, for failure reports.
     pub console: Vec<String>,
 }
 
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(r, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
 impl Chromium {
-    /// Starts Chromium and opens a blank page.
-    pub async fn launch(binary: &Path) -> Chromium {
+    /// Starts Chromium (inside `net`'s namespace if given) and opens a blank page.
+    pub async fn launch(binary: &Path, net: Option<&BrowserNet>) -> Chromium {
         let profile = tempfile::Builder::new().prefix("kizuna-chromium-").tempdir().unwrap();
-        let mut cmd = Command::new(binary);
+        let mut cmd = match net {
+            Some(net) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &net.name]).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
         cmd.args([
             "--headless=new",
             "--no-sandbox", // tests run as root, where the sandbox refuses to start
@@ -59,7 +157,7 @@ impl Chromium {
             "--disable-dev-shm-usage",
             "--no-first-run",
             "--no-default-browser-check",
-            // No traffic to anything but loopback: no updaters, sync, safe browsing, pings.
+            // No traffic to anything but the test's own addresses: no updaters, sync, pings.
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
@@ -70,7 +168,7 @@ impl Chromium {
             "--no-pings",
             // Real host candidates instead of mDNS `.local` names the node cannot resolve.
             "--disable-features=WebRtcHideLocalIpsWithMdns",
-            "--remote-debugging-port=0",
+            "--remote-debugging-pipe",
             "about:blank",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
@@ -79,38 +177,50 @@ impl Chromium {
         .stderr(Stdio::null())
         // Its own process group, so Drop kills every Chromium process and nothing else.
         .process_group(0);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let mut guard = Launching { child: Some(child), profile: Some(profile) };
-        let port_file = guard.profile.as_ref().unwrap().path().join("DevToolsActivePort");
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let (port, path) = loop {
-            if let Ok(text) = std::fs::read_to_string(&port_file) {
-                let mut lines = text.lines();
-                if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
-                    break (port.trim().to_string(), path.trim().to_string());
+        let (browser_reads, we_write) = pipe();
+        let (we_read, browser_writes) = pipe();
+        let (r, w) = (browser_reads.as_raw_fd(), browser_writes.as_raw_fd());
+        // SAFETY: only async-signal-safe dup2 calls between fork and exec; dup2 clears
+        // O_CLOEXEC on the new descriptors 3 and 4, the DevTools pipe Chromium expects.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(r, 3) < 0 || libc::dup2(w, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        drop((browser_reads, browser_writes));
+        let mut guard = Launching { child: Some(child), profile: Some(profile) };
+
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(File::from(we_read));
+            let mut buf = Vec::new();
+            // Ends at EOF, when Chromium exits.
+            while matches!(reader.read_until(0, &mut buf), Ok(n) if n > 0) {
+                if buf.last() == Some(&0) {
+                    buf.pop();
+                }
+                if tx.blocking_send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
+                    break;
+                }
+                buf.clear();
             }
-            if let Some(status) = guard.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("chromium exited during start-up with {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chromium did not open its DevTools port within {STARTUP_TIMEOUT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let url = format!("ws://127.0.0.1:{port}{path}");
-        let tcp = TcpStream::connect(format!("127.0.0.1:{port}")).await.unwrap();
-        let (ws, _) = client_async(url.as_str(), tcp).await.unwrap();
+        });
         let mut chromium = Chromium {
             child: guard.child.take().unwrap(),
             profile: guard.profile.take(),
-            ws,
+            to_browser: File::from(we_write),
+            from_browser: rx,
             session: String::new(),
             next_id: 1,
             console: Vec::new(),
         };
-        let target = chromium.call("Target.createTarget", json!({ "url": "about:blank" })).await;
+        let target = chromium
+            .call_within("Target.createTarget", json!({ "url": "about:blank" }), STARTUP_TIMEOUT)
+            .await;
         let target_id = target["targetId"].as_str().unwrap().to_string();
         let attached =
             chromium.call("Target.attachToTarget", json!({ "targetId": target_id, "flatten": true })).await;
@@ -122,22 +232,28 @@ impl Chromium {
 
     /// Sends one DevTools command (to the page once attached) and returns its result.
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.call_within(method, params, CALL_TIMEOUT).await
+    }
+
+    async fn call_within(&mut self, method: &str, params: Value, timeout: Duration) -> Value {
         let id = self.next_id;
         self.next_id += 1;
         let mut req = json!({ "id": id, "method": method, "params": params });
         if !self.session.is_empty() {
             req["sessionId"] = json!(self.session);
         }
-        self.ws.send(Message::Text(req.to_string().into())).await.unwrap();
-        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut bytes = req.to_string().into_bytes();
+        bytes.push(0);
+        self.to_browser
+            .write_all(&bytes)
+            .unwrap_or_else(|e| panic!("DevTools pipe closed sending {method}: {e}"));
+        let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let msg = tokio::time::timeout(left, self.ws.next())
+            let text = tokio::time::timeout(left, self.from_browser.recv())
                 .await
-                .unwrap_or_else(|_| panic!("DevTools did not answer {method} within {CALL_TIMEOUT:?}"))
-                .expect("DevTools connection open")
-                .unwrap();
-            let Message::Text(text) = msg else { continue };
+                .unwrap_or_else(|_| panic!("DevTools did not answer {method} within {timeout:?}"))
+                .unwrap_or_else(|| panic!("chromium exited while answering {method}"));
             let v: Value = serde_json::from_str(&text).unwrap();
             if v["id"] == json!(id) {
                 if let Some(err) = v.get("error") {
