@@ -14,14 +14,22 @@
 mod chromium;
 mod relay_client;
 
-use std::time::Duration;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use chromium::{enc, page_url, Chromium};
+use bytes::Bytes;
+use chromium::{enc, page_url, BrowserNet, Chromium};
+use futures_util::{SinkExt, StreamExt};
 use kizuna::{
     relay::{auth::Admission, RelayMessage},
-    Keypair, PeerId,
+    transport::{
+        webrtc::{Signaler, WebRtcConfig, WebRtcTransport},
+        BoxFuture,
+    },
+    Incoming, Keypair, LocalNode, NodeConfig, PeerId, Transport, TransportAddr,
 };
-use kizuna_actors::relay::GetRelayMetrics;
+use kizuna_actors::relay::{GetRelayMetrics, RelayServerConfig};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
 use relay_client::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -270,4 +278,114 @@ async fn page_refuses_an_answer_not_signed_by_the_node() {
     assert_eq!(r["ok"], json!(false), "{r}");
     assert_eq!(r["error"]["kind"], json!("signaling"), "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("refused by the browser"), "{r}");
+}
+
+/// A Kizuna node with a WebRTC listener whose signaling path is its relay control
+/// connection; it greets every connection once and echoes every message and datagram.
+struct EchoNode {
+    peer: PeerId,
+    /// Peers whose connections the node accepted.
+    accepted: mpsc::Receiver<PeerId>,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Relay `signal`s, sent by the control connection's writer task.
+struct RelaySignaler(mpsc::Sender<RelayMessage>);
+
+impl Signaler for RelaySignaler {
+    fn signal(&self, to: PeerId, payload: Vec<u8>) -> BoxFuture<'_, kizuna::Result<()>> {
+        Box::pin(async move {
+            self.0
+                .send(RelayMessage::Signal { to, payload })
+                .await
+                .map_err(|_| kizuna::TransportError::Closed("relay control connection".into()))
+        })
+    }
+}
+
+const GREETING: &str = "hello browser, from a kizuna node";
+
+async fn echo_node(relay_url: &str, bind: SocketAddr) -> EchoNode {
+    let keypair = key(2);
+    let node = LocalNode::new(NodeConfig::new(keypair.clone())).unwrap();
+    let transport = WebRtcTransport::new(node, WebRtcConfig { bind: vec![bind], ..WebRtcConfig::default() }).unwrap();
+    let control = reserve(relay_url, &keypair).await;
+    let (mut sink, mut stream) = control.split();
+    let (tx, mut rx) = mpsc::channel::<RelayMessage>(64);
+    transport.set_signaler(Arc::new(RelaySignaler(tx)));
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.send(Message::Binary(m.encode().unwrap().into())).await.is_err() {
+                break;
+            }
+        }
+    });
+    let t = transport.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(Message::Binary(b))) = stream.next().await {
+            if let Ok(RelayMessage::Signaled { from, payload }) = RelayMessage::decode(&b) {
+                if let Err(e) = t.handle_signal(from, &payload) {
+                    eprintln!("node refused a signal from {from}: {e}");
+                }
+            }
+        }
+    });
+    let mut listener = transport.listen(&TransportAddr::WebRtc).await.unwrap();
+    let (acc_tx, accepted) = mpsc::channel(8);
+    let acceptor = tokio::spawn(async move {
+        let _transport = transport; // keeps the transport alive with the listener
+        while let Some(inc) = listener.accept().await {
+            let Incoming::Connection(c) = inc else {
+                eprintln!("node: rejected an incoming WebRTC connection: {inc:?}");
+                continue;
+            };
+            let _ = acc_tx.send(c.peer()).await;
+            c.send(Bytes::from_static(GREETING.as_bytes())).await.unwrap();
+            let d = c.clone();
+            tokio::spawn(async move {
+                while let Ok(dgram) = d.recv_datagram().await {
+                    let _ = d.send_datagram(dgram);
+                }
+            });
+            tokio::spawn(async move {
+                while let Ok(Some(m)) = c.recv().await {
+                    if c.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    EchoNode { peer: keypair.peer_id(), accepted, _tasks: vec![writer, reader, acceptor] }
+}
+
+#[actix_rt::test]
+async fn page_and_node_exchange_messages_and_datagrams_over_webrtc() {
+    let Some(bin) = chromium::binary() else {
+        eprintln!("SKIP browser: `chromium` is not installed (apt-get install chromium; .ci/run does)");
+        return;
+    };
+    let net = match BrowserNet::create() {
+        Ok(net) => net,
+        Err(e) => {
+            eprintln!("SKIP browser WebRTC: {e} (Chromium needs a namespace: it gathers no loopback candidates)");
+            return;
+        }
+    };
+    let relay = start(RelayServerConfig::new(SocketAddr::new(net.host.into(), 0), Admission::open())).await;
+    let mut node = echo_node(&relay.url, SocketAddr::new(net.host.into(), 0)).await;
+    let mut page = Chromium::launch(&bin, Some(&net)).await;
+    let count = 20;
+    page.navigate(&page_url(&format!("relay={}&peer={}&auto=1&count={count}", enc(&relay.url), node.peer)))
+        .await;
+    let r = page.wait_for("window.kizunaResult ?? null", PAGE_TIMEOUT).await;
+    let console = page.console.join("\n");
+    assert_eq!(r["ok"], json!(true), "{r}\nconsole:\n{console}");
+    assert_eq!(r["reliable"]["echoed"], json!(count), "{r}");
+    assert!(r["unreliable"]["echoed"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(r["fromNode"], json!([GREETING]), "the node's own message reached the page: {r}");
+    // The node's connection is authenticated to the page's WebCrypto identity.
+    let page_peer: PeerId = r["peerId"].as_str().unwrap().parse().unwrap();
+    let accepted = tokio::time::timeout(PAGE_TIMEOUT, node.accepted.recv()).await.unwrap().unwrap();
+    assert_eq!(accepted, page_peer);
 }
