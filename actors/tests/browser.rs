@@ -376,12 +376,15 @@ async fn page_and_node_exchange_messages_and_datagrams_over_webrtc() {
     let mut node = echo_node(&relay.url, SocketAddr::new(net.host.into(), 0)).await;
     let mut page = Chromium::launch(&bin, Some(&net)).await;
     let count = 20;
-    page.navigate(&page_url(&format!("relay={}&peer={}&auto=1&count={count}", enc(&relay.url), node.peer)))
-        .await;
+    // One message of 200 KiB too: many SCTP chunks, below the 256 KiB both ends advertise.
+    let big = 200 * 1024;
+    let query = format!("relay={}&peer={}&auto=1&count={count}&big={big}", enc(&relay.url), node.peer);
+    page.navigate(&page_url(&query)).await;
     let r = page.wait_for("window.kizunaResult ?? null", PAGE_TIMEOUT).await;
     let console = page.console.join("\n");
+    eprintln!("page result: {r}");
     assert_eq!(r["ok"], json!(true), "{r}\nconsole:\n{console}");
-    assert_eq!(r["reliable"]["echoed"], json!(count), "{r}");
+    assert_eq!(r["reliable"]["echoed"], json!(count + 1), "{r}");
     assert!(r["unreliable"]["echoed"].as_u64().unwrap() >= 1, "{r}");
     assert_eq!(r["fromNode"], json!([GREETING]), "the node's own message reached the page: {r}");
     // The node's connection is authenticated to the page's WebCrypto identity.

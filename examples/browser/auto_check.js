@@ -1,11 +1,14 @@
 // The scripted check (`?auto=1`), what actors/tests/browser.rs drives in headless Chromium:
-// connect, send `count` messages on the reliable channel and `count` datagrams on the
-// unreliable one to a node that echoes them, and publish the outcome as JSON on
+// connect, send `count` messages on the reliable channel (then one of `big` bytes, if
+// given: it crosses many SCTP chunks) and `count` datagrams on the unreliable one to a
+// node that echoes them, and publish the outcome as JSON on
 // `window.kizunaResult` (and the title "kizuna:done").
 //
 // Result: {ok, peerId, error: {kind, message}|null,
 //          reliable: {sent, echoed, inOrder, intact}, unreliable: {sent, echoed, intact},
-//          fromNode: [texts the node sent that were not echoes]}
+//          fromNode: [texts the node sent that were not echoes],
+//          connectMs: page start to both channels open (relay sign-in, offer/answer, ICE, DTLS, SCTP),
+//          echoMs: first reliable send to its last echo}
 // ok = every reliable message came back, in order and unchanged, and at least one datagram
 // came back unchanged (the unreliable channel may lose some; on loopback it rarely does).
 (function (K) {
@@ -25,18 +28,22 @@
     K.ui.log("result: " + JSON.stringify(result));
   }
 
-  async function autoCheck({ relay, peer, token, stun, count }) {
+  async function autoCheck({ relay, peer, token, stun, count, big }) {
     const result = {
       ok: false, peerId: null, error: null,
       reliable: { sent: 0, echoed: 0, inOrder: true, intact: true },
       unreliable: { sent: 0, echoed: 0, intact: true },
-      fromNode: [],
+      fromNode: [], connectMs: null, echoMs: null,
     };
+    const t0 = performance.now();
     try {
       const tag = Math.random().toString(36).slice(2, 10);
       const msgs = Array.from({ length: count }, (_, i) => "msg " + tag + " " + i + " " + "x".repeat(i * 37));
+      if (big > 0) msgs.push("msg " + tag + " big " + "y".repeat(big));
       const dgrams = new Set(Array.from({ length: count }, (_, i) => "dgram " + tag + " " + i));
       const session = await K.ui.connect(relay, peer, { token, stun });
+      result.connectMs = Math.round(performance.now() - t0);
+      let t1;
       result.peerId = document.getElementById("me").textContent;
       let allEchoed;
       const done = new Promise((r) => (allEchoed = r));
@@ -49,6 +56,7 @@
               else result.reliable.intact = false;
             }
             result.reliable.echoed++;
+            if (result.reliable.echoed === msgs.length) result.echoMs = Math.round(performance.now() - t1);
           } else {
             result.fromNode.push(t);
           }
@@ -58,10 +66,11 @@
         } else {
           result.fromNode.push(t);
         }
-        if (result.reliable.echoed === count && result.unreliable.echoed === count) allEchoed();
+        if (result.reliable.echoed === msgs.length && result.unreliable.echoed === count) allEchoed();
       });
       let failure = null;
       session.addEventListener("failed", (ev) => (failure = ev.detail));
+      t1 = performance.now();
       for (const m of msgs) {
         session.send("msg", m);
         result.reliable.sent++;
@@ -75,7 +84,7 @@
       if (failure) result.error = failure;
       const r = result.reliable;
       const u = result.unreliable;
-      result.ok = !failure && r.echoed === count && r.inOrder && r.intact && u.echoed >= 1 && u.intact;
+      result.ok = !failure && r.echoed === msgs.length && r.inOrder && r.intact && u.echoed >= 1 && u.intact;
     } catch (e) {
       result.error = { kind: e.kind || "error", message: e.message };
     }

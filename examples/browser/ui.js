@@ -3,7 +3,8 @@
 // Query parameters: relay=ws://HOST:PORT (the relay's URL exactly as it prints it),
 // peer=PEERID (the node), optionally token=TOKEN (relay admission token),
 // stun=stun:HOST:PORT (repeatable ICE server), auto=1 (scripted check, see auto_check.js)
-// and count=N (messages per channel in the scripted check, default 20).
+// count=N (messages per channel in the scripted check, default 20) and big=BYTES (one
+// more reliable message of that size, default none).
 (function (K) {
   "use strict";
 
@@ -112,6 +113,6 @@
   K.ui = { connect, disconnect, log, status };
 
   if (q.get("auto") === "1") {
-    K.autoCheck({ relay: q.get("relay") || "", peer: q.get("peer") || "", token: q.get("token"), stun: q.getAll("stun"), count: Number(q.get("count") || 20) });
+    K.autoCheck({ relay: q.get("relay") || "", peer: q.get("peer") || "", token: q.get("token"), stun: q.getAll("stun"), count: Number(q.get("count") || 20), big: Number(q.get("big") || 0) });
   }
 })((globalThis.Kizuna = globalThis.Kizuna || {}));
