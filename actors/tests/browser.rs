@@ -22,17 +22,16 @@ use futures_util::{SinkExt, StreamExt};
 use kizuna::{
     relay::{auth::Admission, RelayMessage},
     transport::{
-        webrtc::{Signaler, WebRtcConfig, WebRtcTransport},
+        webrtc::{SignalKind, SignalMessage, Signaler, WebRtcConfig, WebRtcTransport},
         BoxFuture,
     },
     Incoming, Keypair, LocalNode, NodeConfig, PeerId, Transport, TransportAddr,
 };
 use kizuna_actors::relay::{GetRelayMetrics, RelayServerConfig};
+use relay_client::*;
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use relay_client::*;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 /// Bound on the page's scripted checks (signing in, offering, connecting, echoes).
 const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -128,10 +127,15 @@ async fn page_encodings_match_rust() {
         )
         .await;
     let payload = unhex(payload.as_str().unwrap());
-    assert_eq!(payload[0], 0x14);
-    let s: Signal = rmp_serde::from_slice(&payload[1..]).unwrap();
-    assert_eq!(s.session, 0xfedc_ba98_7654_3210);
-    assert_eq!((s.kind.as_str(), s.mid.as_deref(), s.sig.is_none()), ("candidate", Some("0"), true));
+    let s = SignalMessage::decode(&payload).unwrap();
+    let want = SignalMessage::unsigned(
+        0xfedc_ba98_7654_3210,
+        SignalKind::Candidate,
+        "candidate:1 1 udp 1 127.0.0.1 9 typ host".into(),
+        Some("0".into()),
+    );
+    assert_eq!(s, want);
+    assert_eq!(payload, want.encode().unwrap(), "byte for byte the Rust encoding");
     let back = page
         .eval(&format!("Kizuna.signaling.decodeSignal(unhex('{}')).session.toString()", hex(&payload)))
         .await;
@@ -189,32 +193,6 @@ async fn page_signs_in_at_the_relay_and_receives_signals() {
     assert!(r.as_str().unwrap().contains("challenge names relay"), "{r}");
 }
 
-/// The contract's signaling message (docs/webrtc.md): the test plays the node.
-#[derive(Debug, Serialize, Deserialize)]
-struct Signal {
-    session: u64,
-    kind: String,
-    sdp: String,
-    mid: Option<String>,
-    sig: Option<serde_bytes::ByteBuf>,
-}
-
-fn transcript(session: u64, recipient: &PeerId, kind: &str, sdp: &str) -> Vec<u8> {
-    let mut t = b"kizuna-webrtc-v1\0".to_vec();
-    t.extend_from_slice(&session.to_be_bytes());
-    t.extend_from_slice(recipient.as_bytes());
-    t.extend_from_slice(kind.as_bytes());
-    t.push(0);
-    t.extend_from_slice(sdp.as_bytes());
-    t
-}
-
-fn signal_payload(s: &Signal) -> Vec<u8> {
-    let mut p = vec![0x14];
-    p.extend(rmp_serde::to_vec_named(s).unwrap());
-    p
-}
-
 /// Opens the page in scripted mode against a fake node (`node_key`'s reservation on
 /// `control`), checks the page's signed offer, answers with `answer_sdp` signed by
 /// `signer`, and returns the page's published result.
@@ -229,35 +207,22 @@ async fn answer_offer(signer: &Keypair, answer_sdp: Option<&str>) -> Value {
     let (from, offer) = loop {
         match next(&mut control).await {
             Got::Msg(RelayMessage::Signaled { from, payload }) => {
-                assert_eq!(payload[0], 0x14);
-                let s: Signal = rmp_serde::from_slice(&payload[1..]).unwrap();
-                if s.kind == "offer" {
+                let s = SignalMessage::decode(&payload).unwrap();
+                if s.kind == SignalKind::Offer {
                     break (from, s);
                 }
             }
             other => panic!("expected the page's offer, got {other:?}"),
         }
     };
-    assert_ne!(offer.session, 0);
     assert!(offer.sdp.contains("a=fingerprint:"), "{}", offer.sdp);
     assert!(offer.sdp.contains("webrtc-datachannel"), "{}", offer.sdp);
-    let sig = offer.sig.as_ref().expect("the offer is signed");
-    assert!(
-        from.verify(&transcript(offer.session, &node.peer_id(), "offer", &offer.sdp), sig),
-        "offer signature"
-    );
-    assert!(!from.verify(&transcript(offer.session, &key(9).peer_id(), "offer", &offer.sdp), sig));
+    offer.verify(&from, &node.peer_id()).expect("the page signs its offer for the node");
+    assert!(offer.verify(&from, &key(9).peer_id()).is_err(), "the signature binds the recipient");
 
     let sdp = answer_sdp.unwrap_or(&offer.sdp).to_string();
-    let sig = signer.sign(&transcript(offer.session, &from, "answer", &sdp));
-    let answer = Signal {
-        session: offer.session,
-        kind: "answer".into(),
-        sdp,
-        mid: None,
-        sig: Some(sig.to_vec().into()),
-    };
-    send(&mut control, &RelayMessage::Signal { to: from, payload: signal_payload(&answer) }).await;
+    let answer = SignalMessage::signed(signer, &from, offer.session, SignalKind::Answer, sdp);
+    send(&mut control, &RelayMessage::Signal { to: from, payload: answer.encode().unwrap() }).await;
     page.wait_for("window.kizunaResult ?? null", PAGE_TIMEOUT).await
 }
 
@@ -308,7 +273,8 @@ const GREETING: &str = "hello browser, from a kizuna node";
 async fn echo_node(relay_url: &str, bind: SocketAddr) -> EchoNode {
     let keypair = key(2);
     let node = LocalNode::new(NodeConfig::new(keypair.clone())).unwrap();
-    let transport = WebRtcTransport::new(node, WebRtcConfig { bind: vec![bind], ..WebRtcConfig::default() }).unwrap();
+    let transport =
+        WebRtcTransport::new(node, WebRtcConfig { bind: vec![bind], ..WebRtcConfig::default() }).unwrap();
     let control = reserve(relay_url, &keypair).await;
     let (mut sink, mut stream) = control.split();
     let (tx, mut rx) = mpsc::channel::<RelayMessage>(64);
@@ -368,7 +334,9 @@ async fn page_and_node_exchange_messages_and_datagrams_over_webrtc() {
     let net = match BrowserNet::create() {
         Ok(net) => net,
         Err(e) => {
-            eprintln!("SKIP browser WebRTC: {e} (Chromium needs a namespace: it gathers no loopback candidates)");
+            eprintln!(
+                "SKIP browser WebRTC: {e} (Chromium needs a namespace: it gathers no loopback candidates)"
+            );
             return;
         }
     };
