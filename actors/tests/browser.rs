@@ -120,6 +120,35 @@ async fn page_encodings_match_rust() {
         assert_eq!(r, json!("MsgpackError"), "input {bad:?}");
     }
 
+    // Totality: random inputs and mutations of a real message (seeded, reproducible) only
+    // ever decode or throw MsgpackError.
+    let sample = RelayMessage::Signaled { from: key(1).peer_id(), payload: vec![7; 40] }.encode().unwrap();
+    let other = page
+        .eval(&format!(
+            "(() => {{
+                let x = 0x2545f491;
+                const rnd = (n) => {{ x ^= x << 13; x ^= x >>> 17; x ^= x << 5; return (x >>> 0) % n; }};
+                const sample = unhex('{}');
+                const other = new Set();
+                let decoded = 0;
+                for (let i = 0; i < 20000; i++) {{
+                    let b;
+                    if (i % 2) {{
+                        b = sample.slice(0, rnd(sample.length + 1));
+                        for (let k = rnd(4); k >= 0; k--) b[rnd(b.length || 1)] = rnd(256);
+                    }} else {{
+                        b = new Uint8Array(rnd(24)).map(() => rnd(256));
+                    }}
+                    try {{ Kizuna.msgpack.decode(b); decoded++; }} catch (e) {{ if (e.name !== 'MsgpackError') other.add(e.name + ': ' + e.message); }}
+                }}
+                return [decoded, [...other]];
+            }})()",
+            hex(&sample)
+        ))
+        .await;
+    assert_eq!(other[1], json!([]), "exceptions other than MsgpackError: {other}");
+    assert!(other[0].as_u64().unwrap() > 0, "some random inputs are valid MessagePack: {other}");
+
     // Signaling payloads: the page's encoding is the contract's map behind 0x14.
     let payload = page
         .eval(
