@@ -25,12 +25,12 @@ use kizuna::{
         webrtc::{SignalKind, SignalMessage, Signaler, WebRtcConfig, WebRtcTransport},
         BoxFuture,
     },
-    Incoming, Keypair, LocalNode, NodeConfig, PeerId, Transport, TransportAddr,
+    Connection, Incoming, Keypair, LocalNode, NodeConfig, PeerId, Transport, TransportAddr,
 };
-use kizuna_actors::relay::{GetRelayMetrics, RelayServerConfig};
+use kizuna_actors::relay::{GetRelayMetrics, RelayHandle, RelayServerConfig};
 use relay_client::*;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::{io::AsyncReadExt, sync::mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Bound on the page's scripted checks (signing in, offering, connecting, echoes).
@@ -278,8 +278,8 @@ async fn page_refuses_an_answer_not_signed_by_the_node() {
 /// connection; it greets every connection once and echoes every message and datagram.
 struct EchoNode {
     peer: PeerId,
-    /// Peers whose connections the node accepted.
-    accepted: mpsc::Receiver<PeerId>,
+    /// The connections the node accepted.
+    accepted: mpsc::Receiver<Connection>,
     _tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -334,7 +334,7 @@ async fn echo_node(relay_url: &str, bind: SocketAddr) -> EchoNode {
                 eprintln!("node: rejected an incoming WebRTC connection: {inc:?}");
                 continue;
             };
-            let _ = acc_tx.send(c.peer()).await;
+            let _ = acc_tx.send(c.clone()).await;
             c.send(Bytes::from_static(GREETING.as_bytes())).await.unwrap();
             let d = c.clone();
             tokio::spawn(async move {
@@ -356,22 +356,7 @@ async fn echo_node(relay_url: &str, bind: SocketAddr) -> EchoNode {
 
 #[actix_rt::test]
 async fn page_and_node_exchange_messages_and_datagrams_over_webrtc() {
-    let Some(bin) = chromium::binary() else {
-        eprintln!("SKIP browser: `chromium` is not installed (apt-get install chromium; .ci/run does)");
-        return;
-    };
-    let net = match BrowserNet::create() {
-        Ok(net) => net,
-        Err(e) => {
-            eprintln!(
-                "SKIP browser WebRTC: {e} (Chromium needs a namespace: it gathers no loopback candidates)"
-            );
-            return;
-        }
-    };
-    let relay = start(RelayServerConfig::new(SocketAddr::new(net.host.into(), 0), Admission::open())).await;
-    let mut node = echo_node(&relay.url, SocketAddr::new(net.host.into(), 0)).await;
-    let mut page = Chromium::launch(&bin, Some(&net)).await;
+    let Some((_net, relay, mut node, mut page)) = webrtc_setup().await else { return };
     let count = 20;
     // One message of 200 KiB too: many SCTP chunks, below the 256 KiB both ends advertise.
     let big = 200 * 1024;
@@ -387,5 +372,75 @@ async fn page_and_node_exchange_messages_and_datagrams_over_webrtc() {
     // The node's connection is authenticated to the page's WebCrypto identity.
     let page_peer: PeerId = r["peerId"].as_str().unwrap().parse().unwrap();
     let accepted = tokio::time::timeout(PAGE_TIMEOUT, node.accepted.recv()).await.unwrap().unwrap();
-    assert_eq!(accepted, page_peer);
+    assert_eq!(accepted.peer(), page_peer);
+
+    // The page takes no streams: one the node opens ends at once instead of hanging.
+    let ended = async {
+        let mut s = accepted.open_stream().await?;
+        let mut buf = [0u8; 16];
+        s.read(&mut buf).await.map_err(|e| kizuna::TransportError::Closed(e.to_string()))
+    };
+    match tokio::time::timeout(PAGE_TIMEOUT, ended).await.expect("the refused stream ended in time") {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("read {n} bytes from a stream the page refused"),
+    }
+    // …and the connection still carries messages.
+    accepted.send(Bytes::from_static(b"after the stream")).await.unwrap();
+    let got = page
+        .wait_for("kizunaResult.fromNode.find((t) => t === 'after the stream') ?? null", PAGE_TIMEOUT)
+        .await;
+    assert_eq!(got, json!("after the stream"));
+}
+
+/// Chromium in its namespace, a relay and an echo node on this side of the link; `None`
+/// (after printing why) when the test cannot run here.
+async fn webrtc_setup() -> Option<(BrowserNet, RelayHandle, EchoNode, Chromium)> {
+    let Some(bin) = chromium::binary() else {
+        eprintln!("SKIP browser: `chromium` is not installed (apt-get install chromium; .ci/run does)");
+        return None;
+    };
+    let net = match BrowserNet::create() {
+        Ok(net) => net,
+        Err(e) => {
+            eprintln!(
+                "SKIP browser WebRTC: {e} (Chromium needs a namespace: it gathers no loopback candidates)"
+            );
+            return None;
+        }
+    };
+    let relay = start(RelayServerConfig::new(SocketAddr::new(net.host.into(), 0), Admission::open())).await;
+    let node = echo_node(&relay.url, SocketAddr::new(net.host.into(), 0)).await;
+    let page = Chromium::launch(&bin, Some(&net)).await;
+    Some((net, relay, node, page))
+}
+
+#[actix_rt::test]
+async fn a_person_uses_the_page_by_hand() {
+    let Some((_net, relay, node, mut page)) = webrtc_setup().await else { return };
+    page.navigate(&page_url(&format!("relay={}&peer={}", enc(&relay.url), node.peer))).await;
+    page.eval("document.getElementById('connect').click(), true").await;
+    let status = page
+        .wait_for(
+            "(() => { const s = document.getElementById('status'); return s.className ? [s.className, s.textContent] : null; })()",
+            PAGE_TIMEOUT,
+        )
+        .await;
+    assert_eq!(status[0], json!("ok"), "{status}\nconsole:\n{}", page.console.join("\n"));
+    for (button, channel) in [("send-msg", "msg"), ("send-dgram", "dgram")] {
+        let text = format!("typed into the page, sent with {button}");
+        page.eval(&format!(
+            "document.getElementById('text').value = '{text}', document.getElementById('{button}').click(), true"
+        ))
+        .await;
+        let shown = format!("recv [{channel}] \"{text}\"");
+        let seen = page
+            .wait_for(
+                &format!("document.getElementById('log').textContent.includes('{shown}') || null"),
+                PAGE_TIMEOUT,
+            )
+            .await;
+        assert_eq!(seen, json!(true));
+    }
+    page.eval("document.getElementById('disconnect').click(), true").await;
+    assert_eq!(page.eval("document.getElementById('status').textContent").await, json!("disconnected"));
 }

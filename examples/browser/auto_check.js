@@ -6,7 +6,7 @@
 //
 // Result: {ok, peerId, error: {kind, message}|null,
 //          reliable: {sent, echoed, inOrder, intact}, unreliable: {sent, echoed, intact},
-//          fromNode: [texts the node sent that were not echoes],
+//          fromNode: [texts the node sent that were not echoes; keeps growing after publishing],
 //          connectMs: page start to both channels open (relay sign-in, offer/answer, ICE, DTLS, SCTP),
 //          echoMs: first reliable send to its last echo}
 // ok = every reliable message came back, in order and unchanged, and at least one datagram

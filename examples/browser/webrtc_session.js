@@ -99,6 +99,12 @@
       const pc = (this.pc = new RTCPeerConnection(this.config));
       this.addChannel("msg", pc.createDataChannel("kizuna-msg", { ordered: true }));
       this.addChannel("dgram", pc.createDataChannel("kizuna-dgram", { ordered: false, maxRetransmits: 0 }));
+      // Streams (`kizuna-stream` channels the node opens) are not supported by this page:
+      // closing them at once makes the node's OpenStream fail instead of hang.
+      pc.ondatachannel = (ev) => {
+        console.warn("closing data channel " + JSON.stringify(ev.channel.label) + ": this page takes no streams");
+        ev.channel.close();
+      };
       pc.onicecandidate = (ev) => {
         const c = ev.candidate;
         // null (or an empty candidate string) = end of candidates
