@@ -14,8 +14,7 @@ use kizuna::{
         webrtc::{SignalError, SignalKind, SignalMessage, Signaler, WebRtcConfig, WebRtcTransport},
         BoxFuture,
     },
-    Connection, Incoming, Keypair, Listener, LocalNode, NodeConfig, PeerId, Transport, TransportAddr,
-    TransportError,
+    Connection, Incoming, Keypair, Listener, LocalNode, NodeConfig, PeerId, Transport, TransportAddr, TransportError,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -140,3 +139,4 @@ async fn messages_datagrams_and_a_16_mib_stream() {
     assert_eq!(got.len(), expected.len());
     assert!(got == expected, "stream bytes differ");
 }
+

@@ -49,11 +49,7 @@ pub(crate) enum ChannelState {
 
 /// Forwards `dc`'s messages to `tx` (waiting while it is full) and its state to `state`,
 /// until the channel closes or the receiver is dropped.
-pub(crate) async fn pump(
-    dc: Arc<dyn DataChannel>,
-    tx: mpsc::Sender<Bytes>,
-    state: watch::Sender<ChannelState>,
-) {
+pub(crate) async fn pump(dc: Arc<dyn DataChannel>, tx: mpsc::Sender<Bytes>, state: watch::Sender<ChannelState>) {
     while let Some(ev) = dc.poll().await {
         match ev {
             DataChannelEvent::OnOpen => {
@@ -111,11 +107,7 @@ impl DcStream {
 }
 
 impl AsyncRead for DcStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         while self.current.is_empty() {
             match ready!(self.rx.poll_recv(cx)) {
                 Some(b) => self.current = b,

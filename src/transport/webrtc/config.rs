@@ -109,8 +109,7 @@ impl WebRtcConfig {
         }
         if self.relay_only && !self.ice_servers.iter().any(IceServer::is_turn) {
             return Err(TransportError::Config(
-                "--ice-relay-only needs a TURN server: add --turn turn:HOST:PORT --turn-user U --turn-pass P"
-                    .into(),
+                "--ice-relay-only needs a TURN server: add --turn turn:HOST:PORT --turn-user U --turn-pass P".into(),
             ));
         }
         if self.bind.is_empty() {
