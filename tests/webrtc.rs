@@ -140,3 +140,164 @@ async fn messages_datagrams_and_a_16_mib_stream() {
     assert!(got == expected, "stream bytes differ");
 }
 
+
+/// Flips one hex digit of the DTLS fingerprint in an SDP.
+fn tamper_fingerprint(sdp: &str) -> String {
+    let at = sdp.find("a=fingerprint:").expect("SDP has a fingerprint");
+    let colon = at + sdp[at..].find(' ').unwrap() + 1;
+    let mut b = sdp.as_bytes().to_vec();
+    b[colon] = if b[colon] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(b).unwrap()
+}
+
+fn tamper(p: &Pair, kind: SignalKind) {
+    *p.board.tamper.lock().unwrap() = Some(Arc::new(move |mut m: SignalMessage| {
+        if m.kind == kind {
+            m.sdp = tamper_fingerprint(&m.sdp);
+        }
+        m
+    }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_answer_fingerprint_fails_authentication() {
+    let mut p = setup().await;
+    tamper(&p, SignalKind::Answer);
+    let e = tokio::time::timeout(WAIT, p.client.connect(&TransportAddr::WebRtc, p.server_id)).await.unwrap();
+    match e {
+        Err(TransportError::AuthenticationFailed { expected, .. }) => assert_eq!(expected, p.server_id),
+        other => panic!("expected an authentication failure, got {other:?}"),
+    }
+    // The answering side gave up on that session too.
+    match tokio::time::timeout(WAIT, p.listener.accept()).await.unwrap() {
+        Some(Incoming::Rejected { .. }) => {}
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    // Untampered, the same pair connects.
+    *p.board.tamper.lock().unwrap() = None;
+    let (c, _s) = connect(&mut p).await;
+    assert!(c.is_connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_offer_is_refused_and_the_dialer_fails_fast() {
+    let mut p = setup().await;
+    tamper(&p, SignalKind::Offer);
+    let t0 = Instant::now();
+    let e = tokio::time::timeout(WAIT, p.client.connect(&TransportAddr::WebRtc, p.server_id)).await.unwrap();
+    assert!(e.is_err(), "a tampered offer must not connect");
+    // The answerer refused with a `close`, so the dialer did not wait for its timeout.
+    assert!(t0.elapsed() < Duration::from_secs(9), "dialer waited {:?}", t0.elapsed());
+    // The offer never reached the listener as a connection.
+    assert!(!matches!(
+        tokio::time::timeout(Duration::from_millis(200), p.listener.accept()).await,
+        Ok(Some(Incoming::Connection(_)))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_signaling_is_refused_with_typed_errors_and_the_node_keeps_serving() {
+    let mut p = setup().await;
+    let from = p.client_id;
+    let s = &p.server;
+    let sig = |m: SignalMessage| m.encode().unwrap();
+    let cases: Vec<(Vec<u8>, fn(&SignalError) -> bool)> = vec![
+        (vec![], |e| matches!(e, SignalError::Malformed(_))),
+        (vec![0x13, 0x80], |e| matches!(e, SignalError::Malformed(_))),
+        (vec![0x14], |e| matches!(e, SignalError::Malformed(_))),
+        (vec![0x14, 0x93, 1, 2, 3], |e| matches!(e, SignalError::Malformed(_))),
+        (vec![0x14, 0xdf, 0xff, 0xff, 0xff, 0xff], |e| matches!(e, SignalError::Malformed(_))),
+        (vec![0x14; 20_000], |e| matches!(e, SignalError::TooLarge { .. })),
+        (
+            sig(SignalMessage::unsigned(5, SignalKind::Candidate, "candidate:1 1 udp 1 127.0.0.1 9 typ host".into(), None)),
+            |e| matches!(e, SignalError::UnknownSession { .. }),
+        ),
+        (sig(SignalMessage::unsigned(6, SignalKind::Close, "bye".into(), None)), |e| {
+            matches!(e, SignalError::UnknownSession { .. })
+        }),
+        // An offer "signed" by another key than the sender's.
+        (
+            sig(SignalMessage::signed(&Keypair::from_seed([9; 32]), &p.server_id, 7, SignalKind::Offer, "v=0".into())),
+            |e| matches!(e, SignalError::BadSignature { .. }),
+        ),
+        // A correctly signed offer whose SDP is garbage: accepted for answering, then
+        // refused by the peer connection (reported by the listener as a rejection).
+    ];
+    for (payload, check) in cases {
+        let e = s.handle_signal(from, &payload).unwrap_err();
+        assert!(check(&e), "payload {:02x?}…: unexpected error {e}", &payload[..payload.len().min(8)]);
+    }
+    let bad_sdp = SignalMessage::signed(&Keypair::from_seed([2; 32]), &p.server_id, 8, SignalKind::Offer, "garbage".into());
+    s.handle_signal(from, &sig(bad_sdp)).unwrap();
+    match tokio::time::timeout(WAIT, p.listener.accept()).await.unwrap() {
+        Some(Incoming::Rejected { .. }) => {}
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    // Still serving.
+    let (c, a) = connect(&mut p).await;
+    c.send(Bytes::from_static(b"still here")).await.unwrap();
+    assert_eq!(&a.recv().await.unwrap().unwrap()[..], b"still here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreliable_channel_tolerates_loss_without_stalling() {
+    let mut p = setup().await;
+    let (c, s) = connect(&mut p).await;
+    // A burst far beyond what the queues hold: whatever is dropped is dropped, the sender
+    // never waits, and what arrives arrives without a stall.
+    let burst = 20_000u32;
+    let t0 = Instant::now();
+    for i in 0..burst {
+        let mut d = vec![0u8; 1000];
+        d[..4].copy_from_slice(&i.to_be_bytes());
+        c.send_datagram(Bytes::from(d)).unwrap();
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5), "datagram sends waited {:?}", t0.elapsed());
+    let mut got = 0u32;
+    while let Ok(Ok(d)) = tokio::time::timeout(Duration::from_millis(500), s.recv_datagram()).await {
+        assert_eq!(d.len(), 1000);
+        assert!(u32::from_be_bytes(d[..4].try_into().unwrap()) < burst);
+        got += 1;
+    }
+    eprintln!("datagrams delivered: {got} of {burst}");
+    assert!(got > 0 && got <= burst);
+    // The reliable channel is unaffected.
+    c.send(Bytes::from_static(b"after the burst")).await.unwrap();
+    assert_eq!(&tokio::time::timeout(WAIT, s.recv()).await.unwrap().unwrap().unwrap()[..], b"after the burst");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_receiver_bounds_the_senders_memory() {
+    let mut p = setup().await;
+    let (c, s) = connect(&mut p).await;
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let total: u64 = 96 << 20;
+    let msg = Bytes::from(vec![7u8; 64 << 10]);
+    let counter = sent.clone();
+    let sender = tokio::spawn(async move {
+        while counter.load(std::sync::atomic::Ordering::Relaxed) < total {
+            c.send(msg.clone()).await.unwrap();
+            counter.fetch_add(msg.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        c
+    });
+    // The receiver does not read: the sender must stall at a bounded amount.
+    let mut last = 0;
+    let mut stable = 0;
+    while stable < 3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = sent.load(std::sync::atomic::Ordering::Relaxed);
+        stable = if now == last { stable + 1 } else { 0 };
+        last = now;
+        assert!(now < 64 << 20, "sender buffered {now} bytes for a receiver that reads nothing");
+    }
+    eprintln!("sender stalled after {} KiB", last >> 10);
+    // Reading resumes the flow, and everything arrives.
+    let mut received = 0u64;
+    while received < total {
+        let m = tokio::time::timeout(WAIT, s.recv()).await.unwrap().unwrap().unwrap();
+        received += m.len() as u64;
+    }
+    let _c = tokio::time::timeout(WAIT, sender).await.unwrap().unwrap();
+    assert_eq!(received, total);
+}

@@ -131,7 +131,7 @@ async fn route_channels(
             let _ = dc.close().await;
             continue;
         }
-        let p = start_pump(dc, STREAM_QUEUE);
+        let p = start_pump(dc, STREAM_QUEUE, false);
         if tx.send(ByteStream::new(DcStream::new(p.dc, p.rx), stats.clone())).await.is_err() {
             return;
         }
@@ -171,7 +171,7 @@ impl ConnectionBackend for WebRtcBackend {
     fn open_stream(&self) -> BoxFuture<'_, Result<ByteStream>> {
         Box::pin(async move {
             let dc = self.pc.create_data_channel(LABEL_STREAM, None).await.map_err(closed_error)?;
-            let mut p = start_pump(dc, STREAM_QUEUE);
+            let mut p = start_pump(dc, STREAM_QUEUE, false);
             match tokio::time::timeout(STREAM_OPEN_TIMEOUT, opened(&mut p.state)).await {
                 Ok(true) => Ok(ByteStream::new(DcStream::new(p.dc, p.rx), self.stats.clone())),
                 Ok(false) => Err(closed_error("stream channel closed while opening")),

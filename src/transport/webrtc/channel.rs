@@ -47,14 +47,25 @@ pub(crate) enum ChannelState {
     Closed,
 }
 
-/// Forwards `dc`'s messages to `tx` (waiting while it is full) and its state to `state`,
-/// until the channel closes or the receiver is dropped.
-pub(crate) async fn pump(dc: Arc<dyn DataChannel>, tx: mpsc::Sender<Bytes>, state: watch::Sender<ChannelState>) {
+/// Forwards `dc`'s messages to `tx` and its state to `state`, until the channel closes or
+/// the receiver is dropped. A reliable channel waits while `tx` is full (backpressure); a
+/// `lossy` one (datagrams) drops instead, so unread datagrams never hold back the
+/// connection's other channels.
+pub(crate) async fn pump(
+    dc: Arc<dyn DataChannel>,
+    tx: mpsc::Sender<Bytes>,
+    state: watch::Sender<ChannelState>,
+    lossy: bool,
+) {
     while let Some(ev) = dc.poll().await {
         match ev {
             DataChannelEvent::OnOpen => {
                 let _ = state.send(ChannelState::Open);
             }
+            DataChannelEvent::OnMessage(m) if lossy => match tx.try_send(m.data.freeze()) {
+                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => break,
+            },
             DataChannelEvent::OnMessage(m) => {
                 if tx.send(m.data.freeze()).await.is_err() {
                     break;

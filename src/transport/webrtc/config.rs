@@ -136,11 +136,17 @@ impl WebRtcConfig {
     /// The webrtc-rs settings: fast ICE checks, loopback candidates when bound to
     /// loopback, Kizuna's message size and SCTP window.
     pub(crate) fn setting_engine(&self) -> SettingEngine {
-        use rtc::peer_connection::{
-            configuration::setting_engine::SctpMaxMessageSize, transport::RTCDtlsRole,
+        use rtc::{
+            ice::mdns::MulticastDnsMode,
+            peer_connection::{configuration::setting_engine::SctpMaxMessageSize, transport::RTCDtlsRole},
         };
-        let loopback = self.bind.iter().any(|a| a.ip().is_loopback());
+        let loopback = self.bind.iter().all(|a| a.ip().is_loopback());
+        // Bound to loopback only, nothing may leave the host: no mDNS socket or queries
+        // (a browser's `.local` candidates are not needed there: its checks arrive from
+        // loopback and become peer-reflexive candidates).
+        let mdns = if loopback { MulticastDnsMode::Disabled } else { MulticastDnsMode::QueryOnly };
         SettingEngineBuilder::new()
+            .with_multicast_dns_mode(mdns)
             .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_BINDING_REQUESTS))
             // Nominate a working direct pair at once. Peer-reflexive pairs matter here:
             // with trickle ICE the peer's checks often arrive before its candidate does,
