@@ -302,8 +302,11 @@ const GREETING: &str = "hello browser, from a kizuna node";
 async fn echo_node(relay_url: &str, bind: SocketAddr) -> EchoNode {
     let keypair = key(2);
     let node = LocalNode::new(NodeConfig::new(keypair.clone())).unwrap();
-    let transport =
-        WebRtcTransport::new(node, WebRtcConfig { bind: vec![bind], ..WebRtcConfig::default() }).unwrap();
+    // Loopback in the bind list as well: webrtc-rs then opens no mDNS socket (which would
+    // join 224.0.0.251 on the default interface, outside the test's link). Chromium gets
+    // the loopback candidate too and finds nothing there inside its namespace.
+    let bind = vec![bind, SocketAddr::from(([127, 0, 0, 1], 0))];
+    let transport = WebRtcTransport::new(node, WebRtcConfig { bind, ..WebRtcConfig::default() }).unwrap();
     let control = reserve(relay_url, &keypair).await;
     let (mut sink, mut stream) = control.split();
     let (tx, mut rx) = mpsc::channel::<RelayMessage>(64);
@@ -356,7 +359,7 @@ async fn echo_node(relay_url: &str, bind: SocketAddr) -> EchoNode {
 
 #[actix_rt::test]
 async fn page_and_node_exchange_messages_and_datagrams_over_webrtc() {
-    let Some((_net, relay, mut node, mut page)) = webrtc_setup().await else { return };
+    let Some((net, relay, mut node, mut page)) = webrtc_setup().await else { return };
     let count = 20;
     // One message of 200 KiB too: many SCTP chunks, below the 256 KiB both ends advertise.
     let big = 200 * 1024;
@@ -369,6 +372,12 @@ async fn page_and_node_exchange_messages_and_datagrams_over_webrtc() {
     assert_eq!(r["reliable"]["echoed"], json!(count + 1), "{r}");
     assert!(r["unreliable"]["echoed"].as_u64().unwrap() >= 1, "{r}");
     assert_eq!(r["fromNode"], json!([GREETING]), "the node's own message reached the page: {r}");
+    // Chromium's only candidate is its end of the test's link: nothing else was a target.
+    let candidates = r["candidates"].as_array().unwrap();
+    assert!(!candidates.is_empty(), "{r}");
+    for c in candidates {
+        assert!(c.as_str().unwrap().contains(&format!(" {} ", net.browser)), "unexpected candidate {c}");
+    }
     // The node's connection is authenticated to the page's WebCrypto identity.
     let page_peer: PeerId = r["peerId"].as_str().unwrap().parse().unwrap();
     let accepted = tokio::time::timeout(PAGE_TIMEOUT, node.accepted.recv()).await.unwrap().unwrap();

@@ -86,6 +86,8 @@
       this.channels = {};
       this.answered = false;
       this.earlyCandidates = [];
+      /** The candidate strings this page trickled (the first 64), for diagnostics. */
+      this.localCandidates = [];
       this.done = false;
       this.onSignaled = (ev) => this.handleSignaled(ev.detail).catch((e) => this.fail("signaling", e.message));
       this.onRelayClosed = () => this.fail("signaling", "relay connection closed before the session was up");
@@ -107,6 +109,7 @@
       };
       pc.onicecandidate = (ev) => {
         const c = ev.candidate;
+        if (c && this.localCandidates.length < MAX_EARLY_CANDIDATES) this.localCandidates.push(c.candidate);
         // null (or an empty candidate string) = end of candidates
         this.sendSignal({ kind: "candidate", sdp: c ? c.candidate : "", mid: c ? c.sdpMid : null });
       };
