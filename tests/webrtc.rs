@@ -301,3 +301,135 @@ async fn slow_receiver_bounds_the_senders_memory() {
     let _c = tokio::time::timeout(WAIT, sender).await.unwrap().unwrap();
     assert_eq!(received, total);
 }
+
+// ---- TURN: a real coturn relaying the data channel, relay-only ICE on both sides ----
+
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn have_turnserver() -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", "command -v turnserver"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Whether `server` answers a STUN Binding request within `within` (it is up).
+fn answers_stun(server: std::net::SocketAddr, within: Duration) -> bool {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let req = kizuna::nat::probe::encode_request([7; 12], false, false);
+    let start = Instant::now();
+    let mut buf = [0u8; 1500];
+    while start.elapsed() < within {
+        let _ = sock.send_to(&req, server);
+        if let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if kizuna::nat::probe::parse_response(&buf[..n], from, &[7; 12]).is_some() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// coturn with one long-term-credential user, relaying on loopback, on fresh ports (a
+/// server that does not answer is replaced on new ports, a few times).
+fn start_turn(dir: &std::path::Path) -> (Guard, u16) {
+    for attempt in 0..4 {
+        let port = free_udp_port();
+        let relay_lo = free_udp_port().max(20_000).min(60_000);
+        let d = |f: &str| dir.join(format!("{attempt}-{f}")).to_string_lossy().into_owned();
+        let child = std::process::Command::new("turnserver")
+            .args(["-n", "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"])
+            .args(["--listening-port", &port.to_string()])
+            .args(["--min-port", &relay_lo.to_string(), "--max-port", &(relay_lo + 200).to_string()])
+            .args(["--lt-cred-mech", "--user", "kizuna:turn-secret", "--realm", "kizuna.test"])
+            .args(["--allow-loopback-peers", "--no-tls", "--no-dtls", "--no-tcp", "--no-cli", "--simple-log"])
+            .args(["--log-file", &d("turn.log"), "--pidfile", &d("turn.pid"), "--db", &d("turndb")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start turnserver");
+        let guard = Guard(child);
+        if answers_stun(([127, 0, 0, 1], port).into(), Duration::from_secs(5)) {
+            return (guard, port);
+        }
+        eprintln!("coturn on port {port} did not answer (attempt {attempt}); trying other ports");
+    }
+    panic!("coturn never answered on loopback (4 attempts)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_relays_a_data_channel_with_relay_only_ice() {
+    if !have_turnserver() {
+        eprintln!("SKIP: `turnserver` not found (apt-get install coturn; .ci/run does): TURN not tested");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_turn, port) = start_turn(dir.path());
+    let url = format!("turn:127.0.0.1:{port}");
+    let board = Arc::new(Switchboard::default());
+    let relay_only = |seed: u8| {
+        let node = LocalNode::new(NodeConfig::new(Keypair::from_seed([seed; 32]))).unwrap();
+        let id = node.peer_id();
+        let mut cfg = WebRtcConfig::loopback();
+        cfg.ice_servers = vec![kizuna::transport::webrtc::IceServer::turn(&url, "kizuna", "turn-secret")];
+        cfg.relay_only = true;
+        let t = WebRtcTransport::new(node, cfg).unwrap();
+        t.set_signaler(Arc::new(Port { board: board.clone(), me: id }));
+        board.nodes.lock().unwrap().insert(id, t.clone());
+        (t, id)
+    };
+    let (server, server_id) = relay_only(11);
+    let (client, _) = relay_only(12);
+    // Only relay candidates may be signaled (a panic here loses the signal: no connection).
+    let relayed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = relayed.clone();
+    *board.tamper.lock().unwrap() = Some(Arc::new(move |m: SignalMessage| {
+        if m.kind == SignalKind::Candidate && !m.sdp.is_empty() {
+            assert!(m.sdp.contains("typ relay"), "non-relay candidate signaled: {}", m.sdp);
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if m.kind == SignalKind::Offer || m.kind == SignalKind::Answer {
+            assert!(!m.sdp.contains("typ host"), "host candidate in the SDP");
+        }
+        m
+    }));
+    let mut listener = server.listen(&TransportAddr::WebRtc).await.unwrap();
+    let (c, s) = tokio::join!(client.connect(&TransportAddr::WebRtc, server_id), accept(&mut listener));
+    let c = c.unwrap();
+    // Data both ways, through coturn.
+    let payload = Bytes::from(vec![0x5a; 100_000]);
+    c.send(payload.clone()).await.unwrap();
+    assert_eq!(tokio::time::timeout(WAIT, s.recv()).await.unwrap().unwrap().unwrap(), payload);
+    s.send(Bytes::from_static(b"back through TURN")).await.unwrap();
+    assert_eq!(&tokio::time::timeout(WAIT, c.recv()).await.unwrap().unwrap().unwrap()[..], b"back through TURN");
+    assert!(relayed.load(std::sync::atomic::Ordering::Relaxed) >= 2, "both sides signal relay candidates");
+}
+
+#[test]
+fn turn_without_credentials_or_relay_only_without_turn_is_a_configuration_error() {
+    let node = LocalNode::new(NodeConfig::new(Keypair::from_seed([3; 32]))).unwrap();
+    let mut cfg = WebRtcConfig::loopback();
+    cfg.ice_servers = vec![kizuna::transport::webrtc::IceServer {
+        url: "turn:127.0.0.1:3478".into(),
+        username: None,
+        credential: None,
+    }];
+    let e = WebRtcTransport::new(node.clone(), cfg).err().unwrap();
+    assert!(e.to_string().contains("--turn-user"), "{e}");
+    let mut cfg = WebRtcConfig::loopback();
+    cfg.relay_only = true;
+    let e = WebRtcTransport::new(node, cfg).err().unwrap();
+    assert!(e.to_string().contains("--turn"), "{e}");
+}

@@ -7,7 +7,8 @@
 //!   `SendSignal` (relay signaling, used by hole punching), [`Fault`] (tests).
 //! * **Out:** accepted relayed circuits to the supervisor as `Inbound` connections;
 //!   events (`RelayReserved`, `RelayFailed`, `SignalReceived`) on the bus; signals
-//!   tagged as punch messages go to the supervisor instead (`PunchSignal`).
+//!   tagged as punch messages (0x13) or WebRTC signaling (0x14) go to the supervisor
+//!   instead (`PunchSignal`, `WebRtcSignal`).
 //! * **Supervised** as a *permanent* child of the [`Supervisor`](crate::Supervisor)
 //!   (it recovers from relay failures by itself; only its own death needs a restart).
 //! * **Stops** with the supervisor.
@@ -34,6 +35,7 @@ use crate::{
     child::{ChildExited, ChildId, ExitGuard, Fault},
     events::EventBus,
     hole_punch::{PunchSignal, SendSignal, PUNCH_SIGNAL_TAG},
+    webrtc_signal::{WebRtcSignal, WEBRTC_SIGNAL_TAG},
     listener::Inbound,
     runtime::io_runtime,
     supervision::ExitReason,
@@ -61,6 +63,7 @@ pub struct RelayClientActor {
     bus: EventBus,
     inbound: Recipient<Inbound>,
     punch: Recipient<PunchSignal>,
+    webrtc: Recipient<WebRtcSignal>,
     guard: ExitGuard,
     generation: u64,
     writer: Option<mpsc::Sender<RelayMessage>>,
@@ -75,6 +78,7 @@ impl RelayClientActor {
         bus: EventBus,
         inbound: Recipient<Inbound>,
         punch: Recipient<PunchSignal>,
+        webrtc: Recipient<WebRtcSignal>,
         exited: Recipient<ChildExited>,
     ) -> Result<Self, kizuna::relay::RelayConfigError> {
         let seed = u64::from_le_bytes(node.peer_id().as_bytes()[..8].try_into().unwrap_or([7; 8]));
@@ -87,6 +91,7 @@ impl RelayClientActor {
             bus,
             inbound,
             punch,
+            webrtc,
             guard: ExitGuard::new(id, exited),
             generation: 0,
             writer: None,
@@ -168,6 +173,12 @@ impl RelayClientActor {
                 let payload = Bytes::from(payload).slice(1..);
                 if self.punch.try_send(PunchSignal { peer: from, payload }).is_err() {
                     tracing::debug!(peer = %from, "punch signal dropped: supervisor busy");
+                }
+            }
+            ClientEvent::Signaled { from, payload } if payload.first() == Some(&WEBRTC_SIGNAL_TAG) => {
+                let payload = Bytes::from(payload);
+                if self.webrtc.try_send(WebRtcSignal { peer: from, payload }).is_err() {
+                    tracing::debug!(peer = %from, "WebRTC signal dropped: supervisor busy");
                 }
             }
             ClientEvent::Signaled { from, payload } => {

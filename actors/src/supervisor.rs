@@ -35,7 +35,10 @@ use kizuna::{
     negotiate::{resolve_duplicate, Candidate, Keep},
     punch::{PunchMessage, Role},
     relay::client::{RelayClientConfig, RelayEndpoint},
-    transport::quic::{demux::SideChannel, QuicTransport},
+    transport::{
+        quic::{demux::SideChannel, QuicTransport},
+        webrtc::{WebRtcConfig, WebRtcTransport},
+    },
     wire::CloseCode,
     Connection, ConnectionInfo, Incoming, LocalNode, NodeConfig, PathKind, PeerAddress, PeerId, Protocol,
     Transport, TransportAddr,
@@ -56,6 +59,7 @@ use crate::{
     runtime::io_runtime,
     supervision::{Decision, ExitReason, RestartLimits, RestartPolicy, RestartTracker},
     transports::build_transports,
+    webrtc_signal::{RelaySignaler, WebRtcSignal},
 };
 
 /// Configuration of a node's supervisor.
@@ -69,6 +73,9 @@ pub struct SupervisorConfig {
     pub restart: RestartLimits,
     /// Relays to hold a reservation at (failover order) and to dial through. Empty: none.
     pub relays: Vec<RelayEndpoint>,
+    /// WebRTC (used when `protocols` has [`Protocol::WebRtc`]): ICE servers, relay-only
+    /// policy, bind addresses. Signaling goes through the relays, so WebRTC needs one.
+    pub webrtc: WebRtcConfig,
 }
 
 impl SupervisorConfig {
@@ -79,6 +86,7 @@ impl SupervisorConfig {
             protocols: vec![Protocol::Quic, Protocol::Tcp],
             restart: RestartLimits::default(),
             relays: Vec::new(),
+            webrtc: WebRtcConfig::default(),
         }
     }
 }
@@ -167,6 +175,9 @@ pub struct Supervisor {
     punch_inboxes: PunchInboxes,
     punch_reader: Option<Arc<SideChannel>>,
     early_signals: HashMap<PeerId, Vec<Bytes>>,
+    /// The WebRTC transport, if enabled: offers from peers are answered while its
+    /// listener (started with the node) runs.
+    webrtc: Option<WebRtcTransport>,
 }
 
 impl Supervisor {
@@ -174,7 +185,8 @@ impl Supervisor {
     /// the current actix arbiter.
     pub fn start(config: SupervisorConfig) -> Result<Addr<Supervisor>, NodeError> {
         let node = LocalNode::new(config.node)?;
-        let (transports, quic) = build_transports(&node, &config.protocols, &config.relays)?;
+        let built = build_transports(&node, &config.protocols, &config.relays, &config.webrtc)?;
+        let (transports, quic, webrtc) = (built.all, built.quic, built.webrtc);
         Ok(Supervisor {
             node,
             transports,
@@ -197,6 +209,7 @@ impl Supervisor {
             punch_inboxes: PunchInboxes::default(),
             punch_reader: None,
             early_signals: HashMap::new(),
+            webrtc,
         }
         .start())
     }
@@ -220,11 +233,15 @@ impl Supervisor {
             self.bus.clone(),
             me.clone().recipient(),
             me.clone().recipient(),
+            me.clone().recipient(),
             me.recipient(),
         ) {
             Ok(actor) => {
                 let addr = actor.start();
                 self.relay_signal = Some(addr.clone().recipient());
+                if let Some(w) = &self.webrtc {
+                    w.set_signaler(Arc::new(RelaySignaler(addr.clone().recipient())));
+                }
                 let kind = ChildKind::RelayClient { stop: addr.clone().recipient() };
                 self.children
                     .insert(id, Child { name: "relay-client".into(), kind, fault: addr.recipient() });
@@ -517,6 +534,11 @@ impl Actor for Supervisor {
             let id = self.id();
             self.spawn_relay_client(id, ctx);
         }
+        if let Some(w) = self.webrtc.clone() {
+            // Answer WebRTC offers (from nodes and browsers) for as long as the node runs.
+            let id = self.id();
+            self.spawn_listener(id, Arc::new(w), TransportAddr::WebRtc, ctx);
+        }
         tracing::info!(peer = %self.node.peer_id(), "supervisor started");
     }
 }
@@ -748,6 +770,31 @@ impl Handler<PunchSignal> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: PunchSignal, ctx: &mut Context<Self>) {
         self.on_punch_signal(msg, ctx);
+    }
+}
+
+impl Handler<WebRtcSignal> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: WebRtcSignal, _: &mut Context<Self>) {
+        let Some(w) = &self.webrtc else {
+            tracing::debug!(peer = %msg.peer, "WebRTC signal ignored: WebRTC is not enabled");
+            return;
+        };
+        // Refused signals are dropped (a refused offer is answered with a `close`); the
+        // node keeps serving.
+        if let Err(e) = w.handle_signal(msg.peer, &msg.payload) {
+            tracing::debug!(peer = %msg.peer, error = %e, "WebRTC signal refused");
+        }
+    }
+}
+
+impl Handler<SendDatagram> for Supervisor {
+    type Result = Result<(), NodeError>;
+    fn handle(&mut self, msg: SendDatagram, _: &mut Context<Self>) -> Self::Result {
+        match self.peers.get(&msg.peer) {
+            Some(e) => e.conn.send_datagram(msg.data).map_err(NodeError::from),
+            None => Err(NodeError::NotConnected(msg.peer)),
+        }
     }
 }
 
