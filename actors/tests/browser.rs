@@ -14,24 +14,23 @@
 mod chromium;
 mod relay_client;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
+use actix::Addr;
 use bytes::Bytes;
 use chromium::{enc, page_url, BrowserNet, Chromium};
-use futures_util::{SinkExt, StreamExt};
 use kizuna::{
-    relay::{auth::Admission, RelayMessage},
-    transport::{
-        webrtc::{SignalKind, SignalMessage, Signaler, WebRtcConfig, WebRtcTransport},
-        BoxFuture,
-    },
-    Connection, Incoming, Keypair, LocalNode, NodeConfig, PeerId, Transport, TransportAddr,
+    relay::{auth::Admission, client::RelayEndpoint, RelayMessage},
+    transport::webrtc::{SignalKind, SignalMessage},
+    Keypair, PeerId, Protocol,
 };
-use kizuna_actors::relay::{GetRelayMetrics, RelayHandle, RelayServerConfig};
+use kizuna_actors::{
+    relay::{GetRelayMetrics, RelayHandle, RelayServerConfig},
+    Event, OpenStream, Send, SendDatagram, Subscribe, Supervisor, SupervisorConfig,
+};
 use relay_client::*;
 use serde_json::{json, Value};
 use tokio::{io::AsyncReadExt, sync::mpsc};
-use tokio_tungstenite::tungstenite::Message;
 
 /// Bound on the page's scripted checks (signing in, offering, connecting, echoes).
 const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -274,87 +273,60 @@ async fn page_refuses_an_answer_not_signed_by_the_node() {
     assert!(r["error"]["message"].as_str().unwrap().contains("refused by the browser"), "{r}");
 }
 
-/// A Kizuna node with a WebRTC listener whose signaling path is its relay control
-/// connection; it greets every connection once and echoes every message and datagram.
+/// A Kizuna node (a [`Supervisor`] with WebRTC and a relay reservation) that greets every
+/// WebRTC peer once and echoes every message and datagram, through the public API only.
 struct EchoNode {
     peer: PeerId,
-    /// The connections the node accepted.
-    accepted: mpsc::Receiver<Connection>,
-    _tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-/// Relay `signal`s, sent by the control connection's writer task.
-struct RelaySignaler(mpsc::Sender<RelayMessage>);
-
-impl Signaler for RelaySignaler {
-    fn signal(&self, to: PeerId, payload: Vec<u8>) -> BoxFuture<'_, kizuna::Result<()>> {
-        Box::pin(async move {
-            self.0
-                .send(RelayMessage::Signal { to, payload })
-                .await
-                .map_err(|_| kizuna::TransportError::Closed("relay control connection".into()))
-        })
-    }
+    supervisor: Addr<Supervisor>,
+    /// Peers that connected over WebRTC.
+    connected: mpsc::Receiver<PeerId>,
 }
 
 const GREETING: &str = "hello browser, from a kizuna node";
 
-async fn echo_node(relay_url: &str, bind: SocketAddr) -> EchoNode {
+async fn echo_node(relay: &RelayHandle, bind: SocketAddr) -> EchoNode {
     let keypair = key(2);
-    let node = LocalNode::new(NodeConfig::new(keypair.clone())).unwrap();
+    let peer = keypair.peer_id();
+    let mut config = SupervisorConfig::new(keypair);
+    config.protocols = vec![Protocol::WebRtc];
+    config.relays = vec![RelayEndpoint { url: relay.url.clone(), token: None }];
     // Loopback in the bind list as well: webrtc-rs then opens no mDNS socket (which would
     // join 224.0.0.251 on the default interface, outside the test's link). Chromium gets
     // the loopback candidate too and finds nothing there inside its namespace.
-    let bind = vec![bind, SocketAddr::from(([127, 0, 0, 1], 0))];
-    let transport = WebRtcTransport::new(node, WebRtcConfig { bind, ..WebRtcConfig::default() }).unwrap();
-    let control = reserve(relay_url, &keypair).await;
-    let (mut sink, mut stream) = control.split();
-    let (tx, mut rx) = mpsc::channel::<RelayMessage>(64);
-    transport.set_signaler(Arc::new(RelaySignaler(tx)));
-    let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            if sink.send(Message::Binary(m.encode().unwrap().into())).await.is_err() {
-                break;
+    config.webrtc.bind = vec![bind, SocketAddr::from(([127, 0, 0, 1], 0))];
+    let supervisor = Supervisor::start(config).unwrap();
+    let mut events = supervisor.send(Subscribe::default()).await.unwrap();
+    let (tx, connected) = mpsc::channel(8);
+    let node = supervisor.clone();
+    actix::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                Event::PeerConnected { info } if info.protocol == Protocol::WebRtc => {
+                    let _ = tx.send(info.peer).await;
+                    let greeting = Bytes::from_static(GREETING.as_bytes());
+                    node.send(Send { peer: info.peer, data: greeting }).await.unwrap().unwrap();
+                }
+                Event::MessageReceived { peer, data } => {
+                    let _ = node.send(Send { peer, data }).await;
+                }
+                Event::DatagramReceived { peer, data } => {
+                    let _ = node.send(SendDatagram { peer, data }).await;
+                }
+                _ => {}
             }
         }
     });
-    let t = transport.clone();
-    let reader = tokio::spawn(async move {
-        while let Some(Ok(Message::Binary(b))) = stream.next().await {
-            if let Ok(RelayMessage::Signaled { from, payload }) = RelayMessage::decode(&b) {
-                if let Err(e) = t.handle_signal(from, &payload) {
-                    eprintln!("node refused a signal from {from}: {e}");
-                }
-            }
+    // The page can signal the node once the node holds its reservation.
+    let deadline = std::time::Instant::now() + PAGE_TIMEOUT;
+    loop {
+        let m = relay.addr.send(GetRelayMetrics).await.unwrap();
+        if m.peers.iter().any(|p| p.peer == peer && p.reserved) {
+            break;
         }
-    });
-    let mut listener = transport.listen(&TransportAddr::WebRtc).await.unwrap();
-    let (acc_tx, accepted) = mpsc::channel(8);
-    let acceptor = tokio::spawn(async move {
-        let _transport = transport; // keeps the transport alive with the listener
-        while let Some(inc) = listener.accept().await {
-            let Incoming::Connection(c) = inc else {
-                eprintln!("node: rejected an incoming WebRTC connection: {inc:?}");
-                continue;
-            };
-            let _ = acc_tx.send(c.clone()).await;
-            c.send(Bytes::from_static(GREETING.as_bytes())).await.unwrap();
-            let d = c.clone();
-            tokio::spawn(async move {
-                while let Ok(dgram) = d.recv_datagram().await {
-                    let _ = d.send_datagram(dgram);
-                }
-            });
-            tokio::spawn(async move {
-                while let Ok(Some(m)) = c.recv().await {
-                    if c.send(m).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    EchoNode { peer: keypair.peer_id(), accepted, _tasks: vec![writer, reader, acceptor] }
+        assert!(std::time::Instant::now() < deadline, "the node never reserved at the relay");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    EchoNode { peer, supervisor, connected }
 }
 
 #[actix_rt::test]
@@ -380,21 +352,23 @@ async fn page_and_node_exchange_messages_and_datagrams_over_webrtc() {
     }
     // The node's connection is authenticated to the page's WebCrypto identity.
     let page_peer: PeerId = r["peerId"].as_str().unwrap().parse().unwrap();
-    let accepted = tokio::time::timeout(PAGE_TIMEOUT, node.accepted.recv()).await.unwrap().unwrap();
-    assert_eq!(accepted.peer(), page_peer);
+    let connected = tokio::time::timeout(PAGE_TIMEOUT, node.connected.recv()).await.unwrap().unwrap();
+    assert_eq!(connected, page_peer);
 
     // The page takes no streams: one the node opens ends at once instead of hanging.
     let ended = async {
-        let mut s = accepted.open_stream().await?;
+        let mut s =
+            node.supervisor.send(OpenStream { peer: page_peer }).await.unwrap().map_err(|e| e.to_string())?;
         let mut buf = [0u8; 16];
-        s.read(&mut buf).await.map_err(|e| kizuna::TransportError::Closed(e.to_string()))
+        s.read(&mut buf).await.map_err(|e| e.to_string())
     };
     match tokio::time::timeout(PAGE_TIMEOUT, ended).await.expect("the refused stream ended in time") {
         Ok(0) | Err(_) => {}
         Ok(n) => panic!("read {n} bytes from a stream the page refused"),
     }
     // …and the connection still carries messages.
-    accepted.send(Bytes::from_static(b"after the stream")).await.unwrap();
+    let data = Bytes::from_static(b"after the stream");
+    node.supervisor.send(Send { peer: page_peer, data }).await.unwrap().unwrap();
     let got = page
         .wait_for("kizunaResult.fromNode.find((t) => t === 'after the stream') ?? null", PAGE_TIMEOUT)
         .await;
@@ -418,7 +392,7 @@ async fn webrtc_setup() -> Option<(BrowserNet, RelayHandle, EchoNode, Chromium)>
         }
     };
     let relay = start(RelayServerConfig::new(SocketAddr::new(net.host.into(), 0), Admission::open())).await;
-    let node = echo_node(&relay.url, SocketAddr::new(net.host.into(), 0)).await;
+    let node = echo_node(&relay, SocketAddr::new(net.host.into(), 0)).await;
     let page = Chromium::launch(&bin, Some(&net)).await;
     Some((net, relay, node, page))
 }
