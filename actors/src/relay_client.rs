@@ -278,9 +278,9 @@ impl Handler<RelayIo> for RelayClientActor {
 }
 
 impl Handler<SendSignal> for RelayClientActor {
-    type Result = Result<(), String>;
+    type Result = Result<(), kizuna::relay::client::ClientCommandError>;
     fn handle(&mut self, msg: SendSignal, ctx: &mut Context<Self>) -> Self::Result {
-        let r = self.state.signal(msg.to, msg.payload, Instant::now()).map_err(|e| e.to_string());
+        let r = self.state.signal(msg.to, msg.payload, Instant::now());
         self.drain(ctx);
         r
     }

@@ -2,7 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use kizuna::{identity::PeerId, relay::client::RelayEndpoint, Keypair, PeerAddress, Protocol, TransportAddr};
+use kizuna::{
+    identity::PeerId,
+    relay::client::RelayEndpoint,
+    transport::webrtc::{IceServer, WebRtcConfig},
+    Keypair, PeerAddress, Protocol, TransportAddr,
+};
 
 use crate::CliError;
 
@@ -21,6 +26,8 @@ pub(crate) enum TransportChoice {
     Quic,
     /// WebSocket only (direct `ws=` addresses).
     Ws,
+    /// WebRTC only (signaled through --relay; see --stun, --turn, --ice-relay-only).
+    Webrtc,
 }
 
 /// Transports this build of the CLI can dial and listen on.
@@ -47,6 +54,54 @@ impl RelayArgs {
     }
 }
 
+/// WebRTC's ICE configuration: `--stun`, `--turn URL --turn-user U --turn-pass P`,
+/// `--ice-relay-only`, `--webrtc-bind`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct IceArgs {
+    /// STUN server for WebRTC (HOST:PORT or stun:HOST:PORT), repeatable.
+    #[arg(long = "stun", value_name = "HOST:PORT")]
+    pub(crate) stun: Vec<String>,
+    /// TURN server for WebRTC (turn:HOST:PORT), repeatable; needs --turn-user and --turn-pass.
+    #[arg(long = "turn", value_name = "URL")]
+    pub(crate) turn: Vec<String>,
+    /// TURN user name (long-term credentials).
+    #[arg(long = "turn-user", value_name = "USER")]
+    pub(crate) turn_user: Option<String>,
+    /// TURN password.
+    #[arg(long = "turn-pass", value_name = "PASS")]
+    pub(crate) turn_pass: Option<String>,
+    /// Use only TURN relay candidates (the peer never learns this host's addresses).
+    #[arg(long = "ice-relay-only")]
+    pub(crate) relay_only: bool,
+    /// Local UDP address for WebRTC host candidates, repeatable (default 0.0.0.0:0: every
+    /// non-loopback interface; 127.0.0.1:0 for loopback).
+    #[arg(long = "webrtc-bind", value_name = "IP:PORT")]
+    pub(crate) bind: Vec<std::net::SocketAddr>,
+}
+
+impl IceArgs {
+    /// The WebRTC configuration, or a usage error saying what to fix.
+    pub(crate) fn config(&self) -> Result<WebRtcConfig, CliError> {
+        let mut c = WebRtcConfig::default();
+        c.ice_servers = self.stun.iter().map(|s| IceServer::stun(s)).collect();
+        for url in &self.turn {
+            if !url.starts_with("turn:") && !url.starts_with("turns:") {
+                return Err(CliError::Usage(format!("--turn {url:?}: expected turn:HOST:PORT")));
+            }
+            let (Some(user), Some(pass)) = (&self.turn_user, &self.turn_pass) else {
+                return Err(CliError::Usage(format!("--turn {url} needs --turn-user USER and --turn-pass PASS")));
+            };
+            c.ice_servers.push(IceServer::turn(url, user, pass));
+        }
+        c.relay_only = self.relay_only;
+        if !self.bind.is_empty() {
+            c.bind = self.bind.clone();
+        }
+        c.validate().map_err(|e| CliError::Usage(e.to_string()))?;
+        Ok(c)
+    }
+}
+
 /// Parses a relay URL, saying what is wrong.
 pub(crate) fn parse_relay_url(s: &str) -> Result<String, String> {
     match format!("relay={s}").parse::<TransportAddr>() {
@@ -63,6 +118,7 @@ impl TransportChoice {
             TransportChoice::Tcp => vec![Protocol::Tcp],
             TransportChoice::Quic => vec![Protocol::Quic],
             TransportChoice::Ws => vec![Protocol::WebSocket],
+            TransportChoice::Webrtc => vec![Protocol::WebRtc],
         }
     }
 
@@ -74,6 +130,15 @@ impl TransportChoice {
         relays: &RelayArgs,
     ) -> Result<(PeerAddress, Vec<Protocol>), CliError> {
         let protocols = self.protocols();
+        if self == TransportChoice::Webrtc {
+            // WebRTC is signaled through a relay and needs no address beyond the peer id.
+            if relays.relays.is_empty() {
+                return Err(CliError::Usage(
+                    "--transport webrtc needs --relay URL (WebRTC is signaled through a relay)".into(),
+                ));
+            }
+            return Ok((PeerAddress::new(ticket.peer_id, vec![TransportAddr::WebRtc]), protocols));
+        }
         let keep = |a: &TransportAddr| match a {
             TransportAddr::Relay(_) => self == TransportChoice::Auto,
             other => protocols.contains(&other.protocol()),

@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use actix::Addr;
-use kizuna::{relay::client::RelayEndpoint, ConnectionInfo, Keypair, PeerAddress, Protocol};
+use kizuna::{
+    relay::client::RelayEndpoint, transport::webrtc::WebRtcConfig, ConnectionInfo, Keypair, PeerAddress, Protocol,
+};
 use kizuna_actors::{
     api::Connect, EventStream, NodeError, Shutdown, Subscribe, Supervisor, SupervisorConfig,
 };
@@ -23,15 +25,17 @@ pub(crate) struct Session {
     pub(crate) connect_time: Duration,
 }
 
-/// Starts a node with `protocols` only.
+/// Starts a node with `protocols` only (`webrtc` configures WebRTC if among them).
 pub(crate) fn start_node(
     key: Keypair,
     protocols: Vec<Protocol>,
     relays: Vec<RelayEndpoint>,
+    webrtc: WebRtcConfig,
 ) -> Result<Addr<Supervisor>, CliError> {
     let mut config = SupervisorConfig::new(key);
     config.protocols = protocols;
     config.relays = relays;
+    config.webrtc = webrtc;
     Supervisor::start(config).map_err(|e| CliError::Failed(format!("cannot start the node: {e}")))
 }
 
@@ -41,8 +45,10 @@ pub(crate) async fn connect(
     target: PeerAddress,
     protocols: Vec<Protocol>,
     relays: Vec<RelayEndpoint>,
+    webrtc: WebRtcConfig,
 ) -> Result<Session, CliError> {
-    let node = start_node(key, protocols, relays)?;
+    let only_webrtc = protocols == [Protocol::WebRtc];
+    let node = start_node(key, protocols, relays, webrtc)?;
     let events = node.send(Subscribe::default()).await?;
     let peer = target.peer_id;
     let t = Instant::now();
@@ -56,6 +62,15 @@ pub(crate) async fn connect(
             }));
         }
     };
+    if only_webrtc && info.protocol != Protocol::WebRtc {
+        // The configured relays are every connect's last resort; `--transport webrtc`
+        // asked for WebRTC only.
+        let _ = node.send(Shutdown).await;
+        return Err(CliError::Failed(format!(
+            "WebRTC to {peer} did not connect (fell back to {} {})",
+            info.protocol, info.path
+        )));
+    }
     Ok(Session { node, events, info, connect_time: t.elapsed() })
 }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use actix::Addr;
 use kizuna::{
-    relay::auth::Admission, relay::client::RelayEndpoint, Keypair, PathKind, PeerAddress, Protocol,
-    TransportAddr,
+    relay::auth::Admission, relay::client::RelayEndpoint, transport::webrtc::WebRtcConfig, Keypair, PathKind,
+    PeerAddress, Protocol, TransportAddr,
 };
 use kizuna_actors::{
     api::{GetAddress, Listen},
@@ -47,6 +47,8 @@ enum Setup {
     /// Know only the server's peer id and reach it through the demo's relay (the server
     /// holds a reservation there; both ends run their own TLS through it).
     Relayed,
+    /// WebRTC data channels on loopback, signaled through the demo's relay.
+    WebRtc,
 }
 
 /// One row of the demo.
@@ -66,6 +68,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { label: "tcp", setup: Setup::Direct(Protocol::Tcp), path: PathKind::Direct },
     Scenario { label: "websocket", setup: Setup::Direct(Protocol::WebSocket), path: PathKind::Direct },
     Scenario { label: "websocket", setup: Setup::Relayed, path: PathKind::Relayed },
+    Scenario { label: "webrtc", setup: Setup::WebRtc, path: PathKind::Direct },
 ];
 
 /// Pings per row; the row reports their mean.
@@ -114,7 +117,9 @@ impl Demo {
             .await
             .map_err(|e| CliError::Failed(format!("cannot start the demo relay: {e}")))?;
         let relays = vec![RelayEndpoint { url: relay.url.clone(), token: None }];
-        let server = client::start_node(Keypair::generate(), protocols.clone(), relays)?;
+        let mut server_protocols = protocols.clone();
+        server_protocols.push(Protocol::WebRtc);
+        let server = client::start_node(Keypair::generate(), server_protocols, relays, WebRtcConfig::loopback())?;
         let mut events = server.send(Subscribe::default()).await?;
         for p in protocols {
             let addr = match p {
@@ -134,6 +139,9 @@ impl Demo {
     fn ticket_for(&self, s: &Scenario) -> Result<(PeerAddress, Vec<Protocol>), String> {
         match s.setup {
             Setup::Relayed => Ok((PeerAddress::new(self.ticket.peer_id, vec![]), vec![])),
+            Setup::WebRtc => {
+                Ok((PeerAddress::new(self.ticket.peer_id, vec![TransportAddr::WebRtc]), vec![Protocol::WebRtc]))
+            }
             Setup::Direct(p) => {
                 let addrs: Vec<_> = self.ticket.addrs.iter().filter(|a| a.protocol() == p).cloned().collect();
                 if addrs.is_empty() {
@@ -159,10 +167,10 @@ impl Demo {
         let (ticket, protocols) = self.ticket_for(s)?;
         let peer = ticket.peer_id;
         let relays = match s.setup {
-            Setup::Relayed => vec![RelayEndpoint { url: self.relay.url.clone(), token: None }],
+            Setup::Relayed | Setup::WebRtc => vec![RelayEndpoint { url: self.relay.url.clone(), token: None }],
             Setup::Direct(_) => Vec::new(),
         };
-        let mut session = client::connect(Keypair::generate(), ticket, protocols, relays)
+        let mut session = client::connect(Keypair::generate(), ticket, protocols, relays, WebRtcConfig::loopback())
             .await
             .map_err(|e| e.to_string())?;
         row.path = Some(session.info.path);

@@ -29,7 +29,8 @@ pub(crate) struct NodeArgs {
     /// $XDG_CONFIG_HOME/kizuna/key, else ~/.config/kizuna/key.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
-    /// Address to listen on, repeatable, e.g. tcp=0.0.0.0:4000 or quic=[::]:4001.
+    /// Address to listen on, repeatable, e.g. tcp=0.0.0.0:4000, quic=[::]:4001, or webrtc=1
+    /// (answer WebRTC offers from nodes and browsers, signaled through --relay).
     /// Default: quic=0.0.0.0:0 and tcp=0.0.0.0:0 (port 0 picks a free port). The ticket shows
     /// a wildcard address as 127.0.0.1: to be reachable from other hosts, listen on the
     /// host's own IP.
@@ -43,10 +44,12 @@ pub(crate) struct NodeArgs {
     json: bool,
     #[command(flatten)]
     relay: args::RelayArgs,
-    /// STUN server to learn this node's NAT type from at start (repeatable, as for
-    /// `kizuna nat`); the report is logged (or a JSON line `{"event":"nat",...}`).
-    #[arg(long = "stun", value_name = "HOST:PORT")]
-    stun: Vec<String>,
+    /// WebRTC (enabled by `--listen webrtc=1`, which needs --relay): --stun, --turn,
+    /// --turn-user, --turn-pass, --ice-relay-only, --webrtc-bind. --stun servers also
+    /// tell this node its NAT type at start (as `kizuna nat`); the report is logged (or a
+    /// JSON line `{"event":"nat",...}`).
+    #[command(flatten)]
+    ice: args::IceArgs,
 }
 
 /// Reports buffered between the service and the output loop; beyond that they are dropped
@@ -63,9 +66,14 @@ pub(crate) async fn run(a: NodeArgs) -> CliResult {
     let listen = if a.listen.is_empty() { default_listen() } else { a.listen };
     let mut protocols: Vec<Protocol> = Vec::new();
     for l in &listen {
-        if !args::SUPPORTED.contains(&l.protocol()) {
+        if *l == TransportAddr::WebRtc && a.relay.relays.is_empty() {
+            return Err(CliError::Usage(
+                "--listen webrtc=1 needs --relay URL (WebRTC offers are signaled through a relay)".into(),
+            ));
+        }
+        if !args::SUPPORTED.contains(&l.protocol()) && *l != TransportAddr::WebRtc {
             return Err(CliError::Usage(format!(
-                "cannot listen on {l}: this node supports only tcp, quic and ws"
+                "cannot listen on {l}: this node supports only tcp, quic, ws and webrtc"
             )));
         }
         if !protocols.contains(&l.protocol()) {
@@ -83,10 +91,11 @@ pub(crate) async fn run(a: NodeArgs) -> CliResult {
         })?;
     }
 
-    let node = client::start_node(key, protocols, a.relay.endpoints())?;
+    let node = client::start_node(key, protocols, a.relay.endpoints(), a.ice.config()?)?;
     let service_events = node.send(Subscribe::default()).await?;
     let mut log_events = node.send(Subscribe::default()).await?;
-    for l in &listen {
+    // The WebRTC listener starts with the node (it answers offers through the relay).
+    for l in listen.iter().filter(|l| **l != TransportAddr::WebRtc) {
         if let Err(e) = node.send(Listen { addr: l.clone() }).await? {
             let _ = node.send(Shutdown).await;
             return Err(CliError::Failed(e.to_string()));
@@ -109,8 +118,8 @@ pub(crate) async fn run(a: NodeArgs) -> CliResult {
         eprintln!("node {} listening; try: kizuna ping {}", ticket.peer_id, ticket.ticket());
     }
 
-    if !a.stun.is_empty() {
-        report_nat(&a.stun, a.json).await;
+    if !a.ice.stun.is_empty() {
+        report_nat(&a.ice.stun, a.json).await;
     }
 
     let (tx, mut reports) = mpsc::channel(REPORT_BUFFER);
