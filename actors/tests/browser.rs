@@ -35,12 +35,17 @@ use tokio::{io::AsyncReadExt, sync::mpsc};
 /// Bound on the page's scripted checks (signing in, offering, connecting, echoes).
 const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
 
-async fn browser() -> Option<Chromium> {
-    let Some(bin) = chromium::binary() else {
+/// The Chromium binary, or `None` after printing why the test is skipped.
+fn chromium_or_skip() -> Option<std::path::PathBuf> {
+    let bin = chromium::binary();
+    if bin.is_none() {
         eprintln!("SKIP browser: `chromium` is not installed (apt-get install chromium; .ci/run does)");
-        return None;
-    };
-    Some(Chromium::launch(&bin, None).await)
+    }
+    bin
+}
+
+async fn browser() -> Option<Chromium> {
+    Some(Chromium::launch(&chromium_or_skip()?, None).await)
 }
 
 fn js_bytes(b: &[u8]) -> String {
@@ -256,8 +261,7 @@ async fn answer_offer(signer: &Keypair, answer_sdp: Option<&str>) -> Value {
 
 #[actix_rt::test]
 async fn page_refuses_an_answer_not_signed_by_the_node() {
-    if chromium::binary().is_none() {
-        eprintln!("SKIP browser: `chromium` is not installed (apt-get install chromium; .ci/run does)");
+    if chromium_or_skip().is_none() {
         return;
     }
     // Signed by someone else (a relay swapping the answer): an authentication error.
@@ -375,22 +379,25 @@ async fn page_and_node_exchange_messages_and_datagrams_over_webrtc() {
     assert_eq!(got, json!("after the stream"));
 }
 
-/// Chromium in its namespace, a relay and an echo node on this side of the link; `None`
-/// (after printing why) when the test cannot run here.
-async fn webrtc_setup() -> Option<(BrowserNet, RelayHandle, EchoNode, Chromium)> {
-    let Some(bin) = chromium::binary() else {
-        eprintln!("SKIP browser: `chromium` is not installed (apt-get install chromium; .ci/run does)");
-        return None;
-    };
-    let net = match BrowserNet::create() {
-        Ok(net) => net,
+/// The Chromium binary and a namespace for it; `None` (after printing why) when the
+/// WebRTC tests cannot run here.
+fn browser_and_net() -> Option<(std::path::PathBuf, BrowserNet)> {
+    let bin = chromium_or_skip()?;
+    match BrowserNet::create() {
+        Ok(net) => Some((bin, net)),
         Err(e) => {
             eprintln!(
                 "SKIP browser WebRTC: {e} (Chromium needs a namespace: it gathers no loopback candidates)"
             );
-            return None;
+            None
         }
-    };
+    }
+}
+
+/// Chromium in its namespace, a relay and an echo node on this side of the link; `None`
+/// (after printing why) when the test cannot run here.
+async fn webrtc_setup() -> Option<(BrowserNet, RelayHandle, EchoNode, Chromium)> {
+    let (bin, net) = browser_and_net()?;
     let relay = start(RelayServerConfig::new(SocketAddr::new(net.host.into(), 0), Admission::open())).await;
     let node = echo_node(&relay, SocketAddr::new(net.host.into(), 0)).await;
     let page = Chromium::launch(&bin, Some(&net)).await;
@@ -426,4 +433,71 @@ async fn a_person_uses_the_page_by_hand() {
     }
     page.eval("document.getElementById('disconnect').click(), true").await;
     assert_eq!(page.eval("document.getElementById('status').textContent").await, json!("disconnected"));
+}
+
+/// A `kizuna` process, killed on drop.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `kizuna ARGS` with `home` as its HOME and returns it with its first stdout line.
+async fn kizuna(home: &std::path::Path, args: &[&str]) -> (Proc, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kizuna"))
+        .args(args)
+        .env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("KIZUNA_KEY")
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let proc = Proc(child);
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(out).read_line(&mut line).map(|_| line)
+    });
+    let line =
+        tokio::time::timeout(PAGE_TIMEOUT, line).await.expect("kizuna printed its first line").unwrap();
+    (proc, line.unwrap().trim().to_string())
+}
+
+/// The README's commands, run as a person would (addresses adapted to the test's link):
+/// `kizuna relay`, `kizuna node --relay … --listen webrtc=1`, then the page with the
+/// relay URL and the node's ticket.
+#[actix_rt::test]
+async fn the_readme_commands_connect_the_page_to_kizuna_node() {
+    let Some((bin, net)) = browser_and_net() else { return };
+    let home = tempfile::tempdir().unwrap();
+    let listen = format!("ws://{}:0", net.host);
+    let (_relay, url) = kizuna(home.path(), &["relay", "--listen", &listen, "--open"]).await;
+    let bind = format!("{}:0", net.host);
+    // Loopback as well: see `echo_node`.
+    let node_args = [
+        "node",
+        "--relay",
+        &url,
+        "--listen",
+        "webrtc=1",
+        "--webrtc-bind",
+        &bind,
+        "--webrtc-bind",
+        "127.0.0.1:0",
+    ];
+    let (_node, ticket) = kizuna(home.path(), &node_args).await;
+    assert!(ticket.contains('@'), "a ticket: {ticket}");
+
+    let mut page = Chromium::launch(&bin, Some(&net)).await;
+    page.navigate(&page_url(&format!("relay={}&peer={}&auto=1&count=10", enc(&url), enc(&ticket)))).await;
+    let r = page.wait_for("window.kizunaResult ?? null", PAGE_TIMEOUT).await;
+    assert_eq!(r["ok"], json!(true), "{r}\nconsole:\n{}", page.console.join("\n"));
+    assert_eq!(r["reliable"]["echoed"], json!(10), "{r}");
+    assert!(r["unreliable"]["echoed"].as_u64().unwrap() >= 1, "kizuna node echoes datagrams: {r}");
 }

@@ -1,7 +1,7 @@
 // The page: wires the form to a relay client and a WebRTC session.
 //
 // Query parameters: relay=ws://HOST:PORT (the relay's URL exactly as it prints it),
-// peer=PEERID (the node), optionally token=TOKEN (relay admission token),
+// peer=PEERID (the node; its whole ticket PEERID@… works too), optionally token=TOKEN (relay admission token),
 // stun=stun:HOST:PORT (repeatable ICE server), auto=1 (scripted check, see auto_check.js)
 // count=N (messages per channel in the scripted check, default 20) and big=BYTES (one
 // more reliable message of that size, default none).
@@ -42,7 +42,8 @@
    */
   async function connect(relayUrl, peerText, opts = {}) {
     const stage = (kind, f) => f().catch((e) => { e.kind = e.kind || kind; throw e; });
-    const remoteKey = await stage("config", () => K.peerId.parse(peerText));
+    // A whole ticket (PEERID@addresses, what `kizuna node` prints) works too.
+    const remoteKey = await stage("config", () => K.peerId.parse(peerText.split("@")[0]));
     const identity = await stage("config", () => K.Identity.generate());
     $("me").textContent = identity.peerId;
     status("signing in at the relay " + relayUrl);
