@@ -226,6 +226,28 @@ async fn page_signs_in_at_the_relay_and_receives_signals() {
     assert!(r.as_str().unwrap().contains("challenge names relay"), "{r}");
 }
 
+#[actix_rt::test]
+async fn page_reports_a_node_that_is_not_at_the_relay() {
+    let Some(mut page) = browser().await else { return };
+    let relay = start(config(Admission::open())).await;
+    let absent = key(7).peer_id();
+    page.navigate(&page_url(&format!("relay={}&peer={absent}&auto=1", enc(&relay.url)))).await;
+    let r = page.wait_for("window.kizunaResult ?? null", PAGE_TIMEOUT).await;
+    assert_eq!(r["error"]["kind"], json!("signaling"), "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("no reservation at this relay"), "{r}");
+
+    // A mistyped peer id is caught by its checksum before anything is sent.
+    let typo = format!(
+        "{}{}",
+        if absent.to_string().starts_with('a') { 'b' } else { 'a' },
+        &absent.to_string()[1..]
+    );
+    page.navigate(&page_url(&format!("relay={}&peer={typo}&auto=1", enc(&relay.url)))).await;
+    let r = page.wait_for("window.kizunaResult ?? null", PAGE_TIMEOUT).await;
+    assert_eq!(r["error"]["kind"], json!("config"), "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("checksum"), "{r}");
+}
+
 /// Opens the page in scripted mode against a fake node (`node_key`'s reservation on
 /// `control`), checks the page's signed offer, answers with `answer_sdp` signed by
 /// `signer`, and returns the page's published result.

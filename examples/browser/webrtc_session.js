@@ -91,12 +91,19 @@
       this.done = false;
       this.onSignaled = (ev) => this.handleSignaled(ev.detail).catch((e) => this.fail("signaling", e.message));
       this.onRelayClosed = () => this.fail("signaling", "relay connection closed before the session was up");
+      // This page signals only its node, so a refused signal is about the node.
+      this.onRelayError = (ev) => {
+        const { code, message } = ev.detail;
+        if (code === 5) this.fail("signaling", "the node holds no reservation at this relay (is it running with --relay pointing here?): " + message);
+        else this.fail("signaling", "the relay refused a signal (error " + code + "): " + message);
+      };
     }
 
     /** Creates the channels, sends the signed offer, trickles candidates. */
     async start() {
       this.relay.addEventListener("signaled", this.onSignaled);
       this.relay.addEventListener("closed", this.onRelayClosed);
+      this.relay.addEventListener("relayerror", this.onRelayError);
       this.timer = setTimeout(() => this.fail("timeout", "data channels not open after " + OPEN_TIMEOUT_MS + " ms"), OPEN_TIMEOUT_MS);
       const pc = (this.pc = new RTCPeerConnection(this.config));
       this.addChannel("msg", pc.createDataChannel("kizuna-msg", { ordered: true }));
@@ -233,6 +240,7 @@
       clearTimeout(this.timer);
       this.relay.removeEventListener("signaled", this.onSignaled);
       this.relay.removeEventListener("closed", this.onRelayClosed);
+      this.relay.removeEventListener("relayerror", this.onRelayError);
       if (this.pc) this.pc.close();
       this.dispatchEvent(new Event("closed"));
     }
