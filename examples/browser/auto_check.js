@@ -8,7 +8,7 @@
 //          reliable: {sent, echoed, inOrder, intact}, unreliable: {sent, echoed, intact},
 //          fromNode: [texts the node sent that were not echoes; keeps growing after publishing],
 //          connectMs: page start to both channels open (relay sign-in, offer/answer, ICE, DTLS, SCTP),
-//          echoMs: first reliable send to its last echo, candidates: the page's ICE candidates}
+//          offerToOpenMs: offer sent to both channels open, echoMs: first reliable send to its last echo, candidates: the page's ICE candidates}
 // ok = every reliable message came back, in order and unchanged, and at least one datagram
 // came back unchanged (the unreliable channel may lose some; on loopback it rarely does).
 (function (K) {
@@ -33,7 +33,7 @@
       ok: false, peerId: null, error: null,
       reliable: { sent: 0, echoed: 0, inOrder: true, intact: true },
       unreliable: { sent: 0, echoed: 0, intact: true },
-      fromNode: [], connectMs: null, echoMs: null, candidates: [],
+      fromNode: [], connectMs: null, offerToOpenMs: null, echoMs: null, candidates: [],
     };
     const t0 = performance.now();
     try {
@@ -44,6 +44,7 @@
       const session = await K.ui.connect(relay, peer, { token, stun });
       result.connectMs = Math.round(performance.now() - t0);
       result.candidates = session.localCandidates;
+      result.offerToOpenMs = session.offerToOpenMs;
       let t1;
       result.peerId = document.getElementById("me").textContent;
       let allEchoed;

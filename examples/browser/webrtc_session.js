@@ -130,6 +130,7 @@
       await pc.setLocalDescription(offer);
       const sig = await this.identity.sign(transcript(this.session, this.remoteKey, "offer", offer.sdp));
       this.sendSignal({ kind: "offer", sdp: offer.sdp, sig });
+      this.offerSentAt = performance.now();
     }
 
     addChannel(name, dc) {
@@ -138,6 +139,8 @@
       dc.onopen = () => {
         if (this.openCount() === 2 && !this.done) {
           clearTimeout(this.timer);
+          /** Milliseconds from sending the offer to both channels open. */
+          this.offerToOpenMs = Math.round(performance.now() - this.offerSentAt);
           this.dispatchEvent(new Event("open"));
         }
       };
