@@ -1,13 +1,19 @@
 //! Browser interop: the page in `examples/browser/` running in headless Chromium (Debian's
-//! `chromium`, installed by `.ci/run`), driven through the DevTools protocol.
+//! `chromium`, installed by `.ci/run`), driven through the DevTools protocol
+//! (`chromium/`). The list of tests and what each shows is in `docs/webrtc.md`, "Browser
+//! peers". In short:
 //!
 //! * the page's MessagePack, PeerId and signaling encodings agree byte for byte with the
-//!   Rust ones;
+//!   Rust ones, and its decoder is total;
 //! * the page signs in at a real relay with a WebCrypto Ed25519 key and reserves;
-//! * the page signs its offer over the contract's transcript and refuses an answer whose
-//!   signature does not verify against the node's PeerId.
+//! * the page signs its offer for the node and refuses an answer whose signature does not
+//!   verify against the node's PeerId;
+//! * over WebRTC, with Chromium in a network namespace (it gathers no loopback candidates),
+//!   a Kizuna node (a `Supervisor`, or the `kizuna node` command of the README) and the
+//!   page exchange messages and datagrams both ways.
 //!
-//! Skipped, with a message, when `chromium` is not installed.
+//! Skipped, with a message, when `chromium` is not installed (and the WebRTC tests when no
+//! network namespace can be made: they need root).
 
 #![allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
 
