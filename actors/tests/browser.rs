@@ -256,8 +256,8 @@ async fn page_reports_a_node_that_is_not_at_the_relay() {
 
 /// Opens the page in scripted mode against a fake node (`node_key`'s reservation on
 /// `control`), checks the page's signed offer, answers with `answer_sdp` signed by
-/// `signer`, and returns the page's published result.
-async fn answer_offer(signer: &Keypair, answer_sdp: Option<&str>) -> Value {
+/// `signer`, and returns the page's published result and the reason of its `close`.
+async fn answer_offer(signer: &Keypair, answer_sdp: Option<&str>) -> (Value, String) {
     let mut page = browser().await.unwrap();
     let relay = start(config(Admission::open())).await;
     let node = key(2);
@@ -284,7 +284,21 @@ async fn answer_offer(signer: &Keypair, answer_sdp: Option<&str>) -> Value {
     let sdp = answer_sdp.unwrap_or(&offer.sdp).to_string();
     let answer = SignalMessage::signed(signer, &from, offer.session, SignalKind::Answer, sdp);
     send(&mut control, &RelayMessage::Signal { to: from, payload: answer.encode().unwrap() }).await;
-    page.wait_for("window.kizunaResult ?? null", PAGE_TIMEOUT).await
+    let result = page.wait_for("window.kizunaResult ?? null", PAGE_TIMEOUT).await;
+    // The page ends the session with a `close` saying why (after its candidates).
+    let close = loop {
+        match next(&mut control).await {
+            Got::Msg(RelayMessage::Signaled { payload, .. }) => {
+                let s = SignalMessage::decode(&payload).unwrap();
+                if s.kind == SignalKind::Close {
+                    assert_eq!(s.session, offer.session);
+                    break s.sdp;
+                }
+            }
+            other => panic!("expected the page's close, got {other:?}"),
+        }
+    };
+    (result, close)
 }
 
 #[actix_rt::test]
@@ -293,13 +307,14 @@ async fn page_refuses_an_answer_not_signed_by_the_node() {
         return;
     }
     // Signed by someone else (a relay swapping the answer): an authentication error.
-    let r = answer_offer(&key(3), Some("v=0\r\n")).await;
+    let (r, close) = answer_offer(&key(3), Some("v=0\r\n")).await;
     assert_eq!(r["ok"], json!(false), "{r}");
     assert_eq!(r["error"]["kind"], json!("auth"), "{r}");
+    assert!(close.starts_with("auth: "), "the close names the reason: {close}");
 
     // Control: the node's own signature passes the check, and the page gets as far as
     // handing the (here unusable) SDP to the browser, which refuses it for what it is.
-    let r = answer_offer(&key(2), Some("v=0\r\n")).await;
+    let (r, _) = answer_offer(&key(2), Some("v=0\r\n")).await;
     assert_eq!(r["ok"], json!(false), "{r}");
     assert_eq!(r["error"]["kind"], json!("signaling"), "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("refused by the browser"), "{r}");
