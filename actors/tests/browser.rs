@@ -440,11 +440,32 @@ fn browser_and_net() -> Option<(std::path::PathBuf, BrowserNet)> {
 /// Chromium in its namespace, a relay and an echo node on this side of the link; `None`
 /// (after printing why) when the test cannot run here.
 async fn webrtc_setup() -> Option<(BrowserNet, RelayHandle, EchoNode, Chromium)> {
+    webrtc_setup_with(false).await
+}
+
+/// [`webrtc_setup`], with Chromium hiding its addresses behind mDNS names or not.
+async fn webrtc_setup_with(hide_local_ips: bool) -> Option<(BrowserNet, RelayHandle, EchoNode, Chromium)> {
     let (bin, net) = browser_and_net()?;
     let relay = start(RelayServerConfig::new(SocketAddr::new(net.host.into(), 0), Admission::open())).await;
     let node = echo_node(&relay, SocketAddr::new(net.host.into(), 0)).await;
-    let page = Chromium::launch(&bin, Some(&net)).await;
+    let page = Chromium::launch_with(&bin, Some(&net), hide_local_ips).await;
     Some((net, relay, node, page))
+}
+
+/// Chromium as it ships: its host candidates are `<uuid>.local` names the node cannot
+/// resolve (its mDNS is off here). The node ignores them and learns the browser's address
+/// from its connectivity checks (a peer-reflexive candidate).
+#[actix_rt::test]
+async fn mdns_hidden_browser_addresses_still_connect() {
+    let Some((_net, relay, node, mut page)) = webrtc_setup_with(true).await else { return };
+    page.navigate(&page_url(&format!("relay={}&peer={}&auto=1&count=5", enc(&relay.url), node.peer))).await;
+    let r = page.wait_for("window.kizunaResult ?? null", PAGE_TIMEOUT).await;
+    assert_eq!(r["ok"], json!(true), "{r}\nconsole:\n{}", page.console.join("\n"));
+    let candidates = r["candidates"].as_array().unwrap();
+    assert!(!candidates.is_empty(), "{r}");
+    for c in candidates {
+        assert!(c.as_str().unwrap().contains(".local "), "an address, not an mDNS name: {c}");
+    }
 }
 
 #[actix_rt::test]

@@ -139,8 +139,15 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 }
 
 impl Chromium {
-    /// Starts Chromium (inside `net`'s namespace if given) and opens a blank page.
+    /// Starts Chromium (inside `net`'s namespace if given) and opens a blank page. Its ICE
+    /// host candidates carry real addresses (see [`Chromium::launch_with`]).
     pub async fn launch(binary: &Path, net: Option<&BrowserNet>) -> Chromium {
+        Self::launch_with(binary, net, false).await
+    }
+
+    /// [`Chromium::launch`]; with `hide_local_ips`, Chromium's default for pages without
+    /// media permissions: host candidates are mDNS names (`<uuid>.local`), not addresses.
+    pub async fn launch_with(binary: &Path, net: Option<&BrowserNet>, hide_local_ips: bool) -> Chromium {
         let profile = tempfile::Builder::new().prefix("kizuna-chromium-").tempdir().unwrap();
         let mut cmd = match net {
             Some(net) => {
@@ -166,12 +173,12 @@ impl Chromium {
             "--disable-domain-reliability",
             "--disable-client-side-phishing-detection",
             "--no-pings",
-            // Real host candidates instead of mDNS `.local` names the node cannot resolve.
-            "--disable-features=WebRtcHideLocalIpsWithMdns",
             "--remote-debugging-pipe",
             "about:blank",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
+        // Real host candidates instead of mDNS `.local` names, unless asked for those.
+        .args((!hide_local_ips).then_some("--disable-features=WebRtcHideLocalIpsWithMdns"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
