@@ -89,7 +89,12 @@
       /** The candidate strings this page trickled (the first 64), for diagnostics. */
       this.localCandidates = [];
       this.done = false;
-      this.onSignaled = (ev) => this.handleSignaled(ev.detail).catch((e) => this.fail("signaling", e.message));
+      // Signals are handled one at a time, in arrival order: a candidate that follows the
+      // answer waits until the answer is verified and applied.
+      this.inbox = Promise.resolve();
+      this.onSignaled = (ev) => {
+        this.inbox = this.inbox.then(() => this.handleSignaled(ev.detail)).catch((e) => this.fail("signaling", e.message));
+      };
       this.onRelayClosed = () => this.fail("signaling", "relay connection closed before the session was up");
       // This page signals only its node, so a refused signal is about the node.
       this.onRelayError = (ev) => {
