@@ -91,6 +91,10 @@
             msg = client.decode(ev.data);
           } catch (e) {
             if (stage !== "ready") fail(e);
+            else {
+              console.warn("closing the relay connection: " + e.message);
+              client.close();
+            }
             return;
           }
           if (msg === null) return;
