@@ -14,13 +14,15 @@ use kizuna::{
         webrtc::{SignalError, SignalKind, SignalMessage, Signaler, WebRtcConfig, WebRtcTransport},
         BoxFuture,
     },
-    Connection, Incoming, Keypair, Listener, LocalNode, NodeConfig, PeerId, Transport, TransportAddr, TransportError,
+    Connection, Incoming, Keypair, Listener, LocalNode, NodeConfig, PeerId, Transport, TransportAddr,
+    TransportError,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 type Tamper = Arc<dyn Fn(SignalMessage) -> SignalMessage + Send + Sync>;
+type ErrorCheck = fn(&SignalError) -> bool;
 
 /// Delivers signals between transports in this process, like a relay would (the
 /// sender's id is the authenticated `from`).
@@ -140,7 +142,6 @@ async fn messages_datagrams_and_a_16_mib_stream() {
     assert!(got == expected, "stream bytes differ");
 }
 
-
 /// Flips one hex digit of the DTLS fingerprint in an SDP.
 fn tamper_fingerprint(sdp: &str) -> String {
     let at = sdp.find("a=fingerprint:").expect("SDP has a fingerprint");
@@ -201,7 +202,7 @@ async fn garbage_signaling_is_refused_with_typed_errors_and_the_node_keeps_servi
     let from = p.client_id;
     let s = &p.server;
     let sig = |m: SignalMessage| m.encode().unwrap();
-    let cases: Vec<(Vec<u8>, fn(&SignalError) -> bool)> = vec![
+    let cases: Vec<(Vec<u8>, ErrorCheck)> = vec![
         (vec![], |e| matches!(e, SignalError::Malformed(_))),
         (vec![0x13, 0x80], |e| matches!(e, SignalError::Malformed(_))),
         (vec![0x14], |e| matches!(e, SignalError::Malformed(_))),
@@ -209,7 +210,12 @@ async fn garbage_signaling_is_refused_with_typed_errors_and_the_node_keeps_servi
         (vec![0x14, 0xdf, 0xff, 0xff, 0xff, 0xff], |e| matches!(e, SignalError::Malformed(_))),
         (vec![0x14; 20_000], |e| matches!(e, SignalError::TooLarge { .. })),
         (
-            sig(SignalMessage::unsigned(5, SignalKind::Candidate, "candidate:1 1 udp 1 127.0.0.1 9 typ host".into(), None)),
+            sig(SignalMessage::unsigned(
+                5,
+                SignalKind::Candidate,
+                "candidate:1 1 udp 1 127.0.0.1 9 typ host".into(),
+                None,
+            )),
             |e| matches!(e, SignalError::UnknownSession { .. }),
         ),
         (sig(SignalMessage::unsigned(6, SignalKind::Close, "bye".into(), None)), |e| {
@@ -217,7 +223,13 @@ async fn garbage_signaling_is_refused_with_typed_errors_and_the_node_keeps_servi
         }),
         // An offer "signed" by another key than the sender's.
         (
-            sig(SignalMessage::signed(&Keypair::from_seed([9; 32]), &p.server_id, 7, SignalKind::Offer, "v=0".into())),
+            sig(SignalMessage::signed(
+                &Keypair::from_seed([9; 32]),
+                &p.server_id,
+                7,
+                SignalKind::Offer,
+                "v=0".into(),
+            )),
             |e| matches!(e, SignalError::BadSignature { .. }),
         ),
         // A correctly signed offer whose SDP is garbage: accepted for answering, then
@@ -227,7 +239,13 @@ async fn garbage_signaling_is_refused_with_typed_errors_and_the_node_keeps_servi
         let e = s.handle_signal(from, &payload).unwrap_err();
         assert!(check(&e), "payload {:02x?}…: unexpected error {e}", &payload[..payload.len().min(8)]);
     }
-    let bad_sdp = SignalMessage::signed(&Keypair::from_seed([2; 32]), &p.server_id, 8, SignalKind::Offer, "garbage".into());
+    let bad_sdp = SignalMessage::signed(
+        &Keypair::from_seed([2; 32]),
+        &p.server_id,
+        8,
+        SignalKind::Offer,
+        "garbage".into(),
+    );
     s.handle_signal(from, &sig(bad_sdp)).unwrap();
     match tokio::time::timeout(WAIT, p.listener.accept()).await.unwrap() {
         Some(Incoming::Rejected { .. }) => {}
@@ -263,7 +281,10 @@ async fn unreliable_channel_tolerates_loss_without_stalling() {
     assert!(got > 0 && got <= burst);
     // The reliable channel is unaffected.
     c.send(Bytes::from_static(b"after the burst")).await.unwrap();
-    assert_eq!(&tokio::time::timeout(WAIT, s.recv()).await.unwrap().unwrap().unwrap()[..], b"after the burst");
+    assert_eq!(
+        &tokio::time::timeout(WAIT, s.recv()).await.unwrap().unwrap().unwrap()[..],
+        b"after the burst"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,7 +368,7 @@ fn answers_stun(server: std::net::SocketAddr, within: Duration) -> bool {
 fn start_turn(dir: &std::path::Path) -> (Guard, u16) {
     for attempt in 0..4 {
         let port = free_udp_port();
-        let relay_lo = free_udp_port().max(20_000).min(60_000);
+        let relay_lo = free_udp_port().clamp(20_000, 60_000);
         let d = |f: &str| dir.join(format!("{attempt}-{f}")).to_string_lossy().into_owned();
         let child = std::process::Command::new("turnserver")
             .args(["-n", "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"])
@@ -413,7 +434,10 @@ async fn turn_relays_a_data_channel_with_relay_only_ice() {
     c.send(payload.clone()).await.unwrap();
     assert_eq!(tokio::time::timeout(WAIT, s.recv()).await.unwrap().unwrap().unwrap(), payload);
     s.send(Bytes::from_static(b"back through TURN")).await.unwrap();
-    assert_eq!(&tokio::time::timeout(WAIT, c.recv()).await.unwrap().unwrap().unwrap()[..], b"back through TURN");
+    assert_eq!(
+        &tokio::time::timeout(WAIT, c.recv()).await.unwrap().unwrap().unwrap()[..],
+        b"back through TURN"
+    );
     assert!(relayed.load(std::sync::atomic::Ordering::Relaxed) >= 2, "both sides signal relay candidates");
 }
 

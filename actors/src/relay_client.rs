@@ -35,10 +35,10 @@ use crate::{
     child::{ChildExited, ChildId, ExitGuard, Fault},
     events::EventBus,
     hole_punch::{PunchSignal, SendSignal, PUNCH_SIGNAL_TAG},
-    webrtc_signal::{WebRtcSignal, WEBRTC_SIGNAL_TAG},
     listener::Inbound,
     runtime::io_runtime,
     supervision::ExitReason,
+    webrtc_signal::{WebRtcSignal, WEBRTC_SIGNAL_TAG},
 };
 
 /// Control messages queued for the relay before the writer waits. 64: control traffic
@@ -70,17 +70,27 @@ pub struct RelayClientActor {
     timer: Option<SpawnHandle>,
 }
 
+/// Where a relay client sends what it receives.
+pub(crate) struct RelayClientPorts {
+    /// Accepted relayed circuits.
+    pub(crate) inbound: Recipient<Inbound>,
+    /// Signals tagged as punch messages.
+    pub(crate) punch: Recipient<PunchSignal>,
+    /// Signals tagged as WebRTC signaling.
+    pub(crate) webrtc: Recipient<WebRtcSignal>,
+    /// The exit report.
+    pub(crate) exited: Recipient<ChildExited>,
+}
+
 impl RelayClientActor {
     pub(crate) fn new(
         id: ChildId,
         node: Arc<LocalNode>,
         config: RelayClientConfig,
         bus: EventBus,
-        inbound: Recipient<Inbound>,
-        punch: Recipient<PunchSignal>,
-        webrtc: Recipient<WebRtcSignal>,
-        exited: Recipient<ChildExited>,
+        ports: RelayClientPorts,
     ) -> Result<Self, kizuna::relay::RelayConfigError> {
+        let RelayClientPorts { inbound, punch, webrtc, exited } = ports;
         let seed = u64::from_le_bytes(node.peer_id().as_bytes()[..8].try_into().unwrap_or([7; 8]));
         let state = RelayClientState::new(node.config().keypair.clone(), config, seed)?;
         let opts = WsOptions::from_node(node.config());

@@ -55,7 +55,7 @@ use crate::{
     },
     listener::{Inbound, ListenerActor, ListenerPorts, ListenerReady, StopListener},
     negotiator::{Negotiated, NegotiatorActor},
-    relay_client::{RelayClientActor, StopRelayClient},
+    relay_client::{RelayClientActor, RelayClientPorts, StopRelayClient},
     runtime::io_runtime,
     supervision::{Decision, ExitReason, RestartLimits, RestartPolicy, RestartTracker},
     transports::build_transports,
@@ -226,16 +226,13 @@ impl Supervisor {
     fn spawn_relay_client(&mut self, id: ChildId, ctx: &mut Context<Self>) {
         let config = RelayClientConfig::new(self.relays.clone());
         let me = ctx.address();
-        match RelayClientActor::new(
-            id,
-            self.node.clone(),
-            config,
-            self.bus.clone(),
-            me.clone().recipient(),
-            me.clone().recipient(),
-            me.clone().recipient(),
-            me.recipient(),
-        ) {
+        let ports = RelayClientPorts {
+            inbound: me.clone().recipient(),
+            punch: me.clone().recipient(),
+            webrtc: me.clone().recipient(),
+            exited: me.recipient(),
+        };
+        match RelayClientActor::new(id, self.node.clone(), config, self.bus.clone(), ports) {
             Ok(actor) => {
                 let addr = actor.start();
                 self.relay_signal = Some(addr.clone().recipient());

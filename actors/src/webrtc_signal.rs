@@ -48,7 +48,10 @@ impl Signaler for RelaySignaler {
                         tokio::time::sleep(RESERVATION_POLL).await;
                     }
                     Ok(Err(e)) => {
-                        return Err(TransportError::connect_failed(format!("webrtc={to}"), format!("relay signaling: {e}")))
+                        return Err(TransportError::connect_failed(
+                            format!("webrtc={to}"),
+                            format!("relay signaling: {e}"),
+                        ))
                     }
                     Err(e) => return Err(TransportError::Closed(format!("relay client gone: {e}"))),
                 }

@@ -492,7 +492,16 @@ fn ping_over_webrtc_signaled_through_a_relay() {
     let key = home.path().join("node.key");
     let node = NodeProc::start(
         home.path(),
-        &["--listen", "webrtc=1", "--relay", &url, "--webrtc-bind", "127.0.0.1:0", "--key", key.to_str().unwrap()],
+        &[
+            "--listen",
+            "webrtc=1",
+            "--relay",
+            &url,
+            "--webrtc-bind",
+            "127.0.0.1:0",
+            "--key",
+            key.to_str().unwrap(),
+        ],
     );
     assert!(node.first.contains("webrtc=1"), "the ticket offers WebRTC: {}", node.first);
     let out = run(kizuna(home.path())
@@ -509,8 +518,16 @@ fn ping_over_webrtc_signaled_through_a_relay() {
     let out = run(kizuna(home.path()).args(["ping", peer_of(&node.first), "--transport", "webrtc"]));
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--relay"), "{}", stderr(&out));
-    let out = run(kizuna(home.path())
-        .args(["ping", peer_of(&node.first), "--relay", &url, "--transport", "webrtc", "--turn", "turn:127.0.0.1:1"]));
+    let out = run(kizuna(home.path()).args([
+        "ping",
+        peer_of(&node.first),
+        "--relay",
+        &url,
+        "--transport",
+        "webrtc",
+        "--turn",
+        "turn:127.0.0.1:1",
+    ]));
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--turn-user"), "{}", stderr(&out));
 }

@@ -70,7 +70,9 @@ async fn two_nodes_connect_over_webrtc_and_move_messages_datagrams_and_16_mib() 
             break;
         }
     }
-    assert!(matches!(got, Some(Event::DatagramReceived { peer, data }) if peer == a.peer && &data[..] == b"dg"));
+    assert!(
+        matches!(got, Some(Event::DatagramReceived { peer, data }) if peer == a.peer && &data[..] == b"dg")
+    );
 
     // 16 MiB over a stream, integrity checked.
     let data: Vec<u8> = (0..16u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
@@ -101,7 +103,8 @@ async fn garbage_and_forged_signals_through_the_relay_leave_the_node_serving() {
     // A hostile peer with a reservation sends WebRTC-tagged garbage and forgeries to b.
     let evil = relay_client::key(84);
     let mut ws = relay_client::reserve(&r.url, &evil).await;
-    let forged_offer = SignalMessage::signed(&relay_client::key(85), &b.peer, 9, SignalKind::Offer, "v=0".into());
+    let forged_offer =
+        SignalMessage::signed(&relay_client::key(85), &b.peer, 9, SignalKind::Offer, "v=0".into());
     let payloads: Vec<Vec<u8>> = vec![
         vec![0x14],
         vec![0x14, 0xc1],

@@ -110,7 +110,9 @@ async fn datagram_writer(dc: Arc<dyn DataChannel>, mut rx: mpsc::Receiver<Bytes>
     while let Some(d) = rx.recv().await {
         match dc.try_send(BytesMut::from(d)).await {
             Ok(()) => {}
-            Err(webrtc::error::Error::ErrSendBufferFull) => tracing::trace!("WebRTC datagram dropped: buffer full"),
+            Err(webrtc::error::Error::ErrSendBufferFull) => {
+                tracing::trace!("WebRTC datagram dropped: buffer full")
+            }
             Err(e) => {
                 tracing::debug!("WebRTC datagram channel: {e}");
                 return;
@@ -175,7 +177,10 @@ impl ConnectionBackend for WebRtcBackend {
             match tokio::time::timeout(STREAM_OPEN_TIMEOUT, opened(&mut p.state)).await {
                 Ok(true) => Ok(ByteStream::new(DcStream::new(p.dc, p.rx), self.stats.clone())),
                 Ok(false) => Err(closed_error("stream channel closed while opening")),
-                Err(_) => Err(TransportError::Timeout { what: "opening a WebRTC stream".into(), after: STREAM_OPEN_TIMEOUT }),
+                Err(_) => Err(TransportError::Timeout {
+                    what: "opening a WebRTC stream".into(),
+                    after: STREAM_OPEN_TIMEOUT,
+                }),
             }
         })
     }
@@ -233,7 +238,10 @@ impl ConnectionBackend for WebRtcBackend {
     }
 
     fn is_connected(&self) -> bool {
-        let pc_ok = !matches!(*self.pc_state.borrow(), RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed);
+        let pc_ok = !matches!(
+            *self.pc_state.borrow(),
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+        );
         pc_ok && *self.msg_state.borrow() == ChannelState::Open && !self.closing.load(Ordering::Acquire)
     }
 
@@ -241,4 +249,3 @@ impl ConnectionBackend for WebRtcBackend {
         None
     }
 }
-

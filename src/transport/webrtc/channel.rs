@@ -58,21 +58,20 @@ pub(crate) async fn pump(
     lossy: bool,
 ) {
     while let Some(ev) = dc.poll().await {
-        match ev {
+        let ended = match ev {
             DataChannelEvent::OnOpen => {
                 let _ = state.send(ChannelState::Open);
+                false
             }
-            DataChannelEvent::OnMessage(m) if lossy => match tx.try_send(m.data.freeze()) {
-                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
-                Err(mpsc::error::TrySendError::Closed(_)) => break,
-            },
-            DataChannelEvent::OnMessage(m) => {
-                if tx.send(m.data.freeze()).await.is_err() {
-                    break;
-                }
+            DataChannelEvent::OnMessage(m) if lossy => {
+                matches!(tx.try_send(m.data.freeze()), Err(mpsc::error::TrySendError::Closed(_)))
             }
-            DataChannelEvent::OnClose => break,
-            _ => {}
+            DataChannelEvent::OnMessage(m) => tx.send(m.data.freeze()).await.is_err(),
+            DataChannelEvent::OnClose => true,
+            _ => false,
+        };
+        if ended {
+            break;
         }
     }
     let _ = state.send(ChannelState::Closed);
@@ -118,7 +117,11 @@ impl DcStream {
 }
 
 impl AsyncRead for DcStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         while self.current.is_empty() {
             match ready!(self.rx.poll_recv(cx)) {
                 Some(b) => self.current = b,

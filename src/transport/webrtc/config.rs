@@ -16,9 +16,9 @@ use crate::error::TransportError;
 /// 10 ms: a handful of checks per pair during the first 100 ms costs nothing on any link,
 /// and RFC 8445 §14.2's pacing (Ta ≥ 5 ms) is respected.
 const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(10);
-/// Binding requests per pair before it fails. With 10 ms checks, 50 requests keep the
-/// webrtc-rs default's ≈ 1.4 s budget for a pair to answer... plus slack for loaded hosts.
-const ICE_MAX_BINDING_REQUESTS: u16 = 50;
+/// Binding requests per pair before it fails. With 10 ms checks, 140 requests keep the
+/// webrtc-rs default's budget (7 × 200 ms = 1.4 s) for a pair to answer.
+const ICE_MAX_BINDING_REQUESTS: u16 = 140;
 /// Largest data channel message, advertised as SDP `max-message-size`: 256 KiB, the most
 /// webrtc-rs supports and what Chromium advertises. Kizuna messages over WebRTC are
 /// bounded by this (the connection's capabilities say so), not by `MAX_MESSAGE_LEN`.
@@ -109,7 +109,8 @@ impl WebRtcConfig {
         }
         if self.relay_only && !self.ice_servers.iter().any(IceServer::is_turn) {
             return Err(TransportError::Config(
-                "--ice-relay-only needs a TURN server: add --turn turn:HOST:PORT --turn-user U --turn-pass P".into(),
+                "--ice-relay-only needs a TURN server: add --turn turn:HOST:PORT --turn-user U --turn-pass P"
+                    .into(),
             ));
         }
         if self.bind.is_empty() {

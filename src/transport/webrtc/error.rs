@@ -62,9 +62,11 @@ impl SignalError {
                 expected,
                 presented: format!("a WebRTC answer not signed by {peer} (tampered SDP or fingerprint)"),
             },
-            SignalError::TooLarge { len, max } => {
-                TransportError::LimitExceeded { limit: "WebRTC signal size", max: max as u64, attempted: len as u64 }
-            }
+            SignalError::TooLarge { len, max } => TransportError::LimitExceeded {
+                limit: "WebRTC signal size",
+                max: max as u64,
+                attempted: len as u64,
+            },
             other => TransportError::connect_failed(format!("webrtc={expected}"), other),
         }
     }

@@ -19,7 +19,7 @@ mod channel;
 mod config;
 pub mod error;
 mod peer;
-mod runtime;
+pub mod runtime;
 pub mod session;
 pub mod signal;
 
@@ -30,17 +30,17 @@ use std::{
 
 use tokio::sync::{mpsc, watch};
 
+use self::{
+    backend::WebRtcBackend,
+    peer::{PeerSetup, SessionSignals},
+    session::{Role, Route, SessionTable},
+};
 pub use self::{
     channel::{LABEL_DATAGRAMS, LABEL_MESSAGES, LABEL_STREAM},
     config::{IceServer, WebRtcConfig, MAX_DATA_CHANNEL_MESSAGE},
     error::SignalError,
-    signal::{SignalKind, SignalMessage, WEBRTC_SIGNAL_TAG},
-};
-use self::{
-    backend::WebRtcBackend,
-    peer::{PeerSetup, SessionSignals},
     runtime::BufferedRuntime,
-    session::{Role, Route, SessionTable},
+    signal::{SignalKind, SignalMessage, WEBRTC_SIGNAL_TAG},
 };
 use crate::{
     address::{PathKind, Protocol, TransportAddr},
@@ -48,7 +48,8 @@ use crate::{
     identity::PeerId,
     node::LocalNode,
     transport::{
-        accept::ChannelListener, BoxFuture, ConnStats, Connection, ConnectionParts, Incoming, Listener, Transport,
+        accept::ChannelListener, BoxFuture, ConnStats, Connection, ConnectionParts, Incoming, Listener,
+        Transport,
     },
     wire::{Hello, HelloPurpose},
 };
@@ -220,11 +221,15 @@ async fn close_session(signaler: &Arc<dyn Signaler>, to: PeerId, session: u64, r
 }
 
 /// Runs a set-up within the node's connect timeout.
-async fn bounded<T>(shared: &Shared, peer: PeerId, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+async fn bounded<T>(
+    shared: &Shared,
+    peer: PeerId,
+    f: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
     let after = shared.node.config().connect_timeout;
-    tokio::time::timeout(after, f)
-        .await
-        .unwrap_or_else(|_| Err(TransportError::Timeout { what: format!("WebRTC set-up with {peer}"), after }))
+    tokio::time::timeout(after, f).await.unwrap_or_else(|_| {
+        Err(TransportError::Timeout { what: format!("WebRTC set-up with {peer}"), after })
+    })
 }
 
 /// Wraps an established peer connection as a Kizuna [`Connection`] to `peer`.
@@ -288,7 +293,9 @@ impl Transport for WebRtcTransport {
                 return Err(TransportError::UnsupportedProtocol(format!("WebRTC cannot dial {addr}")));
             }
             let signaler = self.shared.signaler().ok_or_else(|| {
-                TransportError::UnsupportedProtocol("WebRTC needs a relay for signaling (configure --relay)".into())
+                TransportError::UnsupportedProtocol(
+                    "WebRTC needs a relay for signaling (configure --relay)".into(),
+                )
             })?;
             let session = random_session();
             let (tx, rx) = mpsc::channel(SESSION_INBOX);
@@ -333,7 +340,8 @@ impl Transport for WebRtcTransport {
                 *shared.incoming.lock().unwrap_or_else(|e| e.into_inner()) = None;
             });
             self.shared.node.add_listen_addr(TransportAddr::WebRtc);
-            let listener = ChannelListener::new(self.shared.node.clone(), TransportAddr::WebRtc, rx, stop_tx, task);
+            let listener =
+                ChannelListener::new(self.shared.node.clone(), TransportAddr::WebRtc, rx, stop_tx, task);
             Ok(Box::new(listener) as Box<dyn Listener>)
         })
     }

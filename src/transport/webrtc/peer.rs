@@ -147,8 +147,7 @@ impl PeerSetup {
             .await
             .map_err(rtc_error("creating the peer connection"))?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-        let signaling =
-            Signaling {
+        let signaling = Signaling {
             pc: pc.clone(),
             candidates,
             state,
@@ -168,7 +167,8 @@ impl PeerSetup {
             .create_data_channel(LABEL_MESSAGES, None)
             .await
             .map_err(rtc_error("creating the message channel"))?;
-        let unreliable = RTCDataChannelInit { ordered: false, max_retransmits: Some(0), ..Default::default() };
+        let unreliable =
+            RTCDataChannelInit { ordered: false, max_retransmits: Some(0), ..Default::default() };
         let dgram_dc = self
             .pc
             .create_data_channel(LABEL_DATAGRAMS, Some(unreliable))
@@ -278,7 +278,13 @@ impl PeerSetup {
         }
         messages.state.mark_unchanged();
         datagrams.state.mark_unchanged();
-        Ok(Established { pc: self.pc, messages, datagrams, channels: self.channels, state: self.signaling.state })
+        Ok(Established {
+            pc: self.pc,
+            messages,
+            datagrams,
+            channels: self.channels,
+            state: self.signaling.state,
+        })
     }
 }
 
@@ -286,7 +292,9 @@ impl Signaling {
     /// One step of signaling: a local candidate out, or a peer message in.
     async fn step(&mut self, sig: &SessionSignals<'_>) -> Result<()> {
         let mid = self.mid.clone();
-        let failed = |s: &RTCPeerConnectionState| matches!(s, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed);
+        let failed = |s: &RTCPeerConnectionState| {
+            matches!(s, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed)
+        };
         let mut state = self.state.clone();
         tokio::select! {
             c = self.candidates.recv() => match c {
@@ -338,7 +346,6 @@ impl Signaling {
             tracing::debug!("remote ICE candidate refused: {e}");
         }
     }
-
 }
 
 fn closed(why: &str) -> TransportError {

@@ -26,7 +26,7 @@ use webrtc::runtime::{
 /// A tokio runtime for webrtc-rs whose UDP sockets get `buffer`-byte send and receive
 /// buffers (see the module docs).
 #[derive(Debug)]
-pub(crate) struct BufferedRuntime {
+pub struct BufferedRuntime {
     inner: TokioRuntime,
     buffer: usize,
 }
@@ -34,7 +34,7 @@ pub(crate) struct BufferedRuntime {
 impl BufferedRuntime {
     /// Sockets get `buffer` bytes each way (best effort: the kernel caps it at
     /// `net.core.{r,w}mem_max`).
-    pub(crate) fn new(buffer: usize) -> Arc<Self> {
+    pub fn new(buffer: usize) -> Arc<Self> {
         Arc::new(Self { inner: TokioRuntime, buffer })
     }
 }

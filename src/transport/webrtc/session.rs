@@ -97,7 +97,14 @@ impl<H: Clone> SessionTable<H> {
 
     /// Registers a session this node offers or answers. Fails if a limit is reached or the
     /// session exists.
-    pub fn insert(&mut self, peer: PeerId, session: u64, role: Role, handle: H, now: Instant) -> Result<(), SignalError> {
+    pub fn insert(
+        &mut self,
+        peer: PeerId,
+        session: u64,
+        role: Role,
+        handle: H,
+        now: Instant,
+    ) -> Result<(), SignalError> {
         self.expire(now);
         if self.sessions.contains_key(&(peer, session)) {
             return Err(SignalError::Unexpected { kind: "offer", session });
@@ -115,7 +122,12 @@ impl<H: Clone> SessionTable<H> {
 
     /// Decides what to do with `msg` from `from` (already decoded; signatures are checked
     /// by the session itself, which knows the recipient key).
-    pub fn route(&mut self, from: PeerId, msg: &SignalMessage, now: Instant) -> Result<Route<H>, SignalError> {
+    pub fn route(
+        &mut self,
+        from: PeerId,
+        msg: &SignalMessage,
+        now: Instant,
+    ) -> Result<Route<H>, SignalError> {
         self.expire(now);
         let key = (from, msg.session);
         let unknown = || SignalError::UnknownSession { peer: from, session: msg.session };
@@ -178,10 +190,16 @@ mod tests {
         assert_eq!(t.route(p, &msg(8, SignalKind::Answer), t0).unwrap(), Route::Deliver(80));
         assert!(t.route(p, &msg(8, SignalKind::Answer), t0).is_err());
         assert_eq!(t.route(p, &msg(8, SignalKind::Close), t0).unwrap(), Route::Closed(80));
-        assert!(matches!(t.route(p, &msg(8, SignalKind::Candidate), t0), Err(SignalError::UnknownSession { .. })));
+        assert!(matches!(
+            t.route(p, &msg(8, SignalKind::Candidate), t0),
+            Err(SignalError::UnknownSession { .. })
+        ));
         // Other peers cannot touch this peer's sessions.
         let q = Keypair::from_seed([2; 32]).peer_id();
-        assert!(matches!(t.route(q, &msg(7, SignalKind::Candidate), t0), Err(SignalError::UnknownSession { .. })));
+        assert!(matches!(
+            t.route(q, &msg(7, SignalKind::Candidate), t0),
+            Err(SignalError::UnknownSession { .. })
+        ));
     }
 
     #[test]
@@ -211,6 +229,9 @@ mod tests {
             }
         }
         assert_eq!(t.len(), MAX_SESSIONS.min(200 * MAX_SESSIONS_PER_PEER));
-        assert_eq!(t.route(p, &msg(1000, SignalKind::Offer), later), Err(SignalError::Limit("sessions in total")));
+        assert_eq!(
+            t.route(p, &msg(1000, SignalKind::Offer), later),
+            Err(SignalError::Limit("sessions in total"))
+        );
     }
 }

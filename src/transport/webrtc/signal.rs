@@ -122,7 +122,13 @@ pub fn transcript(session: u64, recipient: &PeerId, kind: SignalKind, sdp: &str)
 
 impl SignalMessage {
     /// A signed offer or answer from `keypair` to `recipient`.
-    pub fn signed(keypair: &Keypair, recipient: &PeerId, session: u64, kind: SignalKind, sdp: String) -> Self {
+    pub fn signed(
+        keypair: &Keypair,
+        recipient: &PeerId,
+        session: u64,
+        kind: SignalKind,
+        sdp: String,
+    ) -> Self {
         let sig = keypair.sign(&transcript(session, recipient, kind, &sdp));
         Self { session, kind, sdp, mid: None, sig: Some(sig) }
     }
@@ -149,8 +155,13 @@ impl SignalMessage {
     /// The relay signal payload: the tag byte, then the map.
     pub fn encode(&self) -> Result<Vec<u8>, SignalError> {
         let sig = self.sig.as_ref().map(|s| serde_bytes::Bytes::new(s));
-        let wire =
-            Wire { session: self.session, kind: self.kind.as_str(), sdp: &self.sdp, mid: self.mid.as_deref(), sig };
+        let wire = Wire {
+            session: self.session,
+            kind: self.kind.as_str(),
+            sdp: &self.sdp,
+            mid: self.mid.as_deref(),
+            sig,
+        };
         let mut out = vec![WEBRTC_SIGNAL_TAG];
         rmp_serde::encode::write_named(&mut out, &wire).map_err(|e| SignalError::malformed(e.to_string()))?;
         if out.len() > MAX_SIGNAL_LEN {

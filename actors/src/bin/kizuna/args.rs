@@ -82,14 +82,18 @@ pub(crate) struct IceArgs {
 impl IceArgs {
     /// The WebRTC configuration, or a usage error saying what to fix.
     pub(crate) fn config(&self) -> Result<WebRtcConfig, CliError> {
-        let mut c = WebRtcConfig::default();
-        c.ice_servers = self.stun.iter().map(|s| IceServer::stun(s)).collect();
+        let mut c = WebRtcConfig {
+            ice_servers: self.stun.iter().map(|s| IceServer::stun(s)).collect(),
+            ..WebRtcConfig::default()
+        };
         for url in &self.turn {
             if !url.starts_with("turn:") && !url.starts_with("turns:") {
                 return Err(CliError::Usage(format!("--turn {url:?}: expected turn:HOST:PORT")));
             }
             let (Some(user), Some(pass)) = (&self.turn_user, &self.turn_pass) else {
-                return Err(CliError::Usage(format!("--turn {url} needs --turn-user USER and --turn-pass PASS")));
+                return Err(CliError::Usage(format!(
+                    "--turn {url} needs --turn-user USER and --turn-pass PASS"
+                )));
             };
             c.ice_servers.push(IceServer::turn(url, user, pass));
         }

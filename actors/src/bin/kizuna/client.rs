@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use kizuna::{
-    relay::client::RelayEndpoint, transport::webrtc::WebRtcConfig, ConnectionInfo, Keypair, PeerAddress, Protocol,
+    relay::client::RelayEndpoint, transport::webrtc::WebRtcConfig, ConnectionInfo, Keypair, PeerAddress,
+    Protocol,
 };
 use kizuna_actors::{
     api::Connect, EventStream, NodeError, Shutdown, Subscribe, Supervisor, SupervisorConfig,

@@ -119,7 +119,8 @@ impl Demo {
         let relays = vec![RelayEndpoint { url: relay.url.clone(), token: None }];
         let mut server_protocols = protocols.clone();
         server_protocols.push(Protocol::WebRtc);
-        let server = client::start_node(Keypair::generate(), server_protocols, relays, WebRtcConfig::loopback())?;
+        let server =
+            client::start_node(Keypair::generate(), server_protocols, relays, WebRtcConfig::loopback())?;
         let mut events = server.send(Subscribe::default()).await?;
         for p in protocols {
             let addr = match p {
@@ -139,9 +140,10 @@ impl Demo {
     fn ticket_for(&self, s: &Scenario) -> Result<(PeerAddress, Vec<Protocol>), String> {
         match s.setup {
             Setup::Relayed => Ok((PeerAddress::new(self.ticket.peer_id, vec![]), vec![])),
-            Setup::WebRtc => {
-                Ok((PeerAddress::new(self.ticket.peer_id, vec![TransportAddr::WebRtc]), vec![Protocol::WebRtc]))
-            }
+            Setup::WebRtc => Ok((
+                PeerAddress::new(self.ticket.peer_id, vec![TransportAddr::WebRtc]),
+                vec![Protocol::WebRtc],
+            )),
             Setup::Direct(p) => {
                 let addrs: Vec<_> = self.ticket.addrs.iter().filter(|a| a.protocol() == p).cloned().collect();
                 if addrs.is_empty() {
@@ -167,12 +169,15 @@ impl Demo {
         let (ticket, protocols) = self.ticket_for(s)?;
         let peer = ticket.peer_id;
         let relays = match s.setup {
-            Setup::Relayed | Setup::WebRtc => vec![RelayEndpoint { url: self.relay.url.clone(), token: None }],
+            Setup::Relayed | Setup::WebRtc => {
+                vec![RelayEndpoint { url: self.relay.url.clone(), token: None }]
+            }
             Setup::Direct(_) => Vec::new(),
         };
-        let mut session = client::connect(Keypair::generate(), ticket, protocols, relays, WebRtcConfig::loopback())
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut session =
+            client::connect(Keypair::generate(), ticket, protocols, relays, WebRtcConfig::loopback())
+                .await
+                .map_err(|e| e.to_string())?;
         row.path = Some(session.info.path);
         row.connect_ms = Some(output::ms(session.connect_time));
         let result = async {
