@@ -1,6 +1,6 @@
 //! Browser interop: the page in `examples/browser/` running in headless Chromium (Debian's
 //! `chromium`, installed by `.ci/run`), driven through the DevTools protocol
-//! (`chromium/`). The list of tests and what each shows is in `docs/webrtc.md`, "Browser
+//! (`chromium/`). The list of tests and what each shows is in `docs/webrtc.md` §9, "Browser
 //! peers". In short:
 //!
 //! * the page's MessagePack, PeerId and signaling encodings agree byte for byte with the
