@@ -132,8 +132,9 @@ pub async fn serve_with(addr: Addr<Supervisor>, mut events: EventStream, opts: S
             }
             Event::DatagramReceived { peer, data } => {
                 // Best effort, like the datagram itself: never wait for the node's mailbox.
-                if addr.try_send(api::SendDatagram { peer, data }).is_err() {
-                    tracing::debug!(%peer, "datagram echo dropped: node busy");
+                let echo = addr.try_send(api::SendDatagram { peer, data });
+                if let Err(e) = echo {
+                    tracing::debug!(%peer, error = %e, "datagram echo dropped");
                 }
             }
             Event::StreamOpened { peer, stream } => {
