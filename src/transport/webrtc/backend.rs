@@ -1,7 +1,7 @@
 //! [`WebRtcBackend`]: the [`ConnectionBackend`] of one peer connection.
 //!
 //! * Messages: one data channel message on `kizuna-msg` per Kizuna message (reliable,
-//!   ordered). Sends wait while the channel's unacknowledged bytes exceed the send buffer
+//!   ordered), read straight from the channel by `recv`. Sends wait while the channel's unacknowledged bytes exceed the send buffer
 //!   limit (webrtc-rs's `with_data_channel_send_buffer_limit`): that is the backpressure.
 //! * Datagrams: one message on `kizuna-dgram` (unordered, `maxRetransmits = 0`) each,
 //!   queued to a writer task; dropped when the queue or the channel's buffer is full.
@@ -23,12 +23,12 @@ use tokio::{
     task::AbortHandle,
 };
 use webrtc::{
-    data_channel::DataChannel,
+    data_channel::{DataChannel, DataChannelEvent},
     peer_connection::{PeerConnection, RTCPeerConnectionState},
 };
 
 use super::{
-    channel::{opened, ChannelState, DcStream, ACK_POLL, LABEL_STREAM, STREAM_QUEUE},
+    channel::{opened, ChannelState, DcStream, PumpMode, ACK_POLL, LABEL_STREAM, STREAM_QUEUE},
     config::MAX_DATA_CHANNEL_MESSAGE,
     peer::{start_pump, Established},
 };
@@ -51,8 +51,8 @@ const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct WebRtcBackend {
     pc: Arc<dyn PeerConnection>,
     msg: Arc<dyn DataChannel>,
-    msg_state: watch::Receiver<ChannelState>,
-    inbox: Mutex<mpsc::Receiver<Bytes>>,
+    /// Set once the message channel reported its close (the peer closed).
+    msg_closed: AtomicBool,
     dgram_tx: mpsc::Sender<Bytes>,
     dgrams: Mutex<mpsc::Receiver<Bytes>>,
     streams: Mutex<mpsc::Receiver<ByteStream>>,
@@ -78,8 +78,7 @@ impl WebRtcBackend {
         Self {
             pc: est.pc,
             msg: est.messages.dc,
-            msg_state: est.messages.state,
-            inbox: Mutex::new(est.messages.rx),
+            msg_closed: AtomicBool::new(*est.messages.state.borrow() == ChannelState::Closed),
             dgram_tx,
             dgrams: Mutex::new(est.datagrams.rx),
             streams: Mutex::new(srx),
@@ -133,7 +132,7 @@ async fn route_channels(
             let _ = dc.close().await;
             continue;
         }
-        let p = start_pump(dc, STREAM_QUEUE, false);
+        let p = start_pump(dc, STREAM_QUEUE, PumpMode::Reliable);
         if tx.send(ByteStream::new(DcStream::new(p.dc, p.rx), stats.clone())).await.is_err() {
             return;
         }
@@ -161,19 +160,30 @@ impl ConnectionBackend for WebRtcBackend {
     }
 
     fn recv_message(&self) -> BoxFuture<'_, Result<Option<Bytes>>> {
+        // The message channel is read directly (its pump stopped once it opened): the
+        // driver's bounded event queue is the only queue, and not reading is what
+        // applies backpressure. `poll` is cancel safe (a channel receive).
         Box::pin(async move {
-            let m = self.inbox.lock().await.recv().await;
-            if let Some(m) = &m {
-                self.stats.received(m.len());
+            loop {
+                match self.msg.poll().await {
+                    Some(DataChannelEvent::OnMessage(m)) => {
+                        self.stats.received(m.data.len());
+                        return Ok(Some(m.data.freeze()));
+                    }
+                    Some(DataChannelEvent::OnClose) | None => {
+                        self.msg_closed.store(true, Ordering::Release);
+                        return Ok(None);
+                    }
+                    Some(_) => {}
+                }
             }
-            Ok(m)
         })
     }
 
     fn open_stream(&self) -> BoxFuture<'_, Result<ByteStream>> {
         Box::pin(async move {
             let dc = self.pc.create_data_channel(LABEL_STREAM, None).await.map_err(closed_error)?;
-            let mut p = start_pump(dc, STREAM_QUEUE, false);
+            let mut p = start_pump(dc, STREAM_QUEUE, PumpMode::Reliable);
             match tokio::time::timeout(STREAM_OPEN_TIMEOUT, opened(&mut p.state)).await {
                 Ok(true) => Ok(ByteStream::new(DcStream::new(p.dc, p.rx), self.stats.clone())),
                 Ok(false) => Err(closed_error("stream channel closed while opening")),
@@ -242,7 +252,7 @@ impl ConnectionBackend for WebRtcBackend {
             *self.pc_state.borrow(),
             RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
         );
-        pc_ok && *self.msg_state.borrow() == ChannelState::Open && !self.closing.load(Ordering::Acquire)
+        pc_ok && !self.msg_closed.load(Ordering::Acquire) && !self.closing.load(Ordering::Acquire)
     }
 
     fn local_addr(&self) -> Option<std::net::SocketAddr> {

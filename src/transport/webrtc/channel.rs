@@ -47,23 +47,37 @@ pub(crate) enum ChannelState {
     Closed,
 }
 
+/// How a pump treats its channel's messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PumpMode {
+    /// Forward every message, waiting while the queue is full (backpressure).
+    Reliable,
+    /// Forward what fits, drop the rest (datagrams: unread ones never hold back the
+    /// connection's other channels).
+    Lossy,
+    /// Only report the opening, then stop: the owner polls the channel itself (the
+    /// message channel, one task hop shorter per message).
+    UntilOpen,
+}
+
 /// Forwards `dc`'s messages to `tx` and its state to `state`, until the channel closes or
-/// the receiver is dropped. A reliable channel waits while `tx` is full (backpressure); a
-/// `lossy` one (datagrams) drops instead, so unread datagrams never hold back the
-/// connection's other channels.
+/// the receiver is dropped (see [`PumpMode`]).
 pub(crate) async fn pump(
     dc: Arc<dyn DataChannel>,
     tx: mpsc::Sender<Bytes>,
     state: watch::Sender<ChannelState>,
-    lossy: bool,
+    mode: PumpMode,
 ) {
     while let Some(ev) = dc.poll().await {
         let ended = match ev {
             DataChannelEvent::OnOpen => {
                 let _ = state.send(ChannelState::Open);
+                if mode == PumpMode::UntilOpen {
+                    return;
+                }
                 false
             }
-            DataChannelEvent::OnMessage(m) if lossy => {
+            DataChannelEvent::OnMessage(m) if mode == PumpMode::Lossy => {
                 matches!(tx.try_send(m.data.freeze()), Err(mpsc::error::TrySendError::Closed(_)))
             }
             DataChannelEvent::OnMessage(m) => tx.send(m.data.freeze()).await.is_err(),

@@ -14,7 +14,7 @@ use webrtc::{
 };
 
 use super::{
-    channel::{opened, pump, ChannelState, LABEL_DATAGRAMS, LABEL_MESSAGES},
+    channel::{opened, pump, ChannelState, PumpMode, LABEL_DATAGRAMS, LABEL_MESSAGES},
     config::WebRtcConfig,
     error::SignalError,
     runtime::BufferedRuntime,
@@ -34,9 +34,9 @@ pub(crate) const REMOTE_CHANNEL_QUEUE: usize = 64;
 /// open (see `PeerSetup::exchange`). 2 ms: a loopback round trip is ≈ 0.1 ms, so each
 /// stage starts at most 2 ms late; the handful of calls cost microseconds.
 const KICK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
-/// Received messages / datagrams queued per channel before the pump stops polling. 32
-/// (≤ 8 MiB of 256 KiB messages): webrtc-rs queues another 256 events per channel
-/// behind it, so this only needs to absorb scheduling jitter.
+/// Received datagrams queued before the pump drops them. 32 (≤ 8 MiB of 256 KiB
+/// datagrams): webrtc-rs queues another 256 events per channel behind it, so this only
+/// needs to absorb scheduling jitter. (Messages are read straight from their channel.)
 pub(crate) const CHANNEL_QUEUE: usize = 32;
 
 /// Events of a peer connection, delivered by its driver without ever blocking it.
@@ -86,12 +86,11 @@ pub(crate) struct Pumped {
     pub(crate) state: watch::Receiver<ChannelState>,
 }
 
-/// Starts the pump of `dc` with a queue of `queue` messages (dropping when full if
-/// `lossy`).
-pub(crate) fn start_pump(dc: Arc<dyn DataChannel>, queue: usize, lossy: bool) -> Pumped {
+/// Starts the pump of `dc` with a queue of `queue` messages.
+pub(crate) fn start_pump(dc: Arc<dyn DataChannel>, queue: usize, mode: PumpMode) -> Pumped {
     let (tx, rx) = mpsc::channel(queue);
     let (stx, state) = watch::channel(ChannelState::Connecting);
-    tokio::spawn(pump(dc.clone(), tx, stx, lossy));
+    tokio::spawn(pump(dc.clone(), tx, stx, mode));
     Pumped { dc, rx, state }
 }
 
@@ -174,8 +173,8 @@ impl PeerSetup {
             .create_data_channel(LABEL_DATAGRAMS, Some(unreliable))
             .await
             .map_err(rtc_error("creating the datagram channel"))?;
-        let messages = start_pump(msg_dc, CHANNEL_QUEUE, false);
-        let datagrams = start_pump(dgram_dc, CHANNEL_QUEUE, true);
+        let messages = start_pump(msg_dc, 1, PumpMode::UntilOpen);
+        let datagrams = start_pump(dgram_dc, CHANNEL_QUEUE, PumpMode::Lossy);
         let offer = self.pc.create_offer(None).await.map_err(rtc_error("creating the offer"))?;
         self.pc.set_local_description(offer).await.map_err(rtc_error("applying the offer"))?;
         let sdp = self.local_sdp().await?;
@@ -217,8 +216,8 @@ impl PeerSetup {
                 dc = self.channels.recv() => {
                     let Some(dc) = dc else { return Err(closed("peer connection closed")) };
                     match dc.label().await.unwrap_or_default().as_str() {
-                        LABEL_MESSAGES if messages.is_none() => messages = Some(start_pump(dc, CHANNEL_QUEUE, false)),
-                        LABEL_DATAGRAMS if datagrams.is_none() => datagrams = Some(start_pump(dc, CHANNEL_QUEUE, true)),
+                        LABEL_MESSAGES if messages.is_none() => messages = Some(start_pump(dc, 1, PumpMode::UntilOpen)),
+                        LABEL_DATAGRAMS if datagrams.is_none() => datagrams = Some(start_pump(dc, CHANNEL_QUEUE, PumpMode::Lossy)),
                         other => {
                             tracing::debug!(label = other, "unexpected WebRTC data channel during set-up: closing it");
                             let _ = dc.close().await;
