@@ -27,7 +27,7 @@ use bytes::Bytes;
 use chromium::{enc, page_url, BrowserNet, Chromium};
 use kizuna::{
     relay::{auth::Admission, client::RelayEndpoint, RelayMessage},
-    transport::webrtc::{SignalKind, SignalMessage},
+    transport::webrtc::{IceServer, SignalKind, SignalMessage, WebRtcConfig},
     Keypair, PeerId, Protocol,
 };
 use kizuna_actors::{
@@ -336,16 +336,22 @@ struct EchoNode {
 
 const GREETING: &str = "hello browser, from a kizuna node";
 
-async fn echo_node(relay: &RelayHandle, bind: SocketAddr) -> EchoNode {
+/// The node side's WebRTC settings: host candidates on this side of the test link.
+fn node_webrtc(net: &BrowserNet) -> WebRtcConfig {
+    // Loopback in the bind list as well: webrtc-rs then opens no mDNS socket (which would
+    // join 224.0.0.251 on the default interface, outside the test's link). Chromium gets
+    // the loopback candidate too and finds nothing there inside its namespace.
+    let bind = vec![SocketAddr::new(net.host.into(), 0), SocketAddr::from(([127, 0, 0, 1], 0))];
+    WebRtcConfig { bind, ..WebRtcConfig::default() }
+}
+
+async fn echo_node(relay: &RelayHandle, webrtc: WebRtcConfig) -> EchoNode {
     let keypair = key(2);
     let peer = keypair.peer_id();
     let mut config = SupervisorConfig::new(keypair);
     config.protocols = vec![Protocol::WebRtc];
     config.relays = vec![RelayEndpoint { url: relay.url.clone(), token: None }];
-    // Loopback in the bind list as well: webrtc-rs then opens no mDNS socket (which would
-    // join 224.0.0.251 on the default interface, outside the test's link). Chromium gets
-    // the loopback candidate too and finds nothing there inside its namespace.
-    config.webrtc.bind = vec![bind, SocketAddr::from(([127, 0, 0, 1], 0))];
+    config.webrtc = webrtc;
     let supervisor = Supervisor::start(config).unwrap();
     let mut events = supervisor.send(Subscribe::default()).await.unwrap();
     let (tx, connected) = mpsc::channel(8);
@@ -452,7 +458,7 @@ async fn webrtc_setup() -> Option<(BrowserNet, RelayHandle, EchoNode, Chromium)>
 async fn webrtc_setup_with(hide_local_ips: bool) -> Option<(BrowserNet, RelayHandle, EchoNode, Chromium)> {
     let (bin, net) = browser_and_net()?;
     let relay = start(RelayServerConfig::new(SocketAddr::new(net.host.into(), 0), Admission::open())).await;
-    let node = echo_node(&relay, SocketAddr::new(net.host.into(), 0)).await;
+    let node = echo_node(&relay, node_webrtc(&net)).await;
     let page = Chromium::launch_with(&bin, Some(&net), hide_local_ips).await;
     Some((net, relay, node, page))
 }
@@ -548,7 +554,7 @@ async fn the_readme_commands_connect_the_page_to_kizuna_node() {
     let listen = format!("ws://{}:0", net.host);
     let (_relay, url) = kizuna(home.path(), &["relay", "--listen", &listen, "--open"]).await;
     let bind = format!("{}:0", net.host);
-    // Loopback as well: see `echo_node`.
+    // Loopback as well: see `node_webrtc`.
     let node_args = [
         "node",
         "--relay",
@@ -569,4 +575,77 @@ async fn the_readme_commands_connect_the_page_to_kizuna_node() {
     assert_eq!(r["ok"], json!(true), "{r}\nconsole:\n{}", page.console.join("\n"));
     assert_eq!(r["reliable"]["echoed"], json!(10), "{r}");
     assert!(r["unreliable"]["echoed"].as_u64().unwrap() >= 1, "kizuna node echoes datagrams: {r}");
+}
+
+/// A real coturn (Debian's `coturn`) with one long-term-credential user, listening and
+/// relaying on `ip`; retried on fresh ports if it does not answer STUN.
+async fn start_turn(ip: std::net::Ipv4Addr, dir: &std::path::Path) -> (Proc, String) {
+    for attempt in 0..4 {
+        let free = || std::net::UdpSocket::bind((ip, 0)).unwrap().local_addr().unwrap().port();
+        let (port, low) = (free(), free().clamp(20_000, 60_000));
+        let file = |f: &str| dir.join(format!("{attempt}-{f}")).display().to_string();
+        let child = std::process::Command::new("turnserver")
+            .args(["-n", "--listening-ip", &ip.to_string(), "--relay-ip", &ip.to_string()])
+            .args(["--listening-port", &port.to_string()])
+            .args(["--min-port", &low.to_string(), "--max-port", &(low + 100).to_string()])
+            .args(["--lt-cred-mech", "--user", "kizuna:turn-secret", "--realm", "kizuna.test"])
+            .args(["--no-tls", "--no-dtls", "--no-tcp", "--no-cli", "--simple-log"])
+            .args(["--log-file", &file("turn.log"), "--pidfile", &file("turn.pid"), "--db", &file("turndb")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start turnserver");
+        let turn = Proc(child);
+        let server = SocketAddr::from((ip, port));
+        let up = tokio::task::spawn_blocking(move || {
+            let sock = std::net::UdpSocket::bind((ip, 0)).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            let request = kizuna::nat::probe::encode_request([9; 12], false, false);
+            let mut buf = [0u8; 1500];
+            (0..50).any(|_| {
+                let _ = sock.send_to(&request, server);
+                matches!(sock.recv_from(&mut buf), Ok((n, from))
+                    if kizuna::nat::probe::parse_response(&buf[..n], from, &[9; 12]).is_some())
+            })
+        });
+        if up.await.unwrap() {
+            return (turn, format!("turn:{server}"));
+        }
+        eprintln!("coturn on {server} did not answer (attempt {attempt}); trying other ports");
+    }
+    panic!("coturn never answered on {ip}");
+}
+
+/// Browser and node both restricted to TURN relay candidates (`relayOnly=1` on the page,
+/// `relay_only` on the node): everything goes through a real coturn, and neither side
+/// learns the other's host address.
+#[actix_rt::test]
+async fn page_and_node_meet_through_turn_with_relay_only_ice() {
+    let Some((bin, net)) = browser_and_net() else { return };
+    if std::process::Command::new("turnserver").arg("--version").output().is_err() {
+        eprintln!("SKIP browser TURN: `turnserver` not found (apt-get install coturn; .ci/run does)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_turn, turn_url) = start_turn(net.host, dir.path()).await;
+    let relay = start(RelayServerConfig::new(SocketAddr::new(net.host.into(), 0), Admission::open())).await;
+    let mut webrtc = node_webrtc(&net);
+    webrtc.ice_servers = vec![IceServer::turn(&turn_url, "kizuna", "turn-secret")];
+    webrtc.relay_only = true;
+    let node = echo_node(&relay, webrtc).await;
+    let mut page = Chromium::launch(&bin, Some(&net)).await;
+    let query = format!(
+        "relay={}&peer={}&turn={}&turnUser=kizuna&turnPass=turn-secret&relayOnly=1&auto=1&count=5",
+        enc(&relay.url),
+        node.peer,
+        enc(&turn_url)
+    );
+    page.navigate(&page_url(&query)).await;
+    let r = page.wait_for("window.kizunaResult ?? null", PAGE_TIMEOUT).await;
+    assert_eq!(r["ok"], json!(true), "{r}\nconsole:\n{}", page.console.join("\n"));
+    let candidates = r["candidates"].as_array().unwrap();
+    assert!(!candidates.is_empty(), "{r}");
+    for c in candidates {
+        assert!(c.as_str().unwrap().contains(" typ relay "), "not a relay candidate: {c}");
+    }
 }

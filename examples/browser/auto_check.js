@@ -28,7 +28,7 @@
     K.ui.log("result: " + JSON.stringify(result));
   }
 
-  async function autoCheck({ relay, peer, token, stun, count, big }) {
+  async function autoCheck({ relay, peer, opts, count, big }) {
     const result = {
       ok: false, peerId: null, error: null,
       reliable: { sent: 0, echoed: 0, inOrder: true, intact: true },
@@ -41,7 +41,7 @@
       const msgs = Array.from({ length: count }, (_, i) => "msg " + tag + " " + i + " " + "x".repeat(i * 37));
       if (big > 0) msgs.push("msg " + tag + " big " + "y".repeat(big));
       const dgrams = new Set(Array.from({ length: count }, (_, i) => "dgram " + tag + " " + i));
-      const session = await K.ui.connect(relay, peer, { token, stun });
+      const session = await K.ui.connect(relay, peer, opts);
       result.connectMs = Math.round(performance.now() - t0);
       result.candidates = session.localCandidates;
       result.offerToOpenMs = session.offerToOpenMs;

@@ -2,7 +2,9 @@
 //
 // Query parameters: relay=ws://HOST:PORT (the relay's URL exactly as it prints it),
 // peer=PEERID (the node; its whole ticket PEERID@… works too), optionally token=TOKEN (relay admission token),
-// stun=stun:HOST:PORT (repeatable ICE server), auto=1 (scripted check, see auto_check.js)
+// stun=stun:HOST:PORT (repeatable ICE server), turn=turn:HOST:PORT (repeatable) with
+// turnUser=U and turnPass=P (long-term credentials), relayOnly=1 (TURN candidates only,
+// the node never learns this machine's addresses), auto=1 (scripted check, see auto_check.js)
 // count=N (messages per channel in the scripted check, default 20) and big=BYTES (one
 // more reliable message of that size, default none).
 (function (K) {
@@ -53,7 +55,9 @@
     relay.addEventListener("relayerror", (ev) => log("relay: error " + ev.detail.code + ": " + ev.detail.message));
     status("offering WebRTC to " + peerText.slice(0, 8) + "…");
     const iceServers = (opts.stun || []).map((urls) => ({ urls }));
-    session = new K.WebRtcSession(relay, identity, remoteKey, { iceServers });
+    for (const urls of opts.turn || []) iceServers.push({ urls, username: opts.turnUser || "", credential: opts.turnPass || "" });
+    const rtcConfig = { iceServers, iceTransportPolicy: opts.relayOnly ? "relay" : "all" };
+    session = new K.WebRtcSession(relay, identity, remoteKey, rtcConfig);
     session.addEventListener("message", (ev) => log("recv [" + ev.detail.channel + "] " + show(ev.detail.data)));
     return new Promise((resolve, reject) => {
       session.addEventListener("open", () => resolve(session));
@@ -67,6 +71,11 @@
       });
       session.start().catch((e) => session.fail("signaling", e.message));
     });
+  }
+
+  /** Relay token and ICE settings from the query. */
+  function iceOptions() {
+    return { token: q.get("token"), stun: q.getAll("stun"), turn: q.getAll("turn"), turnUser: q.get("turnUser"), turnPass: q.get("turnPass"), relayOnly: q.get("relayOnly") === "1" };
   }
 
   function disconnect() {
@@ -91,7 +100,7 @@
   async function onConnectClicked() {
     $("connect").disabled = true;
     try {
-      await connect($("relay").value.trim(), $("peer").value.trim(), { token: q.get("token"), stun: q.getAll("stun") });
+      await connect($("relay").value.trim(), $("peer").value.trim(), iceOptions());
       status("connected: data channels kizuna-msg and kizuna-dgram are open", "ok");
       log("webrtc: channels open");
       setConnected(true);
@@ -114,6 +123,6 @@
   K.ui = { connect, disconnect, log, status };
 
   if (q.get("auto") === "1") {
-    K.autoCheck({ relay: q.get("relay") || "", peer: q.get("peer") || "", token: q.get("token"), stun: q.getAll("stun"), count: Number(q.get("count") || 20), big: Number(q.get("big") || 0) });
+    K.autoCheck({ relay: q.get("relay") || "", peer: q.get("peer") || "", opts: iceOptions(), count: Number(q.get("count") || 20), big: Number(q.get("big") || 0) });
   }
 })((globalThis.Kizuna = globalThis.Kizuna || {}));
