@@ -345,27 +345,21 @@ fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Whether `server` answers a STUN Binding request within `within` (it is up).
-fn answers_stun(server: std::net::SocketAddr, within: Duration) -> bool {
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let req = kizuna::nat::probe::encode_request([7; 12], false, false);
-    let start = Instant::now();
-    let mut buf = [0u8; 1500];
-    while start.elapsed() < within {
-        let _ = sock.send_to(&req, server);
-        if let Ok((n, from)) = sock.recv_from(&mut buf) {
-            if kizuna::nat::probe::parse_response(&buf[..n], from, &[7; 12]).is_some() {
-                return true;
-            }
-        }
-    }
-    false
+/// Whether `server` answers a STUN Binding request (it is up), with the library's prober.
+async fn answers_stun(server: std::net::SocketAddr) -> bool {
+    use kizuna::nat::{
+        classify::{Test, TestKind},
+        probe::{binding, ProbeConfig},
+    };
+    let Ok(socket) = tokio::net::UdpSocket::bind("127.0.0.1:0").await else { return false };
+    let test = Test { kind: TestKind::Binding(0), dest: server, change_ip: false, change_port: false };
+    let config = ProbeConfig { max_transmissions: 20, ..ProbeConfig::default() };
+    binding(&socket, &test, &config).await.is_ok()
 }
 
 /// coturn with one long-term-credential user, relaying on loopback, on fresh ports (a
 /// server that does not answer is replaced on new ports, a few times).
-fn start_turn(dir: &std::path::Path) -> (Guard, u16) {
+async fn start_turn(dir: &std::path::Path) -> (Guard, u16) {
     for attempt in 0..4 {
         let port = free_udp_port();
         let relay_lo = free_udp_port().clamp(20_000, 60_000);
@@ -382,7 +376,7 @@ fn start_turn(dir: &std::path::Path) -> (Guard, u16) {
             .spawn()
             .expect("start turnserver");
         let guard = Guard(child);
-        if answers_stun(([127, 0, 0, 1], port).into(), Duration::from_secs(5)) {
+        if answers_stun(([127, 0, 0, 1], port).into()).await {
             return (guard, port);
         }
         eprintln!("coturn on port {port} did not answer (attempt {attempt}); trying other ports");
@@ -397,7 +391,7 @@ async fn turn_relays_a_data_channel_with_relay_only_ice() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (_turn, port) = start_turn(dir.path());
+    let (_turn, port) = start_turn(dir.path()).await;
     let url = format!("turn:127.0.0.1:{port}");
     let board = Arc::new(Switchboard::default());
     let relay_only = |seed: u8| {

@@ -56,15 +56,19 @@ struct NodeProc {
 
 impl NodeProc {
     fn start(home: &Path, extra: &[&str]) -> Self {
-        let mut child = kizuna(home)
-            .arg("node")
-            .args(["--listen", "quic=127.0.0.1:0", "--listen", "tcp=127.0.0.1:0"])
-            .args(extra)
+        let mut cmd = kizuna(home);
+        cmd.arg("node").args(["--listen", "quic=127.0.0.1:0", "--listen", "tcp=127.0.0.1:0"]).args(extra);
+        Self::spawn(&mut cmd, "node")
+    }
+
+    /// Spawns `cmd` (a long-running kizuna command) and waits for its first stdout line.
+    fn spawn(cmd: &mut Command, what: &str) -> Self {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("spawn kizuna node");
+            .unwrap_or_else(|e| panic!("spawn kizuna {what}: {e}"));
         let out = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -75,7 +79,7 @@ impl NodeProc {
             }
         });
         let mut node = NodeProc { child, lines: rx, first: String::new() };
-        node.first = node.next_line(STARTUP).expect("node printed nothing on stdout");
+        node.first = node.next_line(STARTUP).unwrap_or_else(|| panic!("{what} printed nothing on stdout"));
         node
     }
 
@@ -462,24 +466,9 @@ fn node_reports_its_nat_type_at_start() {
 
 /// `kizuna relay` on a free loopback port; returns the process and its URL.
 fn start_cli_relay(home: &Path) -> (NodeProc, String) {
-    let mut child = kizuna(home)
-        .args(["relay", "--listen", "ws://127.0.0.1:0", "--open", "--json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn kizuna relay");
-    let out = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut relay = NodeProc { child, lines: rx, first: String::new() };
-    relay.first = relay.next_line(STARTUP).expect("relay printed nothing");
+    let mut cmd = kizuna(home);
+    cmd.args(["relay", "--listen", "ws://127.0.0.1:0", "--open", "--json"]);
+    let relay = NodeProc::spawn(&mut cmd, "relay");
     let v: Value = serde_json::from_str(&relay.first).unwrap();
     let url = v["url"].as_str().unwrap().to_string();
     (relay, url)

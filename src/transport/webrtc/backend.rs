@@ -139,6 +139,18 @@ async fn route_channels(
     }
 }
 
+/// Refuses what does not fit in one data channel message.
+fn check_size(limit: &'static str, n: usize) -> Result<()> {
+    if n > MAX_DATA_CHANNEL_MESSAGE {
+        return Err(TransportError::LimitExceeded {
+            limit,
+            max: MAX_DATA_CHANNEL_MESSAGE as u64,
+            attempted: n as u64,
+        });
+    }
+    Ok(())
+}
+
 impl ConnectionBackend for WebRtcBackend {
     fn send_message(&self, msg: Bytes) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
@@ -146,13 +158,7 @@ impl ConnectionBackend for WebRtcBackend {
                 return Err(closed_error("connection closing"));
             }
             let n = msg.len();
-            if n > MAX_DATA_CHANNEL_MESSAGE {
-                return Err(TransportError::LimitExceeded {
-                    limit: "WebRTC message size",
-                    max: MAX_DATA_CHANNEL_MESSAGE as u64,
-                    attempted: n as u64,
-                });
-            }
+            check_size("WebRTC message size", n)?;
             self.msg.send(BytesMut::from(msg)).await.map_err(closed_error)?;
             self.stats.sent(n);
             Ok(())
@@ -201,13 +207,7 @@ impl ConnectionBackend for WebRtcBackend {
 
     fn send_datagram(&self, data: Bytes) -> Result<()> {
         let n = data.len();
-        if n > MAX_DATA_CHANNEL_MESSAGE {
-            return Err(TransportError::LimitExceeded {
-                limit: "WebRTC datagram size",
-                max: MAX_DATA_CHANNEL_MESSAGE as u64,
-                attempted: n as u64,
-            });
-        }
+        check_size("WebRTC datagram size", n)?;
         match self.dgram_tx.try_send(data) {
             Ok(()) => {
                 self.stats.sent(n);

@@ -146,8 +146,12 @@ impl WebRtcConfig {
         // (a browser's `.local` candidates are not needed there: its checks arrive from
         // loopback and become peer-reflexive candidates).
         let mdns = if loopback { MulticastDnsMode::Disabled } else { MulticastDnsMode::QueryOnly };
+        // Relay-only: every pair is relayed, so waiting for a better kind of pair (webrtc-rs
+        // waits 2 s before nominating a relay pair) only delays the connection.
+        let relay_wait = if self.relay_only { Some(Duration::ZERO) } else { None };
         SettingEngineBuilder::new()
             .with_multicast_dns_mode(mdns)
+            .with_relay_acceptance_min_wait(relay_wait)
             .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_BINDING_REQUESTS))
             // Nominate a working direct pair at once. Peer-reflexive pairs matter here:
             // with trickle ICE the peer's checks often arrive before its candidate does,
