@@ -26,6 +26,10 @@ use actix::Addr;
 use bytes::Bytes;
 use chromium::{enc, page_url, BrowserNet, Chromium};
 use kizuna::{
+    nat::{
+        classify::{Test, TestKind},
+        probe::{binding, ProbeConfig},
+    },
     relay::{auth::Admission, client::RelayEndpoint, RelayMessage},
     transport::webrtc::{IceServer, SignalKind, SignalMessage, WebRtcConfig},
     Keypair, PeerId, Protocol,
@@ -395,19 +399,12 @@ async fn page_and_node_exchange_messages_and_datagrams_over_webrtc() {
     let big = 200 * 1024;
     let query = format!("relay={}&peer={}&auto=1&count={count}&big={big}", enc(&relay.url), node.peer);
     page.navigate(&page_url(&query)).await;
-    let r = page.wait_for("window.kizunaResult ?? null", PAGE_TIMEOUT).await;
-    let console = page.console.join("\n");
+    // Chromium's only candidate is its end of the test's link: nothing else was a target.
+    let r = passed_with_candidates(&mut page, &format!(" {} ", net.browser)).await;
     eprintln!("page result: {r}");
-    assert_eq!(r["ok"], json!(true), "{r}\nconsole:\n{console}");
     assert_eq!(r["reliable"]["echoed"], json!(count + 1), "{r}");
     assert!(r["unreliable"]["echoed"].as_u64().unwrap() >= 1, "{r}");
     assert_eq!(r["fromNode"], json!([GREETING]), "the node's own message reached the page: {r}");
-    // Chromium's only candidate is its end of the test's link: nothing else was a target.
-    let candidates = r["candidates"].as_array().unwrap();
-    assert!(!candidates.is_empty(), "{r}");
-    for c in candidates {
-        assert!(c.as_str().unwrap().contains(&format!(" {} ", net.browser)), "unexpected candidate {c}");
-    }
     // The node's connection is authenticated to the page's WebCrypto identity.
     let page_peer: PeerId = r["peerId"].as_str().unwrap().parse().unwrap();
     let connected = tokio::time::timeout(PAGE_TIMEOUT, node.connected.recv()).await.unwrap().unwrap();
@@ -448,6 +445,19 @@ fn browser_and_net() -> Option<(std::path::PathBuf, BrowserNet)> {
     }
 }
 
+/// Waits for the page's scripted result, asserts it passed and that every ICE candidate
+/// the page gathered contains `pattern`; returns the result.
+async fn passed_with_candidates(page: &mut Chromium, pattern: &str) -> Value {
+    let r = page.wait_for("window.kizunaResult ?? null", PAGE_TIMEOUT).await;
+    assert_eq!(r["ok"], json!(true), "{r}\nconsole:\n{}", page.console.join("\n"));
+    let candidates = r["candidates"].as_array().unwrap();
+    assert!(!candidates.is_empty(), "{r}");
+    for c in candidates {
+        assert!(c.as_str().unwrap().contains(pattern), "candidate {c} lacks {pattern:?}");
+    }
+    r
+}
+
 /// Chromium in its namespace, a relay and an echo node on this side of the link; `None`
 /// (after printing why) when the test cannot run here.
 async fn webrtc_setup() -> Option<(BrowserNet, RelayHandle, EchoNode, Chromium)> {
@@ -470,13 +480,8 @@ async fn webrtc_setup_with(hide_local_ips: bool) -> Option<(BrowserNet, RelayHan
 async fn mdns_hidden_browser_addresses_still_connect() {
     let Some((_net, relay, node, mut page)) = webrtc_setup_with(true).await else { return };
     page.navigate(&page_url(&format!("relay={}&peer={}&auto=1&count=5", enc(&relay.url), node.peer))).await;
-    let r = page.wait_for("window.kizunaResult ?? null", PAGE_TIMEOUT).await;
-    assert_eq!(r["ok"], json!(true), "{r}\nconsole:\n{}", page.console.join("\n"));
-    let candidates = r["candidates"].as_array().unwrap();
-    assert!(!candidates.is_empty(), "{r}");
-    for c in candidates {
-        assert!(c.as_str().unwrap().contains(".local "), "an address, not an mDNS name: {c}");
-    }
+    // Every candidate is an mDNS name, not an address.
+    passed_with_candidates(&mut page, ".local ").await;
 }
 
 #[actix_rt::test]
@@ -597,18 +602,11 @@ async fn start_turn(ip: std::net::Ipv4Addr, dir: &std::path::Path) -> (Proc, Str
             .expect("start turnserver");
         let turn = Proc(child);
         let server = SocketAddr::from((ip, port));
-        let up = tokio::task::spawn_blocking(move || {
-            let sock = std::net::UdpSocket::bind((ip, 0)).unwrap();
-            sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-            let request = kizuna::nat::probe::encode_request([9; 12], false, false);
-            let mut buf = [0u8; 1500];
-            (0..50).any(|_| {
-                let _ = sock.send_to(&request, server);
-                matches!(sock.recv_from(&mut buf), Ok((n, from))
-                    if kizuna::nat::probe::parse_response(&buf[..n], from, &[9; 12]).is_some())
-            })
-        });
-        if up.await.unwrap() {
+        // Up once it answers a STUN Binding request (the library's prober, with retries).
+        let test = Test { kind: TestKind::Binding(0), dest: server, change_ip: false, change_port: false };
+        let socket = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
+        let probe = ProbeConfig { max_transmissions: 20, ..ProbeConfig::default() };
+        if binding(&socket, &test, &probe).await.is_ok() {
             return (turn, format!("turn:{server}"));
         }
         eprintln!("coturn on {server} did not answer (attempt {attempt}); trying other ports");
@@ -641,11 +639,5 @@ async fn page_and_node_meet_through_turn_with_relay_only_ice() {
         enc(&turn_url)
     );
     page.navigate(&page_url(&query)).await;
-    let r = page.wait_for("window.kizunaResult ?? null", PAGE_TIMEOUT).await;
-    assert_eq!(r["ok"], json!(true), "{r}\nconsole:\n{}", page.console.join("\n"));
-    let candidates = r["candidates"].as_array().unwrap();
-    assert!(!candidates.is_empty(), "{r}");
-    for c in candidates {
-        assert!(c.as_str().unwrap().contains(" typ relay "), "not a relay candidate: {c}");
-    }
+    passed_with_candidates(&mut page, " typ relay ").await;
 }
