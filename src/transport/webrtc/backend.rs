@@ -170,8 +170,20 @@ impl ConnectionBackend for WebRtcBackend {
         // driver's bounded event queue is the only queue, and not reading is what
         // applies backpressure. `poll` is cancel safe (a channel receive).
         Box::pin(async move {
+            let mut pc_state = self.pc_state.clone();
+            let failed = async move {
+                if pc_state.wait_for(|s| *s == RTCPeerConnectionState::Failed).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::pin!(failed);
             loop {
-                match self.msg.poll().await {
+                let ev = tokio::select! {
+                    ev = self.msg.poll() => ev,
+                    // ICE consent lost (the peer vanished without closing): end, not hang.
+                    _ = &mut failed => return Err(closed_error("peer connection failed (ICE consent lost)")),
+                };
+                match ev {
                     Some(DataChannelEvent::OnMessage(m)) => {
                         self.stats.received(m.data.len());
                         return Ok(Some(m.data.freeze()));

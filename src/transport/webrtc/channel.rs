@@ -203,7 +203,7 @@ impl AsyncWrite for DcStream {
 
 impl Drop for DcStream {
     fn drop(&mut self) {
-        if self.closing.is_none() && !self.closed {
+        if !self.closed {
             let dc = self.dc.clone();
             if let Ok(h) = tokio::runtime::Handle::try_current() {
                 h.spawn(async move {

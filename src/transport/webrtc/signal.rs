@@ -203,3 +203,84 @@ impl SignalMessage {
         Ok(Self { session: w.session, kind, sdp: w.sdp, mid: w.mid, sig })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
+mod tests {
+    use super::*;
+
+    fn peer(seed: u8) -> Keypair {
+        Keypair::from_seed([seed; 32])
+    }
+
+    /// The transcript of docs/webrtc.md §2's test vector: peer 1 offers "v=0" to peer 2 in
+    /// session 1.
+    #[test]
+    fn transcript_vector() {
+        let t = transcript(1, &peer(2).peer_id(), SignalKind::Offer, "v=0");
+        assert_eq!(hex(&t), "6b697a756e612d7765627274632d76310000000000000000018139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b3946f6666657200763d30");
+        let m = SignalMessage::signed(&peer(1), &peer(2).peer_id(), 1, SignalKind::Offer, "v=0".into());
+        assert_eq!(hex(&m.sig.unwrap()), "4cb6b6b7ec7760627d0cf4e04caeec3fa0e9b01d12f9e80efd4afd25fc8305d28ae0ea593bd00cc32d13ef5a8e7d3c2c82ba7bada471dd990a43806a3ece8e0b");
+        assert_eq!(hex(&m.encode().unwrap()), "1485a773657373696f6e01a46b696e64a56f66666572a3736470a3763d30a36d6964c0a3736967c4404cb6b6b7ec7760627d0cf4e04caeec3fa0e9b01d12f9e80efd4afd25fc8305d28ae0ea593bd00cc32d13ef5a8e7d3c2c82ba7bada471dd990a43806a3ece8e0b");
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn signed_messages_verify_only_for_their_sender_recipient_and_bytes() {
+        let (a, b, c) = (peer(1), peer(2), peer(3));
+        let m = SignalMessage::signed(
+            &a,
+            &b.peer_id(),
+            42,
+            SignalKind::Answer,
+            "v=0\r\na=fingerprint:sha-256 AA".into(),
+        );
+        let back = SignalMessage::decode(&m.encode().unwrap()).unwrap();
+        assert_eq!(back, m);
+        assert!(back.verify(&a.peer_id(), &b.peer_id()).is_ok());
+        // Another sender, another recipient, another session, an altered SDP: all refused.
+        assert!(back.verify(&c.peer_id(), &b.peer_id()).is_err());
+        assert!(back.verify(&a.peer_id(), &c.peer_id()).is_err());
+        let mut other = back.clone();
+        other.session = 43;
+        assert!(other.verify(&a.peer_id(), &b.peer_id()).is_err());
+        other = back.clone();
+        other.sdp = other.sdp.replace("AA", "AB");
+        assert!(matches!(other.verify(&a.peer_id(), &b.peer_id()), Err(SignalError::BadSignature { .. })));
+        // Candidates and closes are unsigned and always pass.
+        let c = SignalMessage::unsigned(42, SignalKind::Candidate, String::new(), Some("0".into()));
+        assert_eq!(SignalMessage::decode(&c.encode().unwrap()).unwrap(), c);
+        assert!(c.verify(&a.peer_id(), &b.peer_id()).is_ok());
+    }
+
+    /// What a browser's MessagePack encoder may produce: keys in another order, a wide
+    /// integer encoding, `mid` and `sig` absent, an unknown key.
+    #[test]
+    fn decodes_other_encoders_output() {
+        #[derive(Serialize)]
+        struct Js<'a> {
+            extra: u8,
+            kind: &'a str,
+            sdp: &'a str,
+            session: u64,
+        }
+        let mut p = vec![WEBRTC_SIGNAL_TAG];
+        rmp_serde::encode::write_named(&mut p, &Js { extra: 1, kind: "close", sdp: "bye", session: 1 << 40 })
+            .unwrap();
+        let m = SignalMessage::decode(&p).unwrap();
+        assert_eq!((m.session, m.kind, m.sdp.as_str(), m.mid), (1 << 40, SignalKind::Close, "bye", None));
+        // An offer without its signature, a zero session, an unknown kind, a short sig.
+        for bad in [
+            Js { extra: 0, kind: "offer", sdp: "v=0", session: 1 },
+            Js { extra: 0, kind: "close", sdp: "", session: 0 },
+            Js { extra: 0, kind: "hello", sdp: "", session: 1 },
+        ] {
+            let mut p = vec![WEBRTC_SIGNAL_TAG];
+            rmp_serde::encode::write_named(&mut p, &bad).unwrap();
+            assert!(matches!(SignalMessage::decode(&p), Err(SignalError::Malformed(_))), "{}", bad.kind);
+        }
+    }
+}
