@@ -31,7 +31,7 @@ use kizuna::{
         probe::{binding, ProbeConfig},
     },
     relay::{auth::Admission, client::RelayEndpoint, RelayMessage},
-    transport::webrtc::{IceServer, SignalKind, SignalMessage, WebRtcConfig},
+    transport::webrtc::{signal, IceServer, SignalKind, SignalMessage, WebRtcConfig},
     Keypair, PeerId, Protocol,
 };
 use kizuna_actors::{
@@ -188,6 +188,31 @@ async fn page_encodings_match_rust() {
         .eval(&format!("Kizuna.signaling.decodeSignal(unhex('{}')).session.toString()", hex(&payload)))
         .await;
     assert_eq!(back, json!(0xfedc_ba98_7654_3210u64.to_string()));
+
+    // The signed-offer vector of docs/webrtc.md §2: peer 1 offers `v=0` to peer 2 in
+    // session 1. The page builds the same transcript and payload, and its WebCrypto
+    // verifies the Rust signature (and refuses it with one bit flipped).
+    let (from, to) = (key(1), key(2).peer_id());
+    let offer = SignalMessage::signed(&from, &to, 1, SignalKind::Offer, "v=0".into());
+    let sig = offer.sig.unwrap();
+    let transcript = signal::transcript(1, &to, SignalKind::Offer, "v=0");
+    let js = page
+        .eval(&format!(
+            "(async () => {{
+                const t = Kizuna.signaling.transcript(1n, {to}, 'offer', 'v=0');
+                const sig = unhex('{sig}');
+                const p = Kizuna.signaling.encodeSignal({{session: 1n, kind: 'offer', sdp: 'v=0', sig}});
+                const ok = await Kizuna.peerId.verify({from}, t, sig);
+                sig[0] ^= 1;
+                const flipped = await Kizuna.peerId.verify({from}, t, sig);
+                return [hex(t), hex(p), ok, flipped];
+            }})()",
+            to = js_bytes(to.as_bytes()),
+            from = js_bytes(from.peer_id().as_bytes()),
+            sig = hex(&sig),
+        ))
+        .await;
+    assert_eq!(js, json!([hex(&transcript), hex(&offer.encode().unwrap()), true, false]));
 }
 
 #[actix_rt::test]
