@@ -2,7 +2,8 @@
 //! resumable file transfer over any Kizuna connection.
 //!
 //! * **Echo** — every *message* a serving node receives is sent back to its sender
-//!   unchanged; [`ping`] measures the round trip of one.
+//!   unchanged; [`ping`] measures the round trip of one. Every *datagram* (QUIC, WebRTC's
+//!   unreliable channel) is sent back too, best effort: dropped if the node is busy.
 //! * **Streams** — every *stream* starts with a request [`header`] (`u32` big-endian
 //!   length + MessagePack map, at most [`header::MAX_HEADER_LEN`] bytes); several requests
 //!   may follow each other on one stream, answered in order:

@@ -130,6 +130,13 @@ pub async fn serve_with(addr: Addr<Supervisor>, mut events: EventStream, opts: S
                     Err(_) => tracing::warn!(%peer, "echo dropped: peer not reading"),
                 }
             }
+            Event::DatagramReceived { peer, data } => {
+                // Best effort, like the datagram itself: never wait for the node's mailbox.
+                let echo = addr.try_send(api::SendDatagram { peer, data });
+                if let Err(e) = echo {
+                    tracing::debug!(%peer, error = %e, "datagram echo dropped");
+                }
+            }
             Event::StreamOpened { peer, stream } => {
                 let Some(stream) = stream.take() else { continue };
                 // The semaphore is never closed, so acquiring only waits.
