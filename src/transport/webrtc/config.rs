@@ -71,6 +71,12 @@ pub struct WebRtcConfig {
     /// wait beyond it. 4 MiB: the SCTP window, so a sender never waits while the window
     /// is open, and never more than that per channel is buffered for a slow receiver.
     pub send_buffer: usize,
+    /// Resolve peers' mDNS-hidden host candidates (`<uuid>.local`, what browsers offer by
+    /// default) with multicast DNS queries (query only: this node never answers or
+    /// hides its own). Default on; off means such candidates are ignored and a browser
+    /// on the LAN is reached through its peer-reflexive or STUN candidates instead.
+    /// Always off when bound to loopback only (nothing may leave the host).
+    pub mdns: bool,
 }
 
 impl Default for WebRtcConfig {
@@ -80,6 +86,7 @@ impl Default for WebRtcConfig {
             relay_only: false,
             bind: vec![SocketAddr::from(([0, 0, 0, 0], 0))],
             send_buffer: 4 * 1024 * 1024,
+            mdns: true,
         }
     }
 }
@@ -145,7 +152,8 @@ impl WebRtcConfig {
         // Bound to loopback only, nothing may leave the host: no mDNS socket or queries
         // (a browser's `.local` candidates are not needed there: its checks arrive from
         // loopback and become peer-reflexive candidates).
-        let mdns = if loopback { MulticastDnsMode::Disabled } else { MulticastDnsMode::QueryOnly };
+        let mdns =
+            if loopback || !self.mdns { MulticastDnsMode::Disabled } else { MulticastDnsMode::QueryOnly };
         // Relay-only: every pair is relayed, so waiting for a better kind of pair (webrtc-rs
         // waits 2 s before nominating a relay pair) only delays the connection.
         let relay_wait = if self.relay_only { Some(Duration::ZERO) } else { None };

@@ -99,6 +99,9 @@ pub(crate) struct IceArgs {
     /// non-loopback interface; 127.0.0.1:0 for loopback).
     #[arg(long = "webrtc-bind", value_name = "IP:PORT")]
     pub(crate) bind: Vec<std::net::SocketAddr>,
+    /// Never send multicast DNS queries (peers' `.local` host candidates are then ignored).
+    #[arg(long = "no-mdns")]
+    pub(crate) no_mdns: bool,
 }
 
 impl IceArgs {
@@ -121,6 +124,7 @@ impl IceArgs {
             c.ice_servers.push(IceServer::turn(url, user, pass));
         }
         c.relay_only = self.relay_only;
+        c.mdns = !self.no_mdns;
         if !self.bind.is_empty() {
             c.bind = self.bind.clone();
         }
