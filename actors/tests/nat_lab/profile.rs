@@ -1,0 +1,154 @@
+//! The NAT router profiles and the nftables ruleset that builds each one.
+
+use std::net::Ipv4Addr;
+
+/// How a site's router treats its traffic (RFC 4787 behaviours).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Profile {
+    /// No translation, no filtering: the site's LAN is a public, routed subnet.
+    None,
+    /// Endpoint-independent mapping and filtering.
+    FullCone,
+    /// Endpoint-independent mapping, address-dependent filtering.
+    RestrictedCone,
+    /// Endpoint-independent mapping, address-and-port-dependent filtering.
+    PortRestrictedCone,
+    /// Address-and-port-dependent mapping (a random port per destination) and filtering.
+    Symmetric,
+    /// Every UDP packet dropped both ways; TCP goes through a port-restricted NAT.
+    UdpBlocked,
+}
+
+impl Profile {
+    /// All six, in matrix order.
+    pub(crate) const ALL: [Profile; 6] = [
+        Profile::None,
+        Profile::FullCone,
+        Profile::RestrictedCone,
+        Profile::PortRestrictedCone,
+        Profile::Symmetric,
+        Profile::UdpBlocked,
+    ];
+
+    /// Short name used in tables and file names.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Profile::None => "none",
+            Profile::FullCone => "full_cone",
+            Profile::RestrictedCone => "restricted_cone",
+            Profile::PortRestrictedCone => "port_restricted_cone",
+            Profile::Symmetric => "symmetric",
+            Profile::UdpBlocked => "udp_blocked",
+        }
+    }
+
+    /// What `kizuna nat --json` must report as `nat_type`.
+    pub(crate) fn nat_type(self) -> &'static str {
+        match self {
+            Profile::None => "open",
+            p => p.name(),
+        }
+    }
+
+    /// `(mapping, filtering)` as `kizuna nat --json` spells them (`None`: null).
+    pub(crate) fn behaviours(self) -> (Option<&'static str>, Option<&'static str>) {
+        const EI: &str = "endpoint_independent";
+        const AD: &str = "address_dependent";
+        const APD: &str = "address_and_port_dependent";
+        match self {
+            Profile::None | Profile::FullCone => (Some(EI), Some(EI)),
+            Profile::RestrictedCone => (Some(EI), Some(AD)),
+            Profile::PortRestrictedCone => (Some(EI), Some(APD)),
+            Profile::Symmetric => (Some(APD), Some(APD)),
+            Profile::UdpBlocked => (None, None),
+        }
+    }
+
+    /// What `turnutils_natdiscovery` prints for mapping and filtering (`None`: it gets no
+    /// STUN answer at all).
+    pub(crate) fn oracle(self) -> Option<(&'static str, &'static str)> {
+        const EI: &str = "Endpoint Independent";
+        match self {
+            Profile::None | Profile::FullCone => Some((EI, EI)),
+            Profile::RestrictedCone => Some((EI, "Address Dependent")),
+            Profile::PortRestrictedCone => Some((EI, "Address and Port Dependent")),
+            Profile::Symmetric => Some(("Address and Port Dependent", "Address and Port Dependent")),
+            Profile::UdpBlocked => None,
+        }
+    }
+
+
+    /// RFC 4787 verdict for a pair: can a hole punch (with peer-reflexive adoption) get
+    /// UDP through? Everything except UDP blocked, symmetric × symmetric and symmetric ×
+    /// port-restricted (either order).
+    pub(crate) fn direct_possible(a: Profile, b: Profile) -> bool {
+        use Profile::{PortRestrictedCone as Prc, Symmetric as Sym, UdpBlocked};
+        !matches!((a, b), (UdpBlocked, _) | (_, UdpBlocked) | (Sym, Sym) | (Sym, Prc) | (Prc, Sym))
+    }
+
+    /// The router's complete nftables ruleset (`nft -f` input, replacing everything).
+    ///
+    /// * Endpoint-independent mapping: `snat to WAN` keeps the host's source port (one
+    ///   host per site: no clash), so every destination sees the same mapping.
+    /// * Full and restricted cone: each UDP mapping is recorded in the dynamic map
+    ///   `@fullcone` (external port → host:port) when created, and prerouting DNATs
+    ///   inbound UDP through it, so anyone (full) or any address the host has sent to
+    ///   (restricted: set `@contacted`) reaches the mapping. Plain MASQUERADE cannot do this.
+    /// * Port-restricted cone and symmetric: only conntrack replies get in;
+    ///   symmetric uses `masquerade random`, a fresh random port per destination.
+    /// * Unsolicited inbound packets for the router itself are dropped in `input`, before
+    ///   conntrack confirms them: a stray punch packet arriving before the host's own
+    ///   outbound one must not leave an entry that makes SNAT pick another port.
+    /// * The prerouting nat chain exists in every profile, even when empty.
+    pub(crate) fn ruleset(self, wan: Ipv4Addr) -> String {
+        let cone_map = matches!(self, Profile::FullCone | Profile::RestrictedCone);
+        let mut r = String::from("flush ruleset\ntable ip lab {\n");
+        if cone_map {
+            r += "  map fullcone { type inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout 300s; }\n";
+        }
+        if self == Profile::RestrictedCone {
+            r += "  set contacted { type ipv4_addr; flags dynamic,timeout; timeout 300s; }\n";
+        }
+        r += "  chain prerouting { type nat hook prerouting priority dstnat; policy accept;\n";
+        if cone_map {
+            r += "    iif \"wan\" meta l4proto udp dnat ip to udp dport map @fullcone\n";
+        }
+        r += "  }\n  chain postrouting { type nat hook postrouting priority srcnat; policy accept;\n";
+        if cone_map {
+            r += "    oif \"wan\" meta l4proto udp update @fullcone { udp sport timeout 300s : ip saddr . udp sport }\n";
+        }
+        match self {
+            Profile::None => {}
+            Profile::Symmetric => r += "    oif \"wan\" masquerade random\n",
+            _ => r += &format!("    oif \"wan\" snat ip to {wan}\n"),
+        }
+        r += "  }\n  chain forward { type filter hook forward priority filter; policy drop;\n";
+        if self == Profile::UdpBlocked {
+            r += "    meta l4proto udp drop\n";
+        }
+        if self == Profile::RestrictedCone {
+            r += "    iif \"lan\" oif \"wan\" update @contacted { ip daddr }\n";
+        }
+        r += "    iif \"lan\" accept\n    ct state established,related accept\n";
+        match self {
+            Profile::None => r += "    iif \"wan\" accept\n",
+            Profile::FullCone => r += "    iif \"wan\" ct status dnat accept\n",
+            Profile::RestrictedCone => r += "    iif \"wan\" ct status dnat ip saddr @contacted accept\n",
+            _ => {}
+        }
+        r += "  }\n  chain input { type filter hook input priority filter; policy accept;\n";
+        r += "    iif \"wan\" ct state established,related accept\n    iif \"wan\" drop\n  }\n}\n";
+        r
+    }
+}
+
+#[test]
+fn direct_possible_is_the_rfc_4787_table() {
+    let direct = Profile::ALL
+        .iter()
+        .flat_map(|a| Profile::ALL.iter().map(move |b| (*a, *b)))
+        .filter(|(a, b)| Profile::direct_possible(*a, *b))
+        .count();
+    // 5×5 UDP-capable pairs minus sym×sym, sym×prc, prc×sym.
+    assert_eq!(direct, 22);
+}
