@@ -42,7 +42,12 @@ pub(crate) async fn connect(
     protocols: Vec<Protocol>,
     relays: Vec<RelayEndpoint>,
 ) -> Result<Session, CliError> {
+    let punch = !relays.is_empty() && protocols.contains(&Protocol::Quic);
     let node = start_node(key, protocols, relays)?;
+    if punch {
+        let any = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+        let _ = node.send(kizuna_actors::api::Listen { addr: kizuna::TransportAddr::Quic(any) }).await;
+    }
     let events = node.send(Subscribe::default()).await?;
     let peer = target.peer_id;
     let t = Instant::now();
