@@ -360,7 +360,7 @@ pub(crate) fn matrix_table(results: &[PairResult]) -> String {
                 None => "–".to_string(),
                 Some(r) if r.ok == 0 => "FAIL".to_string(),
                 Some(r) => match (r.direct, r.time_to_direct) {
-                    (true, Some(d)) => format!("D {:.1} s", d.as_secs_f64()),
+                    (true, Some(d)) => format!("D {:.2} s", d.as_secs_f64()),
                     (true, None) => "D".to_string(),
                     (false, _) => "R".to_string(),
                 },

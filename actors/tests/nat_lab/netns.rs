@@ -293,6 +293,10 @@ fn no_offloads(ns: &str, dev: &str) {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::env::var_os("KIZUNA_LAB_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            eprintln!("KIZUNA_LAB_KEEP: lab logs kept in {}", dir.keep().display());
+        }
         for ns in &self.namespaces {
             kill_all_in(ns);
         }
