@@ -284,11 +284,14 @@ fn sysctl(ns: &str, kv: &str) {
     must("ip", &["netns", "exec", ns, "sysctl", "-qw", kv]);
 }
 
-/// Turns segmentation offloads off, so every frame a shim reads is at most one MTU (a
-/// packet socket cannot send a 64 KiB GSO frame out of a 1500-byte veth).
+/// Turns offloads off, so that every frame a shim reads is a real wire frame: at most
+/// one MTU (a packet socket cannot send a 64 KiB GSO frame out of a 1500-byte veth) and
+/// with its TCP/UDP checksum filled in (with `tx` offload on, locally sent packets carry a
+/// partial checksum that a frame re-sent from user space would keep, and the receiver
+/// would drop).
 fn no_offloads(ns: &str, dev: &str) {
     // Some offloads are fixed on some devices; ethtool then fails harmlessly for those.
-    let _ = run("ip", &["netns", "exec", ns, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off"]);
+    let _ = run("ip", &["netns", "exec", ns, "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off", "gro", "off"]);
 }
 
 impl Drop for Lab {
