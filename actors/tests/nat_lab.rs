@@ -128,7 +128,12 @@ fn assert_pairs(results: &[PairResult]) {
             eprintln!("{}", r.logs);
         }
         let list: Vec<_> = problems.iter().map(|(p, _)| p.as_str()).collect();
-        panic!("{} of {} pairs broke the RFC 4787 expectation:\n{}", list.len(), results.len(), list.join("\n"));
+        panic!(
+            "{} of {} pairs broke the RFC 4787 expectation:\n{}",
+            list.len(),
+            results.len(),
+            list.join("\n")
+        );
     }
 }
 
@@ -188,8 +193,10 @@ fn cone_pairs_go_direct_through_loss_and_delay() {
         .collect();
     let lab = &lab;
     let results: Vec<PairResult> = std::thread::scope(|sc| {
-        let hs: Vec<_> =
-            pairs.iter().map(|(sa, sb)| sc.spawn(move || lab::run_pair(lab, sa, sb, lab::PING_COUNT * 2))).collect();
+        let hs: Vec<_> = pairs
+            .iter()
+            .map(|(sa, sb)| sc.spawn(move || lab::run_pair(lab, sa, sb, lab::PING_COUNT * 2)))
+            .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     report(&results, "nat-lab-lossy-cones");

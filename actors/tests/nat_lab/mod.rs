@@ -52,8 +52,12 @@ pub(crate) fn skip() -> bool {
 /// public namespace and waits until it listens.
 pub(crate) fn start_relay(lab: &Lab) -> Proc {
     let mut cmd = kizuna(&lab.public(), lab.dir());
-    cmd.args(["relay", "--listen", &relay_url(), "--open", "--json"])
-        .args(["--stun", &stun1(), "--stun", &format!("{PUB2}:{STUN_PORT}")]);
+    cmd.args(["relay", "--listen", &relay_url(), "--open", "--json"]).args([
+        "--stun",
+        &stun1(),
+        "--stun",
+        &format!("{PUB2}:{STUN_PORT}"),
+    ]);
     let relay = Proc::spawn(cmd, "relay", &lab.path("relay.log"));
     let (_, v) = relay.json(STARTUP).unwrap_or_else(|| panic!("relay did not start: {}", relay.log_tail(20)));
     assert_eq!(v["event"], "listening", "{v}");
@@ -66,7 +70,12 @@ pub(crate) fn start_coturn(lab: &Lab) -> Proc {
     let d = |f: &str| lab.path(&format!("coturn-{f}")).to_string_lossy().into_owned();
     let mut cmd = netns::in_ns(&lab.public(), "turnserver");
     cmd.args(["-n", "--listening-ip", &PUB1.to_string(), "--listening-ip", &PUB2.to_string()])
-        .args(["--listening-port", &COTURN_PORT.to_string(), "--alt-listening-port", &(COTURN_PORT + 1).to_string()])
+        .args([
+            "--listening-port",
+            &COTURN_PORT.to_string(),
+            "--alt-listening-port",
+            &(COTURN_PORT + 1).to_string(),
+        ])
         .args(["--no-tls", "--no-dtls", "--no-tcp", "--no-auth", "--stun-only", "--no-cli", "--simple-log"])
         .args(["--log-file", &d("log"), "--pidfile", &d("pid"), "--db", &d("db")]);
     let coturn = Proc::spawn(cmd, "coturn", &lab.path("coturn.stderr"));
@@ -106,7 +115,8 @@ pub(crate) fn check_nat_report(site: &Site, v: &Value) -> Result<(), String> {
         Profile::None => Some(site.host_ip),
         _ => Some(site.wan),
     };
-    let got_public_ip = v["public_addr"].as_str().and_then(|a| a.parse::<std::net::SocketAddr>().ok()).map(|a| a.ip());
+    let got_public_ip =
+        v["public_addr"].as_str().and_then(|a| a.parse::<std::net::SocketAddr>().ok()).map(|a| a.ip());
     let ok = v["nat_type"] == p.nat_type()
         && v["mapping"].as_str() == mapping
         && v["filtering"].as_str() == filtering
@@ -171,7 +181,12 @@ pub(crate) fn check_oracle(lab: &Lab, site: &mut Site) -> Result<(), String> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(format!("oracle disagrees on site {} ({}): {}\n{text}", site.index, site.profile.name(), problems.join("; ")))
+        Err(format!(
+            "oracle disagrees on site {} ({}): {}\n{text}",
+            site.index,
+            site.profile.name(),
+            problems.join("; ")
+        ))
     }
 }
 
@@ -237,10 +252,12 @@ pub(crate) fn run_pair(lab: &Lab, a: &Site, b: &Site, count: u32) -> PairResult 
     };
     let key = lab.path(&format!("node-{tag}.key"));
     let mut cmd = kizuna(&a.host, lab.dir());
-    cmd.args(["node", "--json", "--relay", &relay_url(), "--stun", &stun1()])
-        .arg("--key")
-        .arg(&key)
-        .args(["--listen", &format!("quic={}:0", a.host_ip), "--listen", &format!("tcp={}:0", a.host_ip)]);
+    cmd.args(["node", "--json", "--relay", &relay_url(), "--stun", &stun1()]).arg("--key").arg(&key).args([
+        "--listen",
+        &format!("quic={}:0", a.host_ip),
+        "--listen",
+        &format!("tcp={}:0", a.host_ip),
+    ]);
     let node = Proc::spawn(cmd, "node", &lab.path(&format!("node-{tag}.log")));
     let mut node_lines = Vec::new();
     let Some((_, listening)) = node.wait_event("listening", STARTUP, &mut node_lines) else {
@@ -254,8 +271,12 @@ pub(crate) fn run_pair(lab: &Lab, a: &Site, b: &Site, count: u32) -> PairResult 
         return r;
     }
     let mut cmd = kizuna(&b.host, lab.dir());
-    cmd.args(["ping", &peer, "--json", "--relay", &relay_url()])
-        .args(["--count", &count.to_string(), "--interval", &PING_INTERVAL_MS.to_string()]);
+    cmd.args(["ping", &peer, "--json", "--relay", &relay_url()]).args([
+        "--count",
+        &count.to_string(),
+        "--interval",
+        &PING_INTERVAL_MS.to_string(),
+    ]);
     if ping_has_stun() {
         cmd.args(["--stun", &stun1()]);
     }

@@ -18,7 +18,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use super::{profile::Profile, shim::Shim, shim::Impairment};
+use super::{profile::Profile, shim::Impairment, shim::Shim};
 
 /// Every namespace this lab creates starts with this, then `<pid>n<counter>`.
 const PREFIX: &str = "kzl";
@@ -221,8 +221,20 @@ impl Lab {
 
         let shim = impair.map(|imp| {
             let s = self.add_ns(&format!("s{i}"));
-            must("ip", &["link", "add", &port, "netns", &public, "type", "veth", "peer", "name", "outer", "netns", &s]);
-            must("ip", &["link", "add", "inner", "netns", &s, "type", "veth", "peer", "name", "wan", "netns", &router]);
+            must(
+                "ip",
+                &[
+                    "link", "add", &port, "netns", &public, "type", "veth", "peer", "name", "outer", "netns",
+                    &s,
+                ],
+            );
+            must(
+                "ip",
+                &[
+                    "link", "add", "inner", "netns", &s, "type", "veth", "peer", "name", "wan", "netns",
+                    &router,
+                ],
+            );
             for dev in ["outer", "inner"] {
                 must("ip", &["-n", &s, "link", "set", "dev", dev, "promisc", "on", "up"]);
                 no_offloads(&s, dev);
@@ -231,11 +243,20 @@ impl Lab {
             s
         });
         if shim.is_none() {
-            must("ip", &["link", "add", &port, "netns", &public, "type", "veth", "peer", "name", "wan", "netns", &router]);
+            must(
+                "ip",
+                &[
+                    "link", "add", &port, "netns", &public, "type", "veth", "peer", "name", "wan", "netns",
+                    &router,
+                ],
+            );
         }
         must("ip", &["-n", &public, "link", "set", &port, "master", "br0", "up"]);
         no_offloads(&public, &port);
-        must("ip", &["link", "add", "lan", "netns", &router, "type", "veth", "peer", "name", "eth0", "netns", &host]);
+        must(
+            "ip",
+            &["link", "add", "lan", "netns", &router, "type", "veth", "peer", "name", "eth0", "netns", &host],
+        );
         must("ip", &["-n", &router, "addr", "add", &format!("{wan}/24"), "dev", "wan"]);
         must("ip", &["-n", &router, "addr", "add", &format!("{router_lan}/29"), "dev", "lan"]);
         must("ip", &["-n", &host, "addr", "add", &format!("{host_ip}/29"), "dev", "eth0"]);
@@ -245,7 +266,10 @@ impl Lab {
         }
         must("ip", &["-n", &router, "route", "add", "default", "via", &PUB1.to_string()]);
         must("ip", &["-n", &host, "route", "add", "default", "via", &router_lan.to_string()]);
-        must("ip", &["-n", &public, "route", "add", &format!("198.51.100.{lan_base}/29"), "via", &wan.to_string()]);
+        must(
+            "ip",
+            &["-n", &public, "route", "add", &format!("198.51.100.{lan_base}/29"), "via", &wan.to_string()],
+        );
         sysctl(&router, "net.ipv4.ip_forward=1");
         let mut site = Site { index: i, router, host, wan, host_ip, profile };
         site.set_profile(profile);
@@ -291,7 +315,10 @@ fn sysctl(ns: &str, kv: &str) {
 /// would drop).
 fn no_offloads(ns: &str, dev: &str) {
     // Some offloads are fixed on some devices; ethtool then fails harmlessly for those.
-    let _ = run("ip", &["netns", "exec", ns, "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off", "gro", "off"]);
+    let _ = run(
+        "ip",
+        &["netns", "exec", ns, "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off", "gro", "off"],
+    );
 }
 
 impl Drop for Lab {

@@ -62,7 +62,12 @@ impl Proc {
     }
 
     /// Waits for a JSON line whose `event` is `event`, collecting the others.
-    pub(crate) fn wait_event(&self, event: &str, timeout: Duration, seen: &mut Vec<(Instant, Value)>) -> Option<(Instant, Value)> {
+    pub(crate) fn wait_event(
+        &self,
+        event: &str,
+        timeout: Duration,
+        seen: &mut Vec<(Instant, Value)>,
+    ) -> Option<(Instant, Value)> {
         let deadline = Instant::now() + timeout;
         loop {
             let (t, v) = self.json(deadline.saturating_duration_since(Instant::now()))?;

@@ -77,7 +77,6 @@ impl Profile {
         }
     }
 
-
     /// RFC 4787 verdict for a pair: can a hole punch (with peer-reflexive adoption) get
     /// UDP through? Everything except UDP blocked, symmetric × symmetric and symmetric ×
     /// port-restricted (either order).

@@ -203,7 +203,7 @@ impl Wire {
                     &mut len,
                 )
             };
-            if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
             c.seen.fetch_add(1, Ordering::Relaxed);
