@@ -25,6 +25,8 @@
 //! [RFC 5780]: https://www.rfc-editor.org/rfc/rfc5780
 
 pub mod classify;
+pub mod gather;
+pub mod interfaces;
 pub mod probe;
 
 use std::{io, net::SocketAddr};
@@ -33,6 +35,7 @@ pub use classify::{
     classify, BindingResponse, Filtering, Mapping, Method, NatDiscovery, NatReport, NatType, Observations,
     Outcome, Test, TestKind,
 };
+pub use gather::{Gathered, Gatherer};
 pub use probe::{discover, ProbeConfig};
 
 /// The most STUN servers one discovery takes. Each costs at most one Binding transaction

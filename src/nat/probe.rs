@@ -263,7 +263,7 @@ fn concrete_local(bound: SocketAddr, towards: SocketAddr) -> SocketAddr {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -280,7 +280,8 @@ mod tests {
         assert_eq!(huge.deadline(), Duration::MAX);
     }
 
-    fn response(tid: [u8; 12], class: MessageClass, attrs: Vec<StunAttribute>) -> Vec<u8> {
+    /// A STUN Binding response with `attrs`, for tests.
+    pub(in crate::nat) fn response(tid: [u8; 12], class: MessageClass, attrs: Vec<StunAttribute>) -> Vec<u8> {
         let mut b = StunMessageBuilder::new(BINDING, class).with_transaction_id(TransactionId::from(tid));
         for a in attrs {
             b = b.with_attribute(a);

@@ -159,6 +159,43 @@ pub fn sanitize(mut cands: Vec<Candidate>) -> Vec<Candidate> {
     out
 }
 
+/// A node's candidates for its UDP socket bound at `bound`, ready to offer (sanitized):
+///
+/// * host: `bound` itself, or, when it is a wildcard address, each of `interfaces` of the
+///   same family with `bound`'s port;
+/// * server-reflexive: each of `reflexive` (the mappings STUN servers reported for this
+///   very socket);
+/// * relay-observed: the IP the relay saw this node's relay connection come from, with
+///   the socket's own port — right whenever the NAT preserves ports, a common policy
+///   (RFC 4787 §4.1 REQ-3 recommends port preservation where possible).
+pub fn local_candidates(
+    bound: SocketAddr,
+    interfaces: &[IpAddr],
+    reflexive: &[SocketAddr],
+    relay_observed: Option<IpAddr>,
+) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    if bound.ip().is_unspecified() {
+        let same_family = interfaces.iter().filter(|ip| ip.is_ipv4() == bound.is_ipv4());
+        for (i, ip) in same_family.enumerate() {
+            out.push(Candidate::new(CandidateKind::Host, SocketAddr::new(*ip, bound.port()), index(i)));
+        }
+    } else {
+        out.push(Candidate::new(CandidateKind::Host, bound, 0));
+    }
+    for (i, addr) in reflexive.iter().enumerate() {
+        out.push(Candidate::new(CandidateKind::ServerReflexive, *addr, index(i)));
+    }
+    if let Some(ip) = relay_observed {
+        out.push(Candidate::new(CandidateKind::RelayObserved, SocketAddr::new(ip, bound.port()), 0));
+    }
+    sanitize(out)
+}
+
+fn index(i: usize) -> u16 {
+    u16::try_from(i).unwrap_or(u16::MAX)
+}
+
 /// Ports predicted for a peer whose NAT maps per destination: the `window` ports right
 /// above each of its server-reflexive candidates (many such NATs allocate sequentially,
 /// so the mapping created toward this node is likely a few ports above the one the STUN

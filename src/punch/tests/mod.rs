@@ -2,6 +2,7 @@
 //! its own (`session`), the 6×6 NAT matrix and link degradation through the simulator
 //! (`matrix`), and property tests (`prop`).
 
+mod candidates;
 mod matrix;
 mod prop;
 mod proto;
