@@ -17,17 +17,16 @@
 //! * **Stops** when the session ends (after the initiator's dial).
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex, Weak},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle};
 use bytes::Bytes;
 use kizuna::{
-    punch::{
-        Candidate, CandidateKind, Event as PunchEvent, MappingHint, Output, PunchConfig, PunchSession, Role,
-    },
+    nat::{Gatherer, ProbeConfig},
+    punch::{candidates::local_candidates, Event as PunchEvent, Output, PunchConfig, PunchSession, Role},
     transport::quic::{demux::SideChannel, QuicTransport},
     Connection, PeerId,
 };
@@ -85,10 +84,46 @@ pub(crate) struct PunchPorts {
     pub(crate) exited: Recipient<ChildExited>,
 }
 
+/// What a node knows about its network when a punch starts: the sources of its local
+/// candidates (see [`local_candidates`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PunchEnv {
+    /// STUN servers to learn the socket's public mapping from (configured ones first,
+    /// then those the relay advertises).
+    pub(crate) stun: Vec<SocketAddr>,
+    /// The host's interface addresses (host candidates for a wildcard-bound socket).
+    pub(crate) interfaces: Vec<IpAddr>,
+    /// The IP the relay sees this node come from.
+    pub(crate) relay_observed: Option<IpAddr>,
+}
+
+/// STUN retransmission while gathering: requests at 0, 200 and 600 ms, given up at 1 s.
+/// Shorter than NAT discovery's: gathering delays the punch, and a server that does not
+/// answer within a second (UDP blocked, server down) is not worth waiting for.
+const GATHER_PROBE: ProbeConfig =
+    ProbeConfig { initial_rto: Duration::from_millis(200), max_transmissions: 3, last_wait: 2 };
+
+/// Punch messages kept while gathering (the peer's offer, its retransmissions).
+const MAX_EARLY: usize = 8;
+
+/// Where the attempt is: learning the socket's public mapping, then punching.
+enum Stage {
+    Gathering {
+        gatherer: Gatherer,
+        early: Vec<Bytes>,
+        seed: [u8; 32],
+    },
+    Punching(Box<PunchSession>),
+    /// Between the two (never observed outside `start_session`).
+    Moving,
+}
+
 /// Drives one [`PunchSession`] with one peer. See the module documentation.
 pub(crate) struct HolePunchActor {
     peer: PeerId,
-    session: PunchSession,
+    role: Role,
+    stage: Stage,
+    env: PunchEnv,
     side: Arc<SideChannel>,
     quic: Arc<QuicTransport>,
     ports: PunchPorts,
@@ -96,50 +131,92 @@ pub(crate) struct HolePunchActor {
     timer: Option<SpawnHandle>,
 }
 
+/// Fresh randomness for session tokens and STUN transaction ids.
+fn random_seed(peer: &PeerId) -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    if ring::rand::SystemRandom::new().fill(&mut seed).is_err() {
+        // No OS randomness: the seed must still differ between sessions.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+            ^ u128::from(std::process::id());
+        seed[..16].copy_from_slice(&t.to_le_bytes());
+        seed[16..].copy_from_slice(&peer.as_bytes()[..16]);
+    }
+    seed
+}
+
 impl HolePunchActor {
-    /// A session with `peer` in `role`, punching from `quic`'s socket (`side`). Local
-    /// candidates: the socket's own address (host candidate) when it is usable, i.e. bound
-    /// to a specific IP.
+    /// A session with `peer` in `role`, punching from `quic`'s socket (`side`). It first
+    /// gathers the socket's server-reflexive addresses from `env.stun` (through the same
+    /// socket, so the mapping learned is the one punched), then offers every local
+    /// candidate `env` allows.
     pub(crate) fn new(
         id: ChildId,
         peer: PeerId,
         role: Role,
+        env: PunchEnv,
         quic: Arc<QuicTransport>,
         side: Arc<SideChannel>,
         ports: PunchPorts,
     ) -> Self {
-        let local = side
-            .local_addr()
-            .ok()
-            .filter(|a| kizuna::punch::candidates::is_usable(*a))
-            .map(|a| vec![Candidate::new(CandidateKind::Host, a, 0)])
-            .unwrap_or_default();
-        let mut seed = [0u8; 32];
-        if ring::rand::SystemRandom::new().fill(&mut seed).is_err() {
-            // No OS randomness: the token must still differ between sessions.
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default()
-                ^ u128::from(std::process::id());
-            seed[..16].copy_from_slice(&t.to_le_bytes());
-            seed[16..].copy_from_slice(&peer.as_bytes()[..16]);
-        }
-        let session = PunchSession::new(
-            role,
-            Instant::now(),
-            PunchConfig::default(),
-            local,
-            MappingHint::Unknown,
-            seed,
-        );
+        let gather_seed = random_seed(&peer);
+        let servers: Vec<SocketAddr> = match side.local_addr() {
+            Ok(bound) => env.stun.iter().copied().filter(|s| s.is_ipv4() == bound.is_ipv4()).collect(),
+            Err(_) => Vec::new(),
+        };
+        let gatherer = Gatherer::new(&servers, Instant::now(), GATHER_PROBE, gather_seed);
+        let stage = Stage::Gathering { gatherer, early: Vec::new(), seed: random_seed(&peer) };
         let guard = ExitGuard::new(id, ports.exited.clone());
-        Self { peer, session, side, quic, ports, guard, timer: None }
+        Self { peer, role, stage, env, side, quic, ports, guard, timer: None }
+    }
+
+    /// Gathering is over: build the candidates and start the session, replaying the
+    /// messages that arrived meanwhile.
+    fn start_session(&mut self) {
+        let Stage::Gathering { gatherer, early, seed } = std::mem::replace(&mut self.stage, Stage::Moving)
+        else {
+            return;
+        };
+        let gathered = gatherer.result();
+        let local = match self.side.local_addr() {
+            Ok(bound) => {
+                local_candidates(bound, &self.env.interfaces, &gathered.reflexive, self.env.relay_observed)
+            }
+            Err(_) => Vec::new(),
+        };
+        tracing::debug!(peer = %self.peer, ?local, mapping = ?gathered.mapping, "punch candidates gathered");
+        let now = Instant::now();
+        let mut session =
+            PunchSession::new(self.role, now, PunchConfig::default(), local, gathered.mapping, seed);
+        for m in early {
+            // A decode error ends the session; its `Failed` event is among the outputs.
+            let _ = session.handle_message_bytes(now, &m);
+        }
+        self.stage = Stage::Punching(Box::new(session));
+    }
+
+    /// Sends the gatherer's requests; moves on to punching once it is done.
+    fn drain_gathering(&mut self) {
+        let Stage::Gathering { gatherer, .. } = &mut self.stage else { return };
+        while let Some((to, bytes)) = gatherer.poll_transmit() {
+            let side = self.side.clone();
+            io_runtime().spawn(async move {
+                if let Err(e) = side.send_to(&bytes, to).await {
+                    tracing::debug!(%to, "STUN request not sent: {e}");
+                }
+            });
+        }
+        if gatherer.is_done() {
+            self.start_session();
+        }
     }
 
     /// Performs the session's outputs, then re-arms the timer.
     fn drain(&mut self, ctx: &mut Context<Self>) {
-        while let Some(out) = self.session.poll_output() {
+        self.drain_gathering();
+        while let Some(out) = self.session_mut().and_then(|s| s.poll_output()) {
             match out {
                 Output::SendMessage(m) => {
                     let mut payload = vec![PUNCH_SIGNAL_TAG];
@@ -171,19 +248,36 @@ impl HolePunchActor {
         if let Some(t) = self.timer.take() {
             ctx.cancel_future(t);
         }
-        if let Some(at) = self.session.poll_timeout() {
+        let next = match &self.stage {
+            Stage::Gathering { gatherer, .. } => gatherer.poll_timeout(),
+            Stage::Punching(session) => session.poll_timeout(),
+            Stage::Moving => None,
+        };
+        if let Some(at) = next {
             let after = at.saturating_duration_since(Instant::now());
             self.timer = Some(ctx.run_later(after, |act, ctx| {
                 act.timer = None;
-                act.session.handle_timeout(Instant::now());
+                let now = Instant::now();
+                match &mut act.stage {
+                    Stage::Gathering { gatherer, .. } => gatherer.handle_timeout(now),
+                    Stage::Punching(session) => session.handle_timeout(now),
+                    Stage::Moving => {}
+                }
                 act.drain(ctx);
             }));
         }
     }
 
+    fn session_mut(&mut self) -> Option<&mut PunchSession> {
+        match &mut self.stage {
+            Stage::Punching(s) => Some(s),
+            _ => None,
+        }
+    }
+
     fn succeeded(&mut self, remote: SocketAddr, ctx: &mut Context<Self>) {
-        tracing::info!(peer = %self.peer, %remote, role = ?self.session.role(), "hole punched");
-        if self.session.role() == Role::Responder {
+        tracing::info!(peer = %self.peer, %remote, role = ?self.role, "hole punched");
+        if self.role == Role::Responder {
             self.finish(Ok(None), ctx);
             return;
         }
@@ -227,8 +321,18 @@ impl Actor for HolePunchActor {
 impl Handler<PunchSignal> for HolePunchActor {
     type Result = ();
     fn handle(&mut self, msg: PunchSignal, ctx: &mut Context<Self>) {
-        // A decode error ends the session; its `Failed` event is among the outputs.
-        let _ = self.session.handle_message_bytes(Instant::now(), &msg.payload);
+        match &mut self.stage {
+            Stage::Gathering { early, .. } => {
+                if early.len() < MAX_EARLY {
+                    early.push(msg.payload);
+                }
+            }
+            Stage::Punching(session) => {
+                // A decode error ends the session; its `Failed` event is among the outputs.
+                let _ = session.handle_message_bytes(Instant::now(), &msg.payload);
+            }
+            Stage::Moving => {}
+        }
         self.drain(ctx);
     }
 }
@@ -236,8 +340,16 @@ impl Handler<PunchSignal> for HolePunchActor {
 impl Handler<PunchDatagram> for HolePunchActor {
     type Result = ();
     fn handle(&mut self, msg: PunchDatagram, ctx: &mut Context<Self>) {
-        if self.session.accepts(&msg.bytes) {
-            self.session.handle_datagram(Instant::now(), msg.from, &msg.bytes);
+        let now = Instant::now();
+        let used = match &mut self.stage {
+            Stage::Gathering { gatherer, .. } => gatherer.handle_datagram(now, msg.from, &msg.bytes),
+            Stage::Punching(session) if session.accepts(&msg.bytes) => {
+                session.handle_datagram(now, msg.from, &msg.bytes);
+                true
+            }
+            _ => false,
+        };
+        if used {
             self.drain(ctx);
         }
     }
@@ -246,9 +358,12 @@ impl Handler<PunchDatagram> for HolePunchActor {
 impl Handler<SignalFailed> for HolePunchActor {
     type Result = ();
     fn handle(&mut self, msg: SignalFailed, ctx: &mut Context<Self>) {
-        if !self.session.is_finished() {
-            self.session.close(Instant::now());
-            while self.session.poll_output().is_some() {}
+        let finished = self.session_mut().is_some_and(|s| s.is_finished());
+        if !finished {
+            if let Some(session) = self.session_mut() {
+                session.close(Instant::now());
+                while session.poll_output().is_some() {}
+            }
             self.finish(Err(format!("relay signaling failed: {}", msg.0)), ctx);
         }
     }

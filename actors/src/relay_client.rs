@@ -5,7 +5,8 @@
 //!   control WebSocket to the current relay (a reader/writer task on the I/O runtime).
 //! * **In:** `RelayIo` (messages and failures from the control connection's task),
 //!   `SendSignal` (relay signaling, used by hole punching), [`Fault`] (tests).
-//! * **Out:** accepted relayed circuits to the supervisor as `Inbound` connections;
+//! * **Out:** accepted relayed circuits to the supervisor as `Inbound` connections, and
+//!   what the relay reports at each reservation (`RelayAddrs`);
 //!   events (`RelayReserved`, `RelayFailed`, `SignalReceived`) on the bus; signals
 //!   tagged as punch messages go to the supervisor instead (`PunchSignal`).
 //! * **Supervised** as a *permanent* child of the [`Supervisor`](crate::Supervisor)
@@ -53,6 +54,27 @@ pub(crate) enum RelayIo {
     Down { generation: u64, reason: String },
 }
 
+/// What the current relay told this node in its latest `reserved`: the address it sees
+/// the node come from and the STUN servers it answers on (hole punching uses both).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub(crate) struct RelayAddrs {
+    pub(crate) observed: Option<std::net::SocketAddr>,
+    pub(crate) stun: Vec<std::net::SocketAddr>,
+}
+
+/// Where a relay client sends what it receives (all to the supervisor).
+pub(crate) struct RelayClientPorts {
+    /// Accepted relayed circuits.
+    pub(crate) inbound: Recipient<Inbound>,
+    /// Punch messages signaled by peers.
+    pub(crate) punch: Recipient<PunchSignal>,
+    /// What the relay reports at each reservation.
+    pub(crate) addrs: Recipient<RelayAddrs>,
+    /// The client's exit.
+    pub(crate) exited: Recipient<ChildExited>,
+}
+
 /// Keeps a reservation at one of the configured relays.
 pub struct RelayClientActor {
     node: Arc<LocalNode>,
@@ -61,6 +83,7 @@ pub struct RelayClientActor {
     bus: EventBus,
     inbound: Recipient<Inbound>,
     punch: Recipient<PunchSignal>,
+    addrs: Recipient<RelayAddrs>,
     guard: ExitGuard,
     generation: u64,
     writer: Option<mpsc::Sender<RelayMessage>>,
@@ -73,10 +96,9 @@ impl RelayClientActor {
         node: Arc<LocalNode>,
         config: RelayClientConfig,
         bus: EventBus,
-        inbound: Recipient<Inbound>,
-        punch: Recipient<PunchSignal>,
-        exited: Recipient<ChildExited>,
+        ports: RelayClientPorts,
     ) -> Result<Self, kizuna::relay::RelayConfigError> {
+        let RelayClientPorts { inbound, punch, addrs, exited } = ports;
         let seed = u64::from_le_bytes(node.peer_id().as_bytes()[..8].try_into().unwrap_or([7; 8]));
         let state = RelayClientState::new(node.config().keypair.clone(), config, seed)?;
         let opts = WsOptions::from_node(node.config());
@@ -87,6 +109,7 @@ impl RelayClientActor {
             bus,
             inbound,
             punch,
+            addrs,
             guard: ExitGuard::new(id, exited),
             generation: 0,
             writer: None,
@@ -138,8 +161,9 @@ impl RelayClientActor {
 
     fn on_event(&mut self, ev: ClientEvent) {
         match ev {
-            ClientEvent::Reserved { url, ttl } => {
-                tracing::info!(%url, ?ttl, "reserved at relay");
+            ClientEvent::Reserved { url, ttl, observed, stun } => {
+                tracing::info!(%url, ?ttl, ?observed, ?stun, "reserved at relay");
+                self.addrs.do_send(RelayAddrs { observed, stun });
                 self.bus.publish_later(Event::RelayReserved { url });
             }
             ClientEvent::RelayFailed { url, reason, next_url, retry_in, .. } => {

@@ -22,6 +22,7 @@
 
 use std::{
     collections::HashMap,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -48,11 +49,12 @@ use crate::{
     connection::{CloseConnection, ConnectionActor, OpenStreamTo, SendMessage},
     events::EventBus,
     hole_punch::{
-        spawn_side_reader, HolePunchActor, PunchFinished, PunchInboxes, PunchPorts, PunchSignal, SendSignal,
+        spawn_side_reader, HolePunchActor, PunchEnv, PunchFinished, PunchInboxes, PunchPorts, PunchSignal,
+        SendSignal,
     },
     listener::{Inbound, ListenerActor, ListenerPorts, ListenerReady, StopListener},
     negotiator::{Negotiated, NegotiatorActor},
-    relay_client::{RelayClientActor, StopRelayClient},
+    relay_client::{RelayAddrs, RelayClientActor, RelayClientPorts, StopRelayClient},
     runtime::io_runtime,
     supervision::{Decision, ExitReason, RestartLimits, RestartPolicy, RestartTracker},
     transports::build_transports,
@@ -69,6 +71,9 @@ pub struct SupervisorConfig {
     pub restart: RestartLimits,
     /// Relays to hold a reservation at (failover order) and to dial through. Empty: none.
     pub relays: Vec<RelayEndpoint>,
+    /// STUN servers for hole punching: the node learns its UDP socket's public mapping
+    /// from them before each attempt. Those the relay advertises are used too.
+    pub stun: Vec<SocketAddr>,
 }
 
 impl SupervisorConfig {
@@ -79,6 +84,7 @@ impl SupervisorConfig {
             protocols: vec![Protocol::Quic, Protocol::Tcp],
             restart: RestartLimits::default(),
             relays: Vec::new(),
+            stun: Vec::new(),
         }
     }
 }
@@ -133,6 +139,10 @@ const RETIRE_GRACE: Duration = Duration::from_secs(10);
 /// and an impossible pair costs one short burst of probes per minute.
 pub const PUNCH_RETRY: Duration = Duration::from_secs(60);
 
+/// How often a node with relays looks for a network change (its interface addresses).
+/// 5 s: listing interfaces is one netlink round trip, and a change is acted on quickly.
+const NETWORK_CHECK: Duration = Duration::from_secs(5);
+
 /// How long a punch `offer` that arrives before the relayed connection it belongs to is
 /// kept (the offerer adopted that connection first). Few peers, few messages: see
 /// `MAX_EARLY_*`.
@@ -167,6 +177,11 @@ pub struct Supervisor {
     punch_inboxes: PunchInboxes,
     punch_reader: Option<Arc<SideChannel>>,
     early_signals: HashMap<PeerId, Vec<Bytes>>,
+    /// Sources of local punch candidates: configured STUN servers, what the relay
+    /// reported, the interface addresses last seen.
+    stun: Vec<SocketAddr>,
+    relay_addrs: RelayAddrs,
+    interfaces: Vec<IpAddr>,
 }
 
 impl Supervisor {
@@ -197,6 +212,9 @@ impl Supervisor {
             punch_inboxes: PunchInboxes::default(),
             punch_reader: None,
             early_signals: HashMap::new(),
+            stun: config.stun,
+            relay_addrs: RelayAddrs { observed: None, stun: Vec::new() },
+            interfaces: kizuna::nat::interfaces::interface_ips(),
         }
         .start())
     }
@@ -218,9 +236,12 @@ impl Supervisor {
             self.node.clone(),
             config,
             self.bus.clone(),
-            me.clone().recipient(),
-            me.clone().recipient(),
-            me.recipient(),
+            RelayClientPorts {
+                inbound: me.clone().recipient(),
+                punch: me.clone().recipient(),
+                addrs: me.clone().recipient(),
+                exited: me.recipient(),
+            },
         ) {
             Ok(actor) => {
                 let addr = actor.start();
@@ -381,9 +402,12 @@ impl Supervisor {
             return false;
         }
         let (Some(quic), Some(signal)) = (self.quic.clone(), self.relay_signal.clone()) else { return false };
-        let Some(side) = quic.side_channel() else {
-            tracing::debug!(%peer, "no hole punching: the QUIC transport has no socket yet");
-            return false;
+        let side = match quic.side_channel_or_bind() {
+            Ok(side) => side,
+            Err(e) => {
+                tracing::warn!(%peer, "no hole punching: cannot open a QUIC socket: {e}");
+                return false;
+            }
         };
         if !self.punch_reader.as_ref().is_some_and(|r| Arc::ptr_eq(r, &side)) {
             spawn_side_reader(side.clone(), Arc::downgrade(&self.punch_inboxes));
@@ -392,7 +416,7 @@ impl Supervisor {
         let id = self.id();
         let me = ctx.address();
         let ports = PunchPorts { signal, finished: me.clone().recipient(), exited: me.recipient() };
-        let actor = HolePunchActor::new(id, peer, role, quic, side, ports).start();
+        let actor = HolePunchActor::new(id, peer, role, self.punch_env(), quic, side, ports).start();
         self.punch_inboxes.lock().unwrap_or_else(|e| e.into_inner()).push((id, actor.clone().recipient()));
         self.punches.insert(peer, (id, actor.clone()));
         self.children.insert(
@@ -405,6 +429,47 @@ impl Supervisor {
         );
         tracing::debug!(%peer, ?role, "hole punch started");
         true
+    }
+
+    /// What a punch attempt starting now may use for its local candidates.
+    fn punch_env(&self) -> PunchEnv {
+        let mut stun = self.stun.clone();
+        for s in &self.relay_addrs.stun {
+            if !stun.contains(s) {
+                stun.push(*s);
+            }
+        }
+        PunchEnv {
+            stun,
+            interfaces: self.interfaces.clone(),
+            relay_observed: self.relay_addrs.observed.map(|a| a.ip()),
+        }
+    }
+
+    /// Looks at the interface addresses; when they changed (a network change: new Wi-Fi,
+    /// VPN up, DHCP renewal), every relayed connection this node dialed tries to punch
+    /// again at once instead of waiting for [`PUNCH_RETRY`].
+    fn check_network(&mut self, ctx: &mut Context<Self>) {
+        let now = kizuna::nat::interfaces::interface_ips();
+        if now == self.interfaces {
+            return;
+        }
+        tracing::info!(before = ?self.interfaces, after = ?now, "network changed: retrying hole punches");
+        self.interfaces = now;
+        self.retry_punches(ctx);
+    }
+
+    /// Starts an attempt for every relayed connection this node dialed that has none.
+    fn retry_punches(&mut self, ctx: &mut Context<Self>) {
+        let relayed: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, e)| e.conn.is_dialer() && e.conn.info().path == PathKind::Relayed)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in relayed {
+            self.start_punch(peer, Role::Initiator, ctx);
+        }
     }
 
     /// Routes a punch message from `peer` to its session; an `offer` on a relayed
@@ -516,6 +581,8 @@ impl Actor for Supervisor {
         if !self.relays.is_empty() {
             let id = self.id();
             self.spawn_relay_client(id, ctx);
+            // Hole punching is possible: watch for network changes.
+            ctx.run_interval(NETWORK_CHECK, |act, ctx| act.check_network(ctx));
         }
         tracing::info!(peer = %self.node.peer_id(), "supervisor started");
     }
@@ -740,6 +807,20 @@ impl Handler<ChildExited> for Supervisor {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Handler<RelayAddrs> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: RelayAddrs, ctx: &mut Context<Self>) {
+        let moved =
+            self.relay_addrs.observed.is_some_and(|old| msg.observed.is_some_and(|new| new.ip() != old.ip()));
+        self.relay_addrs = msg;
+        if moved {
+            // The public IP changed under a live reservation: a network change.
+            tracing::info!(observed = ?self.relay_addrs.observed, "public address changed: retrying hole punches");
+            self.retry_punches(ctx);
         }
     }
 }

@@ -493,3 +493,23 @@ fn cli_refuses_to_start_without_an_admission_rule_and_prints_its_url() {
         kizuna::relay::auth::verify_token(&[7u8; 32], &key(3).peer_id(), token.trim(), unix_now()).unwrap();
     assert!(expiry > unix_now() + 3500);
 }
+
+/// `reserved` tells the client where the relay sees it come from and which STUN servers
+/// to learn its UDP mapping from; a wildcard STUN address is advertised as the IP the
+/// client reached the relay on.
+#[actix_rt::test]
+async fn reserved_reports_observed_address_and_stun_servers() {
+    let mut cfg = config(Admission::open());
+    cfg.stun = vec!["0.0.0.0:0".parse().unwrap()];
+    let relay = start(cfg).await;
+    let mut ws = login(&relay.url, &key(2), None, Purpose::Control).await;
+    send(&mut ws, &RelayMessage::Reserve { ttl_secs: 600 }).await;
+    let Got::Msg(RelayMessage::Reserved { observed, stun, .. }) = next(&mut ws).await else {
+        panic!("expected reserved")
+    };
+    let observed = observed.expect("the relay reports the observed address");
+    assert_eq!(observed.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+    assert_ne!(observed.port(), 0);
+    let port = relay.stun_addrs[0].port();
+    assert_eq!(stun, vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))]);
+}

@@ -22,6 +22,7 @@
 
 use std::{
     collections::VecDeque,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -104,6 +105,10 @@ pub enum ClientEvent {
         url: String,
         /// Granted lifetime.
         ttl: Duration,
+        /// Where the relay sees this client's control connection come from.
+        observed: Option<SocketAddr>,
+        /// STUN servers the relay advertises (for the UDP mapping used in hole punching).
+        stun: Vec<SocketAddr>,
     },
     /// Using `url` failed; the client retries `next_url` after `retry_in`.
     RelayFailed {
@@ -264,7 +269,7 @@ impl RelayClientState {
             }
             (
                 Phase::Connecting { challenged: true, .. } | Phase::Reserved { .. },
-                RelayMessage::Reserved { expires_in_secs },
+                RelayMessage::Reserved { expires_in_secs, observed, stun },
             ) => {
                 if expires_in_secs == 0 {
                     self.fail(now, "relay granted a reservation of 0 seconds".into(), true);
@@ -273,7 +278,7 @@ impl RelayClientState {
                 let ttl = Duration::from_secs(expires_in_secs);
                 self.phase = Phase::Reserved { renew_at: now + ttl / 2, expires: now + ttl, renewing: false };
                 self.failures = 0;
-                self.out.push_back(ClientOutput::Event(ClientEvent::Reserved { url, ttl }));
+                self.out.push_back(ClientOutput::Event(ClientEvent::Reserved { url, ttl, observed, stun }));
             }
             (Phase::Connecting { .. }, RelayMessage::Error { code, message }) => {
                 self.fail(now, format!("relay error {code:?}: {message}"), true);

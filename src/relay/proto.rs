@@ -11,8 +11,13 @@
 use crate::wire::tagged::{Tag, TypeTag};
 use serde::{Deserialize, Serialize};
 
+use std::net::SocketAddr;
+
 use super::MAX_RELAY_MESSAGE_LEN;
 use crate::{error::WireError, identity::PeerId};
+
+/// The most STUN servers a `reserved` message advertises.
+pub const MAX_ADVERTISED_STUN: usize = 4;
 
 /// A circuit's id, allocated by the relay (never 0, never reused by one relay process).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -188,6 +193,12 @@ pub enum RelayMessage {
     Reserved {
         /// Granted lifetime in seconds (`0`: released).
         expires_in_secs: u64,
+        /// The address the relay sees this control connection come from (a TCP
+        /// mapping: its IP is the client's public IP), if known.
+        observed: Option<SocketAddr>,
+        /// STUN servers the relay answers on (at most [`MAX_ADVERTISED_STUN`]): the
+        /// client learns its UDP mapping from them for hole punching.
+        stun: Vec<SocketAddr>,
     },
     /// Client → relay (control): forward `payload` to reserved peer `to`.
     Signal {
@@ -309,9 +320,12 @@ impl RelayMessage {
             RelayMessage::Dial { target } => to_vec(&DialBody { ty: t, target: *target }),
             RelayMessage::Accept { circuit } => to_vec(&CircuitBody { ty: t, circuit: *circuit }),
             RelayMessage::Reserve { ttl_secs } => to_vec(&ReserveBody { ty: t, ttl_secs: *ttl_secs }),
-            RelayMessage::Reserved { expires_in_secs } => {
-                to_vec(&ReservedBody { ty: t, expires_in_secs: *expires_in_secs })
-            }
+            RelayMessage::Reserved { expires_in_secs, observed, stun } => to_vec(&ReservedBody {
+                ty: t,
+                expires_in_secs: *expires_in_secs,
+                observed: observed.map(|a| a.to_string()),
+                stun: stun.iter().map(|a| a.to_string()).collect(),
+            }),
             RelayMessage::Signal { to, payload } => {
                 to_vec(&SignalBody { ty: t, to: *to, payload: payload.clone() })
             }
@@ -373,7 +387,20 @@ impl RelayMessage {
             "accept" => RelayMessage::Accept { circuit: from_slice::<CircuitBody>(bytes)?.circuit },
             "reserve" => RelayMessage::Reserve { ttl_secs: from_slice::<ReserveBody>(bytes)?.ttl_secs },
             "reserved" => {
-                RelayMessage::Reserved { expires_in_secs: from_slice::<ReservedBody>(bytes)?.expires_in_secs }
+                let b: ReservedBody = from_slice(bytes)?;
+                if b.stun.len() > MAX_ADVERTISED_STUN {
+                    return Err(malformed(format!(
+                        "{} STUN servers advertised, at most {MAX_ADVERTISED_STUN}",
+                        b.stun.len()
+                    )));
+                }
+                let addr =
+                    |s: &str| s.parse::<SocketAddr>().map_err(|_| malformed(format!("bad address {s:?}")));
+                RelayMessage::Reserved {
+                    expires_in_secs: b.expires_in_secs,
+                    observed: b.observed.as_deref().map(addr).transpose()?,
+                    stun: b.stun.iter().map(|s| addr(s)).collect::<Result<_, _>>()?,
+                }
             }
             "signal" => {
                 let b: SignalBody = from_slice(bytes)?;
@@ -478,6 +505,12 @@ struct ReservedBody {
     #[serde(rename = "type")]
     ty: TypeTag,
     expires_in_secs: u64,
+    /// `"IP:PORT"`; absent when unknown (and from relays older than the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    observed: Option<String>,
+    /// `"IP:PORT"` each; absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    stun: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]

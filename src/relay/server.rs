@@ -30,6 +30,7 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     fmt,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -39,7 +40,7 @@ pub use super::metrics::{CircuitUsage, LimitHits, LimitKind, PeerUsage, RelayMet
 use super::{
     error::ForwardError,
     limits::RelayLimits,
-    proto::{CircuitId, ErrorCode, Purpose, RelayMessage},
+    proto::{CircuitId, ErrorCode, Purpose, RelayMessage, MAX_ADVERTISED_STUN},
     MAX_SIGNAL_LEN,
 };
 use crate::identity::PeerId;
@@ -263,6 +264,10 @@ pub struct RelayState {
     totals: RelayTotals,
     hits: LimitHits,
     out: VecDeque<Output>,
+    /// STUN addresses advertised in `reserved` (wildcard IPs are replaced per connection).
+    stun: Vec<SocketAddr>,
+    /// Per connection: where it comes from and which local address it reached.
+    addrs: HashMap<ConnId, (SocketAddr, SocketAddr)>,
 }
 
 impl RelayState {
@@ -280,7 +285,42 @@ impl RelayState {
             totals: RelayTotals::default(),
             hits: LimitHits::default(),
             out: VecDeque::new(),
+            stun: Vec::new(),
+            addrs: HashMap::new(),
         }
+    }
+
+    /// Advertises `stun` (the relay's STUN responder addresses) to every client in its
+    /// `reserved` messages, so clients behind NATs learn their UDP mapping from the relay
+    /// they already know. A wildcard IP (`0.0.0.0:3478`) is advertised as the IP the
+    /// client reached the relay on. At most [`MAX_ADVERTISED_STUN`] are kept.
+    pub fn set_stun(&mut self, mut stun: Vec<SocketAddr>) {
+        stun.truncate(MAX_ADVERTISED_STUN);
+        self.stun = stun;
+    }
+
+    /// Records, before [`handle_authenticated`](Self::handle_authenticated), the address
+    /// connection `conn` comes from (`remote`, reported back to the client as its
+    /// observed address) and the local address it reached (`local`).
+    pub fn handle_addresses(&mut self, conn: ConnId, remote: SocketAddr, local: SocketAddr) {
+        self.addrs.insert(conn, (remote, local));
+    }
+
+    /// The `reserved` message for `conn`.
+    fn reserved(&self, conn: ConnId, expires_in_secs: u64) -> RelayMessage {
+        let addrs = self.addrs.get(&conn).copied();
+        let stun = self
+            .stun
+            .iter()
+            .filter_map(|s| match (s.ip().is_unspecified(), addrs) {
+                (false, _) => Some(*s),
+                (true, Some((_, local))) if local.is_ipv4() == s.is_ipv4() => {
+                    Some(SocketAddr::new(local.ip(), s.port()))
+                }
+                (true, _) => None,
+            })
+            .collect();
+        RelayMessage::Reserved { expires_in_secs, observed: addrs.map(|(remote, _)| remote), stun }
     }
 
     /// The limits in force.
@@ -606,7 +646,7 @@ impl RelayState {
             if self.reservations.remove(&peer).is_some() {
                 self.event(RelayEvent::ReservationEnded { peer, expired: false });
             }
-            self.send(conn, RelayMessage::Reserved { expires_in_secs: 0 });
+            self.send(conn, self.reserved(conn, 0));
             return;
         }
         let renewed = self.is_reserved(&peer, now);
@@ -627,7 +667,7 @@ impl RelayState {
         let ttl = Duration::from_secs(granted);
         self.reservations.insert(peer, Reservation { conn, expires: now + ttl });
         self.totals.reservations_granted += 1;
-        self.send(conn, RelayMessage::Reserved { expires_in_secs: granted });
+        self.send(conn, self.reserved(conn, granted));
         self.event(RelayEvent::ReservationAccepted { peer, renewed, ttl });
     }
 
@@ -691,6 +731,7 @@ impl RelayState {
     /// Forgets `conn` and everything that depends on it; `reason` is `Some` when the relay
     /// closes it (then the close is emitted), `None` when the socket already ended.
     fn forget_conn(&mut self, conn: ConnId, reason: Option<CloseReason>, now: Instant) {
+        self.addrs.remove(&conn);
         let Some(entry) = self.conns.remove(&conn) else { return };
         if let Some(reason) = reason {
             self.emit_close(conn, reason);
@@ -736,6 +777,7 @@ impl RelayState {
         let was_open = matches!(c.phase, Phase::Open { .. });
         let usage = circuit_usage(id, &c, now);
         for conn in [Some(c.a), c.b].into_iter().flatten() {
+            self.addrs.remove(&conn);
             if let Some(entry) = self.conns.remove(&conn) {
                 self.emit_close(conn, CloseReason { code, message: message.to_owned() });
                 self.peer_conn_gone(entry.peer, now);

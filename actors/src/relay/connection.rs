@@ -216,6 +216,7 @@ async fn connection(
     permit: OwnedSemaphorePermit,
     _live: LiveGuard,
 ) {
+    let local = tcp.local_addr().ok();
     let mut ws = match upgrade(&ctx, tcp).await {
         Ok(ws) => ws,
         Err(e) => {
@@ -241,7 +242,7 @@ async fn connection(
     };
     drop(permit);
     let (tx, rx) = mpsc::channel(CONN_QUEUE);
-    let registered = ctx.server.send(ConnAuthenticated { conn, peer, purpose, remote, tx }).await;
+    let registered = ctx.server.send(ConnAuthenticated { conn, peer, purpose, remote, local, tx }).await;
     if registered.is_err() {
         let code = ErrorCode::Shutdown;
         if let Some(msg) = encode(&RelayMessage::error(code, "the relay is shutting down")) {

@@ -242,7 +242,8 @@ impl RelayServer {
         let stats_addr = bound.stats.as_ref().and_then(|s| s.local_addr().ok());
         let scheme = if config.ws.server_tls().is_some() { "wss" } else { "ws" };
         let url = config.public_url.clone().unwrap_or_else(|| format!("{scheme}://{local_addr}"));
-        let state = RelayState::new(config.limits.clone());
+        let mut state = RelayState::new(config.limits.clone());
+        state.set_stun(stun_addrs.clone());
         let actor = RelayServerActor::new(server::ServerParts {
             state,
             url: Arc::from(url.as_str()),

@@ -80,6 +80,8 @@ pub(crate) struct ConnAuthenticated {
     pub(crate) peer: PeerId,
     pub(crate) purpose: Purpose,
     pub(crate) remote: SocketAddr,
+    /// The relay's address the connection reached (for advertising wildcard STUN IPs).
+    pub(crate) local: Option<SocketAddr>,
     pub(crate) tx: mpsc::Sender<ConnCmd>,
 }
 
@@ -402,6 +404,9 @@ impl Handler<ConnAuthenticated> for RelayServerActor {
         }
         tracing::debug!(conn = %m.conn, peer = %m.peer, remote = %m.remote, purpose = ?m.purpose, "relay client authenticated");
         self.links.insert(m.conn, Link::Direct(m.tx));
+        if let Some(local) = m.local {
+            self.state.handle_addresses(m.conn, m.remote, local);
+        }
         self.state.handle_authenticated(m.conn, m.peer, m.purpose, Instant::now());
         self.drain(ctx);
     }

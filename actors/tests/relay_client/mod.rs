@@ -125,7 +125,7 @@ pub async fn reserve(url: &str, key: &Keypair) -> Raw {
     let mut ws = login(url, key, None, Purpose::Control).await;
     send(&mut ws, &RelayMessage::Reserve { ttl_secs: 600 }).await;
     match next(&mut ws).await {
-        Got::Msg(RelayMessage::Reserved { expires_in_secs }) => assert!(expires_in_secs > 0),
+        Got::Msg(RelayMessage::Reserved { expires_in_secs, .. }) => assert!(expires_in_secs > 0),
         other => panic!("expected reserved, got {other:?}"),
     }
     ws

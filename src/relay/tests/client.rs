@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{key, peer};
+use super::{key, peer, reserved};
 use crate::relay::{
     auth::{Admission, HandshakeStep, ServerHandshake},
     client::{
@@ -48,12 +48,14 @@ impl C {
         let out = self.msg(hs.challenge());
         assert_eq!(out.len(), 3, "{out:?}");
         assert_eq!(out[2], ClientOutput::Send(RelayMessage::Reserve { ttl_secs: 600 }));
-        let out = self.msg(RelayMessage::Reserved { expires_in_secs: ttl });
+        let out = self.msg(reserved(ttl));
         assert_eq!(
             out,
             vec![ClientOutput::Event(ClientEvent::Reserved {
                 url: url.into(),
-                ttl: Duration::from_secs(ttl)
+                ttl: Duration::from_secs(ttl),
+                observed: None,
+                stun: Vec::new(),
             })]
         );
     }
@@ -90,7 +92,7 @@ fn reserves_and_renews_at_half_ttl() {
         assert_eq!(out, vec![ClientOutput::Send(RelayMessage::Reserve { ttl_secs: 600 })]);
         // Until answered, the next deadline is the expiry.
         assert_eq!(c.c.poll_timeout(), Some(c.now + Duration::from_secs(300)));
-        c.msg(RelayMessage::Reserved { expires_in_secs: 600 });
+        c.msg(reserved(600));
         assert_eq!(c.c.poll_timeout(), Some(c.now + Duration::from_secs(300)));
     }
     assert_eq!(c.c.consecutive_failures(), 0);
@@ -239,7 +241,7 @@ fn events_and_commands_while_reserved() {
         vec![ClientOutput::Send(RelayMessage::Reserve { ttl_secs: 0 }), ClientOutput::Disconnect]
     );
     assert_eq!(c.c.poll_timeout(), None);
-    assert!(c.msg(RelayMessage::Reserved { expires_in_secs: 5 }).is_empty());
+    assert!(c.msg(reserved(5)).is_empty());
 }
 
 /// The client machine against the server's handshake and state machines, messages going

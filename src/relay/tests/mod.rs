@@ -18,3 +18,8 @@ pub(super) fn key(n: u8) -> Keypair {
 pub(super) fn peer(n: u8) -> PeerId {
     key(n).peer_id()
 }
+
+/// A `reserved` message without addresses (what a relay that knows none sends).
+pub(super) fn reserved(expires_in_secs: u64) -> crate::relay::proto::RelayMessage {
+    crate::relay::proto::RelayMessage::Reserved { expires_in_secs, observed: None, stun: Vec::new() }
+}

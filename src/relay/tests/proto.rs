@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 
-use super::peer;
+use super::{peer, reserved};
 use crate::{
     error::WireError,
     relay::{CircuitId, ErrorCode, Purpose, RelayMessage, MAX_RELAY_MESSAGE_LEN},
@@ -43,10 +43,41 @@ fn snapshot_purposes() {
 #[test]
 fn snapshot_reservation() {
     snapshot(RelayMessage::Reserve { ttl_secs: 600 }, "82a474797065a772657365727665a874746c5f73656373cd0258");
+    snapshot(reserved(3600), "82a474797065a87265736572766564af657870697265735f696e5f73656373cd0e10");
     snapshot(
-        RelayMessage::Reserved { expires_in_secs: 3600 },
-        "82a474797065a87265736572766564af657870697265735f696e5f73656373cd0e10",
+        RelayMessage::Reserved {
+            expires_in_secs: 60,
+            observed: Some("198.51.100.7:40000".parse().unwrap()),
+            stun: vec!["203.0.113.1:3478".parse().unwrap()],
+        },
+        "84a474797065a87265736572766564af657870697265735f696e5f736563733ca86f62736572766564b23139382e35312e3130302e373a3430303030a47374756e91b03230332e302e3131332e313a33343738",
     );
+}
+
+#[test]
+fn reserved_addresses_are_checked() {
+    let enc = |observed: Option<&str>, stun: Vec<&str>| {
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            #[serde(rename = "type")]
+            ty: &'a str,
+            expires_in_secs: u64,
+            observed: Option<&'a str>,
+            stun: Vec<&'a str>,
+        }
+        rmp_serde::to_vec_named(&Body { ty: "reserved", expires_in_secs: 5, observed, stun }).unwrap()
+    };
+    assert!(RelayMessage::decode(&enc(Some("198.51.100.7:1"), vec!["203.0.113.1:3478"])).is_ok());
+    for bad in [
+        enc(Some("not an address"), vec![]),
+        enc(None, vec!["203.0.113.1"]),
+        enc(None, vec!["203.0.113.1:3478"; crate::relay::proto::MAX_ADVERTISED_STUN + 1]),
+    ] {
+        assert!(
+            matches!(RelayMessage::decode(&bad), Err(crate::error::WireError::Malformed { .. })),
+            "{bad:?}"
+        );
+    }
 }
 
 #[test]
@@ -164,7 +195,9 @@ fn message() -> impl Strategy<Value = RelayMessage> {
         peer_id().prop_map(|target| RelayMessage::Dial { target }),
         any::<u64>().prop_map(|c| RelayMessage::Accept { circuit: CircuitId(c) }),
         any::<u64>().prop_map(|ttl_secs| RelayMessage::Reserve { ttl_secs }),
-        any::<u64>().prop_map(|expires_in_secs| RelayMessage::Reserved { expires_in_secs }),
+        (any::<u64>(), proptest::option::of(sock()), proptest::collection::vec(sock(), 0..=4)).prop_map(
+            |(expires_in_secs, observed, stun)| RelayMessage::Reserved { expires_in_secs, observed, stun }
+        ),
         (peer_id(), bytes.clone()).prop_map(|(to, payload)| RelayMessage::Signal { to, payload }),
         (peer_id(), bytes).prop_map(|(from, payload)| RelayMessage::Signaled { from, payload }),
         (any::<u64>(), peer_id())
@@ -210,4 +243,12 @@ proptest! {
             prop_assert_eq!(RelayMessage::decode(&d.encode().unwrap()).unwrap(), d);
         }
     }
+}
+
+/// Socket addresses as the wire carries them (text: no IPv6 flow info or scope).
+fn sock() -> impl Strategy<Value = std::net::SocketAddr> {
+    prop_oneof![
+        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| std::net::SocketAddr::from((ip, port))),
+        (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| std::net::SocketAddr::from((ip, port))),
+    ]
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use super::peer;
+use super::{peer, reserved};
 use crate::{
     identity::PeerId,
     relay::{
@@ -59,7 +59,7 @@ impl H {
         let (c, out) = self.conn(n, Purpose::Control);
         assert!(out.iter().all(|o| matches!(o, Output::Event(_))), "{out:?}");
         let out = self.msg(c, RelayMessage::Reserve { ttl_secs: 600 });
-        assert_eq!(sent(&out, c), vec![RelayMessage::Reserved { expires_in_secs: 600 }]);
+        assert_eq!(sent(&out, c), vec![reserved(600)]);
         c
     }
 
@@ -128,13 +128,13 @@ fn reserve_renew_cap_release_and_expire() {
     let (c, _) = h.conn(1, Purpose::Control);
     assert_eq!(h.s.poll_timeout(), None);
     let out = h.msg(c, RelayMessage::Reserve { ttl_secs: 10_000 });
-    assert_eq!(sent(&out, c), vec![RelayMessage::Reserved { expires_in_secs: 3600 }]);
+    assert_eq!(sent(&out, c), vec![reserved(3600)]);
     assert!(h.s.is_reserved(&peer(1), h.now));
     assert_eq!(h.s.poll_timeout(), Some(h.now + secs(3600)));
     // Renewal half-way.
     h.advance(secs(1800));
     let out = h.msg(c, RelayMessage::Reserve { ttl_secs: 60 });
-    assert_eq!(sent(&out, c), vec![RelayMessage::Reserved { expires_in_secs: 60 }]);
+    assert_eq!(sent(&out, c), vec![reserved(60)]);
     assert!(out
         .iter()
         .any(|o| matches!(o, Output::Event(RelayEvent::ReservationAccepted { renewed: true, .. }))));
@@ -152,7 +152,7 @@ fn reserve_renew_cap_release_and_expire() {
     // Reserve again, then release with ttl 0. The connection stays open throughout.
     h.msg(c, RelayMessage::Reserve { ttl_secs: 60 });
     let out = h.msg(c, RelayMessage::Reserve { ttl_secs: 0 });
-    assert_eq!(sent(&out, c), vec![RelayMessage::Reserved { expires_in_secs: 0 }]);
+    assert_eq!(sent(&out, c), vec![reserved(0)]);
     assert!(!h.s.is_reserved(&peer(1), h.now));
     assert_eq!(closes(&out), 0);
     assert_eq!(h.s.metrics(h.now).totals.reservations_granted, 3);
@@ -269,11 +269,11 @@ fn reservation_limit_at_exactly_its_value() {
     assert_eq!(h.s.metrics(h.now).limit_hits.reservations, 1);
     // Renewals of existing reservations are unaffected.
     let out = h.msg(c1, RelayMessage::Reserve { ttl_secs: 60 });
-    assert_eq!(sent(&out, c1), vec![RelayMessage::Reserved { expires_in_secs: 60 }]);
+    assert_eq!(sent(&out, c1), vec![reserved(60)]);
     // An expired reservation frees its slot even before the timer sweeps it.
     h.now += secs(61);
     let out = h.msg(c3, RelayMessage::Reserve { ttl_secs: 60 });
-    assert_eq!(sent(&out, c3), vec![RelayMessage::Reserved { expires_in_secs: 60 }]);
+    assert_eq!(sent(&out, c3), vec![reserved(60)]);
 }
 
 #[test]
@@ -467,7 +467,7 @@ fn newer_control_connection_replaces_the_old() {
     assert_eq!(closed_with(&out, old), Some(ErrorCode::Replaced));
     assert!(!h.s.is_reserved(&peer(2), h.now));
     let out = h.msg(new, RelayMessage::Reserve { ttl_secs: 60 });
-    assert_eq!(sent(&out, new), vec![RelayMessage::Reserved { expires_in_secs: 60 }]);
+    assert_eq!(sent(&out, new), vec![reserved(60)]);
     // Incoming circuits now go to the new connection.
     h.dial(1, 2, new);
 }
@@ -613,7 +613,7 @@ proptest! {
                     let msg = match m % 4 {
                         0 => RelayMessage::Control,
                         1 => RelayMessage::Unknown,
-                        2 => RelayMessage::Reserved { expires_in_secs: 1 },
+                        2 => reserved(1),
                         _ => RelayMessage::Accept { circuit: CircuitId(1) },
                     };
                     h.msg(pick(&conns, c), msg);

@@ -222,6 +222,16 @@ impl QuicTransport {
         Ok(())
     }
 
+    /// [`side_channel`](Self::side_channel), opening the transport's socket first if it
+    /// has none yet (an IPv4 client socket on a free port, as a first dial would): a
+    /// node that has neither listened nor dialed over QUIC can still punch, and then
+    /// dials QUIC from the punched socket.
+    pub fn side_channel_or_bind(&self) -> Result<Arc<SideChannel>> {
+        self.shared.client_endpoint(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
+        self.side_channel()
+            .ok_or_else(|| TransportError::Config("QUIC transport lost its socket while opening it".into()))
+    }
+
     /// The non-QUIC half of this transport's UDP socket: STUN and hole-punch datagrams
     /// arriving on it, and a way to send such datagrams from it (so the mapping STUN saw
     /// and the hole a punch opened are the ones QUIC uses). `None` before the transport

@@ -38,12 +38,32 @@ pub(crate) struct RelayArgs {
     /// Admission token for the relays (minted by `kizuna relay token`).
     #[arg(long = "relay-token", value_name = "TOKEN")]
     pub(crate) token: Option<String>,
+    /// STUN server (HOST:PORT, repeatable): hole punching learns this node's public UDP
+    /// mapping from it (the relay's own STUN servers are used too); `kizuna node` also
+    /// reports its NAT type from them at start.
+    #[arg(long = "stun", value_name = "HOST:PORT")]
+    pub(crate) stun: Vec<String>,
+}
+
+/// How a CLI node reaches the network beyond direct dials: relays and STUN servers.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NetConfig {
+    /// Relays, in failover order.
+    pub(crate) relays: Vec<RelayEndpoint>,
+    /// STUN servers for hole punching.
+    pub(crate) stun: Vec<std::net::SocketAddr>,
 }
 
 impl RelayArgs {
     /// The relays as endpoints for the supervisor.
     pub(crate) fn endpoints(&self) -> Vec<RelayEndpoint> {
         self.relays.iter().map(|url| RelayEndpoint { url: url.clone(), token: self.token.clone() }).collect()
+    }
+
+    /// Relays and resolved STUN servers; a usage error names an unresolvable server.
+    pub(crate) fn net(&self) -> Result<NetConfig, crate::CliError> {
+        let stun = self.stun.iter().map(|s| crate::nat::resolve(s)).collect::<Result<_, _>>()?;
+        Ok(NetConfig { relays: self.endpoints(), stun })
     }
 }
 

@@ -4,12 +4,12 @@
 use std::time::{Duration, Instant};
 
 use actix::Addr;
-use kizuna::{relay::client::RelayEndpoint, ConnectionInfo, Keypair, PeerAddress, Protocol};
+use kizuna::{ConnectionInfo, Keypair, PeerAddress, Protocol};
 use kizuna_actors::{
     api::Connect, EventStream, NodeError, Shutdown, Subscribe, Supervisor, SupervisorConfig,
 };
 
-use crate::CliError;
+use crate::{args::NetConfig, CliError};
 
 /// A started client node connected to one peer.
 pub(crate) struct Session {
@@ -27,11 +27,12 @@ pub(crate) struct Session {
 pub(crate) fn start_node(
     key: Keypair,
     protocols: Vec<Protocol>,
-    relays: Vec<RelayEndpoint>,
+    net: NetConfig,
 ) -> Result<Addr<Supervisor>, CliError> {
     let mut config = SupervisorConfig::new(key);
     config.protocols = protocols;
-    config.relays = relays;
+    config.relays = net.relays;
+    config.stun = net.stun;
     Supervisor::start(config).map_err(|e| CliError::Failed(format!("cannot start the node: {e}")))
 }
 
@@ -40,14 +41,9 @@ pub(crate) async fn connect(
     key: Keypair,
     target: PeerAddress,
     protocols: Vec<Protocol>,
-    relays: Vec<RelayEndpoint>,
+    net: NetConfig,
 ) -> Result<Session, CliError> {
-    let punch = !relays.is_empty() && protocols.contains(&Protocol::Quic);
-    let node = start_node(key, protocols, relays)?;
-    if punch {
-        let any = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
-        let _ = node.send(kizuna_actors::api::Listen { addr: kizuna::TransportAddr::Quic(any) }).await;
-    }
+    let node = start_node(key, protocols, net)?;
     let events = node.send(Subscribe::default()).await?;
     let peer = target.peer_id;
     let t = Instant::now();

@@ -33,7 +33,7 @@ pub(crate) struct NatArgs {
     json: bool,
 }
 
-fn resolve(s: &str) -> Result<SocketAddr, CliError> {
+pub(crate) fn resolve(s: &str) -> Result<SocketAddr, CliError> {
     let t = s.trim_start_matches("stun:").trim_start_matches("udp://");
     let with_port =
         if t.parse::<SocketAddr>().is_err() && !t.contains(':') { format!("{t}:3478") } else { t.into() };

@@ -41,12 +41,10 @@ pub(crate) struct NodeArgs {
     /// Print JSON lines on stdout (see above) instead of the bare ticket.
     #[arg(long)]
     json: bool,
+    /// Relays and STUN servers (with --stun, the node reports its NAT type at start: a
+    /// log line, or a JSON line `{"event":"nat",...}`).
     #[command(flatten)]
     relay: args::RelayArgs,
-    /// STUN server to learn this node's NAT type from at start (repeatable, as for
-    /// `kizuna nat`); the report is logged (or a JSON line `{"event":"nat",...}`).
-    #[arg(long = "stun", value_name = "HOST:PORT")]
-    stun: Vec<String>,
 }
 
 /// Reports buffered between the service and the output loop; beyond that they are dropped
@@ -83,7 +81,7 @@ pub(crate) async fn run(a: NodeArgs) -> CliResult {
         })?;
     }
 
-    let node = client::start_node(key, protocols, a.relay.endpoints())?;
+    let node = client::start_node(key, protocols, a.relay.net()?)?;
     let service_events = node.send(Subscribe::default()).await?;
     let mut log_events = node.send(Subscribe::default()).await?;
     for l in &listen {
@@ -109,8 +107,8 @@ pub(crate) async fn run(a: NodeArgs) -> CliResult {
         eprintln!("node {} listening; try: kizuna ping {}", ticket.peer_id, ticket.ticket());
     }
 
-    if !a.stun.is_empty() {
-        report_nat(&a.stun, a.json).await;
+    if !a.relay.stun.is_empty() {
+        report_nat(&a.relay.stun, a.json).await;
     }
 
     let (tx, mut reports) = mpsc::channel(REPORT_BUFFER);

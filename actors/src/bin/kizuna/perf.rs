@@ -41,7 +41,7 @@ pub(crate) async fn run(a: PerfArgs) -> CliResult {
     let (target, protocols) = a.transport.restrict(&a.target, &a.relay)?;
     let key = args::client_key(a.key.as_deref())?;
     let peer = target.peer_id;
-    let session = client::connect(key, target, protocols, a.relay.endpoints()).await?;
+    let session = client::connect(key, target, protocols, a.relay.net()?).await?;
     let info = session.info.clone();
     if !a.json {
         output::line(&format!(

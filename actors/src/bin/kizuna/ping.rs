@@ -45,7 +45,7 @@ pub(crate) async fn run(a: PingArgs) -> CliResult {
     let (target, protocols) = a.transport.restrict(&a.target, &a.relay)?;
     let key = args::client_key(a.key.as_deref())?;
     let peer = target.peer_id;
-    let mut session = client::connect(key, target, protocols, a.relay.endpoints()).await?;
+    let mut session = client::connect(key, target, protocols, a.relay.net()?).await?;
     let info = session.info.clone();
     let connect_ms = output::ms(session.connect_time);
     if !a.json {

@@ -95,7 +95,7 @@ pub(crate) async fn run(a: SendArgs) -> CliResult {
     let (target, protocols) = a.transport.restrict(&a.target, &a.relay)?;
     let key = args::client_key(a.key.as_deref())?;
     let peer = target.peer_id;
-    let session = client::connect(key, target, protocols, a.relay.endpoints()).await?;
+    let session = client::connect(key, target, protocols, a.relay.net()?).await?;
     let info = session.info.clone();
     let name = a.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let (report, bar) = progress_reporter(name);
