@@ -7,10 +7,7 @@ pub(crate) mod procs;
 pub(crate) mod profile;
 pub(crate) mod shim;
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use netns::{Lab, Site, PUB1, PUB2};
 use procs::{kizuna, Proc};
@@ -225,14 +222,6 @@ pub(crate) const PING_INTERVAL_MS: u64 = 250;
 /// Direct pings seen after the upgrade before a pair is called done.
 const DIRECT_CONFIRM: usize = 3;
 
-/// Whether this `kizuna ping` takes `--stun` (candidates from STUN).
-fn ping_has_stun() -> bool {
-    Command::new(procs::BIN)
-        .args(["ping", "--help"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--stun"))
-}
-
 /// Runs `kizuna node` in `a`'s host and `kizuna ping` (by peer id, through the relay) in
 /// `b`'s host; watches the path of every ping.
 pub(crate) fn run_pair(lab: &Lab, a: &Site, b: &Site, count: u32) -> PairResult {
@@ -271,15 +260,8 @@ pub(crate) fn run_pair(lab: &Lab, a: &Site, b: &Site, count: u32) -> PairResult 
         return r;
     }
     let mut cmd = kizuna(&b.host, lab.dir());
-    cmd.args(["ping", &peer, "--json", "--relay", &relay_url()]).args([
-        "--count",
-        &count.to_string(),
-        "--interval",
-        &PING_INTERVAL_MS.to_string(),
-    ]);
-    if ping_has_stun() {
-        cmd.args(["--stun", &stun1()]);
-    }
+    cmd.args(["ping", &peer, "--json", "--relay", &relay_url(), "--stun", &stun1()])
+        .args(["--count", &count.to_string(), "--interval", &PING_INTERVAL_MS.to_string()]);
     let ping = Proc::spawn(cmd, "ping", &lab.path(&format!("ping-{tag}.log")));
     let deadline = Instant::now() + STARTUP + Duration::from_millis(PING_INTERVAL_MS * u64::from(count)) * 2;
     let mut first_at = None;
