@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use lab::{
     netns::{Lab, PUB1, PUB2},
-    profile::Profile,
+    profile::{LabProfile, Profile},
     shim::Impairment,
     PairResult,
 };
@@ -96,8 +96,8 @@ fn shim_drops_and_delays_frames() {
     }
     let mut lab = Lab::new();
     let imp = Impairment { loss_pct: 20.0, delay: Duration::from_millis(50) };
-    let shimmed = lab.add_site(Profile::None, Some(imp));
-    let plain = lab.add_site(Profile::None, None);
+    let shimmed = lab.add_site(Profile::Open, Some(imp));
+    let plain = lab.add_site(Profile::Open, None);
     let (tx, rx, avg) = ping_stats(&shimmed, 60);
     // Round trip survives with 0.8² = 64 %: 38 of 60 expected; binomial sd ≈ 3.7.
     assert_eq!(tx, 60);
@@ -148,7 +148,7 @@ fn matrix_6x6_direct_where_rfc_4787_allows() {
     }
     let mut lab = Lab::new();
     let _relay = lab::start_relay(&lab);
-    let mut a_sites: Vec<_> = Profile::ALL.iter().map(|_| lab.add_site(Profile::None, None)).collect();
+    let mut a_sites: Vec<_> = Profile::ALL.iter().map(|_| lab.add_site(Profile::Open, None)).collect();
     let mut b_sites: Vec<_> = Profile::ALL.iter().map(|p| lab.add_site(*p, None)).collect();
     let mut results = Vec::new();
     // KIZUNA_LAB_ROWS=none,symmetric runs only those rows (for debugging one case).

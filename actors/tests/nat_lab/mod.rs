@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use netns::{Lab, Site, PUB1, PUB2};
 use procs::{kizuna, Proc};
-use profile::Profile;
+use profile::{LabProfile, Profile};
 use serde_json::Value;
 
 /// The relay's WebSocket port on [`PUB1`] (fixed: the namespace is the lab's own).
@@ -109,7 +109,7 @@ pub(crate) fn check_nat_report(site: &Site, v: &Value) -> Result<(), String> {
     let (mapping, filtering) = p.behaviours();
     let public = match p {
         Profile::UdpBlocked => None,
-        Profile::None => Some(site.host_ip),
+        Profile::Open => Some(site.host_ip),
         _ => Some(site.wan),
     };
     let got_public_ip =
@@ -169,7 +169,7 @@ pub(crate) fn check_oracle(lab: &Lab, site: &mut Site) -> Result<(), String> {
     }
     let want_reflexive = match site.profile {
         Profile::UdpBlocked => None,
-        Profile::None => Some(site.host_ip),
+        Profile::Open => Some(site.host_ip),
         _ => Some(site.wan),
     };
     if reflexive.map(|a| a.ip()) != want_reflexive.map(std::net::IpAddr::V4) {
@@ -260,8 +260,12 @@ pub(crate) fn run_pair(lab: &Lab, a: &Site, b: &Site, count: u32) -> PairResult 
         return r;
     }
     let mut cmd = kizuna(&b.host, lab.dir());
-    cmd.args(["ping", &peer, "--json", "--relay", &relay_url(), "--stun", &stun1()])
-        .args(["--count", &count.to_string(), "--interval", &PING_INTERVAL_MS.to_string()]);
+    cmd.args(["ping", &peer, "--json", "--relay", &relay_url(), "--stun", &stun1()]).args([
+        "--count",
+        &count.to_string(),
+        "--interval",
+        &PING_INTERVAL_MS.to_string(),
+    ]);
     let ping = Proc::spawn(cmd, "ping", &lab.path(&format!("ping-{tag}.log")));
     let deadline = Instant::now() + STARTUP + Duration::from_millis(PING_INTERVAL_MS * u64::from(count)) * 2;
     let mut first_at = None;
@@ -303,10 +307,14 @@ pub(crate) fn run_pair(lab: &Lab, a: &Site, b: &Site, count: u32) -> PairResult 
         (_, _, Some(f), Some(d)) => Some(d - f),
         _ => None,
     };
+    let punch =
+        |l: &str| l.contains("punch") || l.contains("upgrade") || l.contains("WARN") || l.contains("ERROR");
     r.logs = format!(
-        "--- node {tag} stderr ---\n{}\n--- ping {tag} stderr ---\n{}",
-        node.log_tail(15),
-        ping.log_tail(15)
+        "--- node {tag} ({}) stderr, punch lines ---\n{}\n--- ping {tag} ({}) stderr, punch lines ---\n{}",
+        a.profile.name(),
+        node.log_lines(20, punch),
+        b.profile.name(),
+        ping.log_lines(20, punch)
     );
     r
 }
@@ -342,7 +350,7 @@ pub(crate) fn pair_problem(r: &PairResult) -> Option<String> {
 /// Renders results as a Markdown table (rows: node's site, columns: pinger's site).
 pub(crate) fn matrix_table(results: &[PairResult]) -> String {
     let short = |p: Profile| match p {
-        Profile::None => "None",
+        Profile::Open => "None",
         Profile::FullCone => "Full",
         Profile::RestrictedCone => "Restr",
         Profile::PortRestrictedCone => "PortRestr",

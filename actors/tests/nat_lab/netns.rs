@@ -18,7 +18,10 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use super::{profile::Profile, shim::Impairment, shim::Shim};
+use super::{
+    profile::{LabProfile, Profile},
+    shim::{Impairment, Shim},
+};
 
 /// Every namespace this lab creates starts with this, then `<pid>n<counter>`.
 const PREFIX: &str = "kzl";

@@ -80,8 +80,13 @@ impl Proc {
 
     /// The last `n` lines of its stderr log.
     pub(crate) fn log_tail(&self, n: usize) -> String {
+        self.log_lines(n, |_| true)
+    }
+
+    /// The last `n` lines of its stderr log that `keep` accepts.
+    pub(crate) fn log_lines(&self, n: usize, keep: impl Fn(&str) -> bool) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
+        let lines: Vec<&str> = text.lines().filter(|l| keep(l)).collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 }
@@ -93,11 +98,15 @@ impl Drop for Proc {
     }
 }
 
+/// Default `RUST_LOG` of lab processes: what a failed pair's report needs (the punch
+/// actor and the supervisor's punch decisions), little else. `KIZUNA_LAB_LOG` overrides.
+const LOG: &str = "warn,kizuna_actors::hole_punch=debug,kizuna_actors::supervisor=debug";
+
 /// `kizuna ARGS` inside namespace `ns` with its own HOME and `RUST_LOG`.
 pub(crate) fn kizuna(ns: &str, home: &Path) -> Command {
     let mut c = super::netns::in_ns(ns, "env");
     c.arg(format!("HOME={}", home.display()))
-        .arg(format!("RUST_LOG={}", std::env::var("KIZUNA_LAB_LOG").unwrap_or_else(|_| "warn".into())))
+        .arg(format!("RUST_LOG={}", std::env::var("KIZUNA_LAB_LOG").unwrap_or_else(|_| LOG.into())))
         .arg(BIN);
     c.env_remove("KIZUNA_KEY").env_remove("XDG_CONFIG_HOME");
     c

@@ -1,39 +1,30 @@
-//! The NAT router profiles and the nftables ruleset that builds each one.
+//! The NAT router profiles of the lab: the simulator's [`Profile`] (one list of the six
+//! site kinds for simulation and lab), with what each must look like to the oracle and
+//! to `kizuna nat`, and the nftables ruleset that builds it on a Linux router.
 
 use std::net::Ipv4Addr;
 
-/// How a site's router treats its traffic (RFC 4787 behaviours).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Profile {
-    /// No translation, no filtering: the site's LAN is a public, routed subnet.
-    None,
-    /// Endpoint-independent mapping and filtering.
-    FullCone,
-    /// Endpoint-independent mapping, address-dependent filtering.
-    RestrictedCone,
-    /// Endpoint-independent mapping, address-and-port-dependent filtering.
-    PortRestrictedCone,
-    /// Address-and-port-dependent mapping (a random port per destination) and filtering.
-    Symmetric,
-    /// Every UDP packet dropped both ways; TCP goes through a port-restricted NAT.
-    UdpBlocked,
+pub(crate) use kizuna::punch::sim::Profile;
+
+/// The lab's view of a [`Profile`].
+pub(crate) trait LabProfile: Copy {
+    /// Short name used in tables and file names.
+    fn name(self) -> &'static str;
+    /// What `kizuna nat --json` must report as `nat_type`.
+    fn nat_type(self) -> &'static str;
+    /// `(mapping, filtering)` as `kizuna nat --json` spells them (`None`: null).
+    fn behaviours(self) -> (Option<&'static str>, Option<&'static str>);
+    /// What `turnutils_natdiscovery` prints for mapping and filtering (`None`: it gets no
+    /// STUN answer at all).
+    fn oracle(self) -> Option<(&'static str, &'static str)>;
+    /// The router's complete nftables ruleset (`nft -f` input, replacing everything).
+    fn ruleset(self, wan: Ipv4Addr) -> String;
 }
 
-impl Profile {
-    /// All six, in matrix order.
-    pub(crate) const ALL: [Profile; 6] = [
-        Profile::None,
-        Profile::FullCone,
-        Profile::RestrictedCone,
-        Profile::PortRestrictedCone,
-        Profile::Symmetric,
-        Profile::UdpBlocked,
-    ];
-
-    /// Short name used in tables and file names.
-    pub(crate) fn name(self) -> &'static str {
+impl LabProfile for Profile {
+    fn name(self) -> &'static str {
         match self {
-            Profile::None => "none",
+            Profile::Open => "none",
             Profile::FullCone => "full_cone",
             Profile::RestrictedCone => "restricted_cone",
             Profile::PortRestrictedCone => "port_restricted_cone",
@@ -42,21 +33,19 @@ impl Profile {
         }
     }
 
-    /// What `kizuna nat --json` must report as `nat_type`.
-    pub(crate) fn nat_type(self) -> &'static str {
+    fn nat_type(self) -> &'static str {
         match self {
-            Profile::None => "open",
+            Profile::Open => "open",
             p => p.name(),
         }
     }
 
-    /// `(mapping, filtering)` as `kizuna nat --json` spells them (`None`: null).
-    pub(crate) fn behaviours(self) -> (Option<&'static str>, Option<&'static str>) {
+    fn behaviours(self) -> (Option<&'static str>, Option<&'static str>) {
         const EI: &str = "endpoint_independent";
         const AD: &str = "address_dependent";
         const APD: &str = "address_and_port_dependent";
         match self {
-            Profile::None | Profile::FullCone => (Some(EI), Some(EI)),
+            Profile::Open | Profile::FullCone => (Some(EI), Some(EI)),
             Profile::RestrictedCone => (Some(EI), Some(AD)),
             Profile::PortRestrictedCone => (Some(EI), Some(APD)),
             Profile::Symmetric => (Some(APD), Some(APD)),
@@ -64,12 +53,10 @@ impl Profile {
         }
     }
 
-    /// What `turnutils_natdiscovery` prints for mapping and filtering (`None`: it gets no
-    /// STUN answer at all).
-    pub(crate) fn oracle(self) -> Option<(&'static str, &'static str)> {
+    fn oracle(self) -> Option<(&'static str, &'static str)> {
         const EI: &str = "Endpoint Independent";
         match self {
-            Profile::None | Profile::FullCone => Some((EI, EI)),
+            Profile::Open | Profile::FullCone => Some((EI, EI)),
             Profile::RestrictedCone => Some((EI, "Address Dependent")),
             Profile::PortRestrictedCone => Some((EI, "Address and Port Dependent")),
             Profile::Symmetric => Some(("Address and Port Dependent", "Address and Port Dependent")),
@@ -77,15 +64,7 @@ impl Profile {
         }
     }
 
-    /// RFC 4787 verdict for a pair: can a hole punch (with peer-reflexive adoption) get
-    /// UDP through? Everything except UDP blocked, symmetric × symmetric and symmetric ×
-    /// port-restricted (either order).
-    pub(crate) fn direct_possible(a: Profile, b: Profile) -> bool {
-        use Profile::{PortRestrictedCone as Prc, Symmetric as Sym, UdpBlocked};
-        !matches!((a, b), (UdpBlocked, _) | (_, UdpBlocked) | (Sym, Sym) | (Sym, Prc) | (Prc, Sym))
-    }
-
-    /// The router's complete nftables ruleset (`nft -f` input, replacing everything).
+    /// The ruleset:
     ///
     /// * Endpoint-independent mapping: `snat to WAN` keeps the host's source port (one
     ///   host per site: no clash), so every destination sees the same mapping.
@@ -99,7 +78,7 @@ impl Profile {
     ///   conntrack confirms them: a stray punch packet arriving before the host's own
     ///   outbound one must not leave an entry that makes SNAT pick another port.
     /// * The prerouting nat chain exists in every profile, even when empty.
-    pub(crate) fn ruleset(self, wan: Ipv4Addr) -> String {
+    fn ruleset(self, wan: Ipv4Addr) -> String {
         let cone_map = matches!(self, Profile::FullCone | Profile::RestrictedCone);
         let mut r = String::from("flush ruleset\ntable ip lab {\n");
         if cone_map {
@@ -117,7 +96,7 @@ impl Profile {
             r += "    oif \"wan\" meta l4proto udp update @fullcone { udp sport timeout 300s : ip saddr . udp sport }\n";
         }
         match self {
-            Profile::None => {}
+            Profile::Open => {}
             Profile::Symmetric => r += "    oif \"wan\" masquerade random\n",
             _ => r += &format!("    oif \"wan\" snat ip to {wan}\n"),
         }
@@ -130,7 +109,7 @@ impl Profile {
         }
         r += "    iif \"lan\" accept\n    ct state established,related accept\n";
         match self {
-            Profile::None => r += "    iif \"wan\" accept\n",
+            Profile::Open => r += "    iif \"wan\" accept\n",
             Profile::FullCone => r += "    iif \"wan\" ct status dnat accept\n",
             Profile::RestrictedCone => r += "    iif \"wan\" ct status dnat ip saddr @contacted accept\n",
             _ => {}
@@ -139,15 +118,4 @@ impl Profile {
         r += "    iif \"wan\" ct state established,related accept\n    iif \"wan\" drop\n  }\n}\n";
         r
     }
-}
-
-#[test]
-fn direct_possible_is_the_rfc_4787_table() {
-    let direct = Profile::ALL
-        .iter()
-        .flat_map(|a| Profile::ALL.iter().map(move |b| (*a, *b)))
-        .filter(|(a, b)| Profile::direct_possible(*a, *b))
-        .count();
-    // 5×5 UDP-capable pairs minus sym×sym, sym×prc, prc×sym.
-    assert_eq!(direct, 22);
 }
