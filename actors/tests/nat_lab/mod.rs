@@ -134,7 +134,7 @@ pub(crate) fn check_nat_report(site: &Site, v: &Value) -> Result<(), String> {
 /// against coturn: mapping and filtering each on a freshly reset router (the mapping test
 /// contacts the second address, which would open a restricted cone's filter for the
 /// filtering test). `Err` says how it disagrees with the profile.
-pub(crate) fn check_oracle(lab: &Lab, site: &mut Site) -> Result<(), String> {
+pub(crate) fn check_oracle(site: &mut Site) -> Result<(), String> {
     let mut text = String::new();
     let mut verdicts = Vec::new();
     for (flag, kind) in [("-m", "Mapping"), ("-f", "Filtering")] {
@@ -153,7 +153,6 @@ pub(crate) fn check_oracle(lab: &Lab, site: &mut Site) -> Result<(), String> {
         text += &t;
     }
     site.reset();
-    let _ = lab;
     let reflexive = text
         .lines()
         .find_map(|l| l.split("UDP reflexive addr: ").nth(1))
@@ -241,12 +240,8 @@ pub(crate) fn run_pair(lab: &Lab, a: &Site, b: &Site, count: u32) -> PairResult 
     };
     let key = lab.path(&format!("node-{tag}.key"));
     let mut cmd = kizuna(&a.host, lab.dir());
-    cmd.args(["node", "--json", "--relay", &relay_url(), "--stun", &stun1()]).arg("--key").arg(&key).args([
-        "--listen",
-        &format!("quic={}:0", a.host_ip),
-        "--listen",
-        &format!("tcp={}:0", a.host_ip),
-    ]);
+    // Default listeners (wildcard): the node's host candidates come from its interfaces.
+    cmd.args(["node", "--json", "--relay", &relay_url(), "--stun", &stun1()]).arg("--key").arg(&key);
     let node = Proc::spawn(cmd, "node", &lab.path(&format!("node-{tag}.log")));
     let mut node_lines = Vec::new();
     let Some((_, listening)) = node.wait_event("listening", STARTUP, &mut node_lines) else {
