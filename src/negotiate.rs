@@ -83,6 +83,29 @@ pub fn resolve_duplicate(local: PeerId, remote: PeerId, existing: Candidate, new
     }
 }
 
+/// How a connection replaced by [`Keep::New`] is retired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retire {
+    /// Close it now, gracefully (queued messages are flushed, the peer's in-flight ones
+    /// still delivered).
+    Now,
+    /// Keep delivering from it and let the peer close it: it is a relayed path the peer
+    /// upgraded by dialing the direct one, and until the peer has adopted that dial it
+    /// may still send on the relayed path. Close it only after a grace period.
+    ByPeer,
+}
+
+/// How to retire `old` now that `new` replaces it. Only one side of an upgrade closes
+/// the relayed path — the one that dialed the direct path — so that neither closes it
+/// while the other may still be sending on it.
+pub fn retire(old: Candidate, new: Candidate) -> Retire {
+    if old.path == PathKind::Relayed && new.path == PathKind::Direct && !new.dialed_locally {
+        Retire::ByPeer
+    } else {
+        Retire::Now
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +200,16 @@ mod tests {
         assert_eq!(resolve_duplicate(a, b, relayed, direct), Keep::New);
         assert_eq!(resolve_duplicate(b, a, relayed, direct), Keep::New);
         assert_eq!(resolve_duplicate(a, b, direct, relayed), Keep::Existing);
+    }
+
+    #[test]
+    fn only_the_dialer_of_the_direct_path_retires_the_relayed_one() {
+        let c = |dialed_locally, path| Candidate { dialed_locally, age: Duration::ZERO, path };
+        let (relayed, direct) = (PathKind::Relayed, PathKind::Direct);
+        assert_eq!(retire(c(true, relayed), c(false, direct)), Retire::ByPeer);
+        assert_eq!(retire(c(false, relayed), c(false, direct)), Retire::ByPeer);
+        assert_eq!(retire(c(false, relayed), c(true, direct)), Retire::Now);
+        assert_eq!(retire(c(true, direct), c(false, direct)), Retire::Now);
+        assert_eq!(retire(c(true, relayed), c(false, relayed)), Retire::Now);
     }
 }

@@ -1,6 +1,8 @@
 //! TLS-over-TCP transport over real loopback sockets.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+mod common;
+
 use std::{
     net::SocketAddr,
     sync::Arc,
@@ -12,49 +14,23 @@ use kizuna::{
     error::WireError,
     transport::tcp::TcpTransport,
     wire::{encode_frame, read_frame, CloseCode, Frame, FrameDecoder, FrameType, MAGIC, MAX_CONTROL_LEN},
-    Connection, Incoming, Keypair, Listener, LocalNode, NodeConfig, Transport, TransportAddr, TransportError,
+    Connection, Listener, LocalNode, NodeConfig, Transport, TransportAddr, TransportError,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 
-fn node_with(f: impl FnOnce(&mut NodeConfig)) -> Arc<LocalNode> {
-    let mut c = NodeConfig::new(Keypair::generate());
-    f(&mut c);
-    LocalNode::new(c).unwrap()
-}
-
-fn node() -> Arc<LocalNode> {
-    node_with(|_| {})
-}
+use common::*;
 
 fn loopback() -> TransportAddr {
     TransportAddr::Tcp("127.0.0.1:0".parse().unwrap())
-}
-
-async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), f).await.expect("test step timed out")
 }
 
 async fn listen(node: &Arc<LocalNode>) -> (Box<dyn Listener>, TransportAddr) {
     let l = TcpTransport::new(node.clone()).listen(&loopback()).await.unwrap();
     let a = l.local_addr();
     (l, a)
-}
-
-async fn next_connection(l: &mut Box<dyn Listener>) -> Connection {
-    match within(l.accept()).await {
-        Some(Incoming::Connection(c)) => c,
-        other => panic!("expected a connection, got {other:?}"),
-    }
-}
-
-async fn next_rejection(l: &mut Box<dyn Listener>) -> TransportError {
-    match within(l.accept()).await {
-        Some(Incoming::Rejected { error, .. }) => error,
-        other => panic!("expected a rejection, got {other:?}"),
-    }
 }
 
 /// A connected pair: (dialer side, listener side).
@@ -66,42 +42,6 @@ async fn connected(
     let dial = TcpTransport::new(client.clone());
     let (c, s) = tokio::join!(dial.connect(&addr, server.peer_id()), next_connection(&mut l));
     (c.unwrap(), s, l)
-}
-
-fn byte_at(i: u64, seed: u64) -> u8 {
-    (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 7) as u8
-}
-
-const BULK: u64 = 64 * 1024 * 1024;
-
-async fn send_pattern(s: &mut (impl AsyncWriteExt + Unpin), seed: u64) {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut off = 0u64;
-    while off < BULK {
-        let n = buf.len().min((BULK - off) as usize);
-        for (k, b) in buf[..n].iter_mut().enumerate() {
-            *b = byte_at(off + k as u64, seed);
-        }
-        s.write_all(&buf[..n]).await.unwrap();
-        off += n as u64;
-    }
-    s.shutdown().await.unwrap();
-}
-
-async fn check_pattern(s: &mut (impl AsyncReadExt + Unpin), seed: u64) {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut off = 0u64;
-    loop {
-        let n = s.read(&mut buf).await.unwrap();
-        if n == 0 {
-            break;
-        }
-        for (k, b) in buf[..n].iter().enumerate() {
-            assert_eq!(*b, byte_at(off + k as u64, seed), "corrupt byte at offset {}", off + k as u64);
-        }
-        off += n as u64;
-    }
-    assert_eq!(off, BULK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,10 +61,10 @@ async fn bulk_64_mib_each_way_and_many_messages() {
     let (mut sr, mut sw) = tokio::io::split(&mut ss);
     within(async {
         tokio::join!(
-            send_pattern(&mut cw, 1),
-            check_pattern(&mut sr, 1),
-            send_pattern(&mut sw, 2),
-            check_pattern(&mut cr, 2)
+            send_pattern(&mut cw, 1, BULK),
+            check_pattern(&mut sr, 1, BULK),
+            send_pattern(&mut sw, 2, BULK),
+            check_pattern(&mut cr, 2, BULK)
         );
     })
     .await;
@@ -333,4 +273,61 @@ async fn listener_records_and_forgets_its_address() {
     l.close();
     assert!(!server.listen_addrs().contains(&addr));
     assert!(within(l.accept()).await.is_none());
+}
+
+/// The first stream a TCP punch finds.
+async fn punched_stream(
+    p: kizuna::transport::tcp_punch::TcpPunch,
+    to: SocketAddr,
+) -> (TcpStream, SocketAddr) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let remotes = [to];
+    let run = p.open(&remotes, Duration::from_secs(10), tx);
+    tokio::pin!(run);
+    tokio::select! {
+        s = rx.recv() => s.unwrap(),
+        _ = &mut run => rx.recv().await.unwrap(),
+    }
+}
+
+/// Punches a TCP path between `initiator` and `responder` on loopback and runs the
+/// secure channel over it with the punch's roles; the responder expects `expected`.
+async fn punched_pair(
+    initiator: &LocalNode,
+    responder: &LocalNode,
+    expected: kizuna::PeerId,
+) -> (kizuna::error::Result<Connection>, kizuna::error::Result<Connection>) {
+    use kizuna::transport::{tcp::punched_connection, tcp_punch::TcpPunch};
+    let lo = std::net::IpAddr::from([127, 0, 0, 1]);
+    let (pi, pr) = (TcpPunch::bind(lo).unwrap(), TcpPunch::bind(lo).unwrap());
+    let (ia, ra) = (pi.local_addr(), pr.local_addr());
+    let ((si, to_r), (sr, to_i)) =
+        within(async { tokio::join!(punched_stream(pi, ra), punched_stream(pr, ia)) }).await;
+    within(async {
+        tokio::join!(
+            punched_connection(initiator, si, to_r, true, responder.peer_id()),
+            punched_connection(responder, sr, to_i, false, expected)
+        )
+    })
+    .await
+}
+
+/// TCP simultaneous open then the secure channel with roles from the punch: the
+/// initiator is the TLS client, the responder the server; both authenticate the peer the
+/// punch was for, and a wrong peer is refused.
+#[tokio::test]
+async fn punched_tcp_paths_carry_authenticated_connections() {
+    let (a, b, mallory) = (node(), node(), node());
+    let (ca, cb) = punched_pair(&a, &b, a.peer_id()).await;
+    let (ca, cb) = (ca.unwrap(), cb.unwrap());
+    assert_eq!((ca.peer(), cb.peer()), (b.peer_id(), a.peer_id()));
+    assert!(ca.is_dialer() && !cb.is_dialer());
+    ca.send(Bytes::from_static(b"through the punched path")).await.unwrap();
+    assert_eq!(within(cb.recv()).await.unwrap().unwrap(), Bytes::from_static(b"through the punched path"));
+    cb.send(Bytes::from_static(b"and back")).await.unwrap();
+    assert_eq!(within(ca.recv()).await.unwrap().unwrap(), Bytes::from_static(b"and back"));
+
+    // The responder expects `a` but `mallory` turns up: refused.
+    let (_, cb) = punched_pair(&mallory, &b, a.peer_id()).await;
+    assert!(matches!(cb, Err(TransportError::AuthenticationFailed { .. })), "{cb:?}");
 }

@@ -1,6 +1,8 @@
 //! WebSocket transport and the WebSocket byte stream, over real loopback sockets.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+mod common;
+
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -11,8 +13,8 @@ use futures_util::{SinkExt, StreamExt};
 use kizuna::{
     transport::ws::{ws_accept, ws_connect, WsConfig, WsOptions, WsStream, WsTransport, SUBPROTOCOL},
     wire::CloseCode,
-    Connection, Incoming, Keypair, Listener, LocalNode, NodeConfig, PathKind, Protocol, Transport,
-    TransportAddr, TransportError,
+    Connection, Listener, LocalNode, NodeConfig, PathKind, Protocol, Transport, TransportAddr,
+    TransportError,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::{
@@ -30,22 +32,10 @@ use tokio_tungstenite::{
     WebSocketStream,
 };
 
-fn node_with(f: impl FnOnce(&mut NodeConfig)) -> Arc<LocalNode> {
-    let mut c = NodeConfig::new(Keypair::generate());
-    f(&mut c);
-    LocalNode::new(c).unwrap()
-}
-
-fn node() -> Arc<LocalNode> {
-    node_with(|_| {})
-}
+use common::*;
 
 fn loopback() -> TransportAddr {
     TransportAddr::Ws("ws://127.0.0.1:0".into())
-}
-
-async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), f).await.expect("test step timed out")
 }
 
 async fn listen(t: &WsTransport, addr: &TransportAddr) -> (Box<dyn Listener>, TransportAddr) {
@@ -67,20 +57,6 @@ fn sock_of(addr: &TransportAddr) -> String {
     u.split("://").nth(1).unwrap().split('/').next().unwrap().to_string()
 }
 
-async fn next_connection(l: &mut Box<dyn Listener>) -> Connection {
-    match within(l.accept()).await {
-        Some(Incoming::Connection(c)) => c,
-        other => panic!("expected a connection, got {other:?}"),
-    }
-}
-
-async fn next_rejection(l: &mut Box<dyn Listener>) -> TransportError {
-    match within(l.accept()).await {
-        Some(Incoming::Rejected { error, .. }) => error,
-        other => panic!("expected a rejection, got {other:?}"),
-    }
-}
-
 /// Dials `l` from a fresh client and exchanges one message both ways.
 async fn still_serves(server: &Arc<LocalNode>, l: &mut Box<dyn Listener>, addr: &TransportAddr) {
     let client = WsTransport::new(node());
@@ -90,42 +66,6 @@ async fn still_serves(server: &Arc<LocalNode>, l: &mut Box<dyn Listener>, addr: 
     assert_eq!(within(s.recv()).await.unwrap().unwrap(), Bytes::from_static(b"hi"));
     s.send(Bytes::from_static(b"ho")).await.unwrap();
     assert_eq!(within(c.recv()).await.unwrap().unwrap(), Bytes::from_static(b"ho"));
-}
-
-fn byte_at(i: u64, seed: u64) -> u8 {
-    (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 7) as u8
-}
-
-const BULK: u64 = 64 * 1024 * 1024;
-
-async fn send_pattern(s: &mut (impl AsyncWriteExt + Unpin), seed: u64, total: u64) {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut off = 0u64;
-    while off < total {
-        let n = buf.len().min((total - off) as usize);
-        for (k, b) in buf[..n].iter_mut().enumerate() {
-            *b = byte_at(off + k as u64, seed);
-        }
-        s.write_all(&buf[..n]).await.unwrap();
-        off += n as u64;
-    }
-    s.shutdown().await.unwrap();
-}
-
-async fn check_pattern(s: &mut (impl AsyncReadExt + Unpin), seed: u64, total: u64) {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut off = 0u64;
-    loop {
-        let n = s.read(&mut buf).await.unwrap();
-        if n == 0 {
-            break;
-        }
-        for (k, b) in buf[..n].iter().enumerate() {
-            assert_eq!(*b, byte_at(off + k as u64, seed), "corrupt byte at offset {}", off + k as u64);
-        }
-        off += n as u64;
-    }
-    assert_eq!(off, total);
 }
 
 /// Both directions of one stream at once, then many small messages.

@@ -26,14 +26,21 @@ use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipi
 use bytes::Bytes;
 use kizuna::{
     nat::{Gatherer, ProbeConfig},
-    punch::{candidates::local_candidates, Event as PunchEvent, Output, PunchConfig, PunchSession, Role},
+    punch::{
+        candidates::{local_candidates, tcp_candidates},
+        Event as PunchEvent, Output, PunchConfig, PunchSession, Role,
+    },
     transport::quic::{demux::SideChannel, QuicTransport},
-    Connection, PeerId,
+    transport::{tcp::punched_connection, tcp_punch::TcpPunch},
+    Connection, Incoming, LocalNode, PeerId,
 };
 use ring::rand::SecureRandom;
 
+use tokio::{net::TcpStream, sync::mpsc};
+
 use crate::{
     child::{ChildExited, ChildId, ExitGuard, Fault},
+    listener::Inbound,
     runtime::io_runtime,
     supervision::ExitReason,
 };
@@ -82,6 +89,8 @@ pub(crate) struct PunchPorts {
     pub(crate) signal: Recipient<SendSignal>,
     pub(crate) finished: Recipient<PunchFinished>,
     pub(crate) exited: Recipient<ChildExited>,
+    /// The responder's connections over a punched TCP path (adopted like any inbound).
+    pub(crate) inbound: Recipient<Inbound>,
 }
 
 /// What a node knows about its network when a punch starts: the sources of its local
@@ -95,7 +104,14 @@ pub(crate) struct PunchEnv {
     pub(crate) interfaces: Vec<IpAddr>,
     /// The IP the relay sees this node come from.
     pub(crate) relay_observed: Option<IpAddr>,
+    /// The node, when it runs TCP: then TCP simultaneous open is tried in parallel.
+    pub(crate) tcp: Option<Arc<LocalNode>>,
 }
+
+/// How long TCP simultaneous open is tried, from the moment the peer's TCP candidates
+/// are known. 8 s: longer than the UDP punch's three rounds, so a TCP path can still
+/// rescue a pair whose UDP punch failed.
+const TCP_WINDOW: Duration = Duration::from_secs(8);
 
 /// STUN retransmission while gathering: requests at 0, 200 and 600 ms, given up at 1 s.
 /// Shorter than NAT discovery's: gathering delays the punch, and a server that does not
@@ -124,6 +140,7 @@ pub(crate) struct HolePunchActor {
     role: Role,
     stage: Stage,
     env: PunchEnv,
+    tcp: TcpSide,
     side: Arc<SideChannel>,
     quic: Arc<QuicTransport>,
     ports: PunchPorts,
@@ -169,7 +186,7 @@ impl HolePunchActor {
         let gatherer = Gatherer::new(&servers, Instant::now(), GATHER_PROBE, gather_seed);
         let stage = Stage::Gathering { gatherer, early: Vec::new(), seed: random_seed(&peer) };
         let guard = ExitGuard::new(id, ports.exited.clone());
-        Self { peer, role, stage, env, side, quic, ports, guard, timer: None }
+        Self { peer, role, stage, env, tcp: TcpSide::default(), side, quic, ports, guard, timer: None }
     }
 
     /// Gathering is over: build the candidates and start the session, replaying the
@@ -180,12 +197,27 @@ impl HolePunchActor {
             return;
         };
         let gathered = gatherer.result();
-        let local = match self.side.local_addr() {
+        let mut local = match self.side.local_addr() {
             Ok(bound) => {
                 local_candidates(bound, &self.env.interfaces, &gathered.reflexive, self.env.relay_observed)
             }
             Err(_) => Vec::new(),
         };
+        if self.env.tcp.is_some() {
+            // Registered with the I/O runtime, where the attempt runs.
+            let _rt = io_runtime().enter();
+            match TcpPunch::bind(IpAddr::from([0, 0, 0, 0])) {
+                Ok(p) => {
+                    local.extend(tcp_candidates(
+                        p.local_addr(),
+                        &self.env.interfaces,
+                        self.env.relay_observed,
+                    ));
+                    self.tcp.reserved = Some(p);
+                }
+                Err(e) => tracing::debug!("no TCP simultaneous open: cannot reserve a port: {e}"),
+            }
+        }
         tracing::debug!(peer = %self.peer, ?local, mapping = ?gathered.mapping, "punch candidates gathered");
         let now = Instant::now();
         let mut session =
@@ -216,6 +248,7 @@ impl HolePunchActor {
     /// Performs the session's outputs, then re-arms the timer.
     fn drain(&mut self, ctx: &mut Context<Self>) {
         self.drain_gathering();
+        self.maybe_start_tcp(ctx);
         while let Some(out) = self.session_mut().and_then(|s| s.poll_output()) {
             match out {
                 Output::SendMessage(m) => {
@@ -241,7 +274,7 @@ impl HolePunchActor {
                     });
                 }
                 Output::Event(PunchEvent::Succeeded { remote }) => self.succeeded(remote, ctx),
-                Output::Event(PunchEvent::Failed { reason }) => self.finish(Err(reason.to_string()), ctx),
+                Output::Event(PunchEvent::Failed { reason }) => self.udp_failed(reason.to_string(), ctx),
                 _ => {}
             }
         }
@@ -295,11 +328,175 @@ impl HolePunchActor {
         ctx.stop();
     }
 
+    /// The UDP punch failed: finish, unless TCP simultaneous open may still deliver.
+    fn udp_failed(&mut self, reason: String, ctx: &mut Context<Self>) {
+        match self.tcp.state {
+            TcpState::Running => {
+                tracing::debug!(peer = %self.peer, %reason, "UDP punch failed; waiting for TCP simultaneous open");
+                self.tcp.udp_failure = Some(reason);
+            }
+            TcpState::Found => self.use_tcp(reason, ctx),
+            TcpState::Idle | TcpState::Done => {
+                let why = if self.tcp.state == TcpState::Done {
+                    format!("{reason}; TCP simultaneous open found no path either")
+                } else {
+                    reason
+                };
+                self.finish(Err(why), ctx)
+            }
+        }
+    }
+
+    /// Starts TCP simultaneous open once the peer's TCP candidates are known.
+    fn maybe_start_tcp(&mut self, ctx: &mut Context<Self>) {
+        if self.tcp.state != TcpState::Idle || self.tcp.reserved.is_none() {
+            return;
+        }
+        let remotes = match &self.stage {
+            Stage::Punching(s) => s.remote_tcp(),
+            _ => return,
+        };
+        if remotes.is_empty() {
+            return;
+        }
+        let (Some(punch), Some(node)) = (self.tcp.reserved.take(), self.env.tcp.clone()) else { return };
+        self.tcp.state = TcpState::Running;
+        let (tx, mut rx) = mpsc::channel(4);
+        let me = ctx.address();
+        let (role, peer, inbound) = (self.role, self.peer, self.ports.inbound.clone());
+        let rt = io_runtime();
+        let search = rt.spawn(async move {
+            punch.open(&remotes, TCP_WINDOW, tx).await;
+        });
+        let deliver = rt.spawn(async move {
+            let mut handshakes = tokio::task::JoinSet::new();
+            let mut searching = true;
+            while searching || !handshakes.is_empty() {
+                tokio::select! {
+                    found = rx.recv(), if searching => match found {
+                        Some((stream, remote)) if role == Role::Initiator => {
+                            // The first stream is the one; the actor decides whether to use it.
+                            me.do_send(TcpFound { stream, remote });
+                            return;
+                        }
+                        // Responder: try the handshake on every stream; the initiator uses one.
+                        Some((stream, remote)) => {
+                            let node = node.clone();
+                            handshakes.spawn(async move { punched_connection(&node, stream, remote, false, peer).await });
+                        }
+                        None => searching = false,
+                    },
+                    Some(done) = handshakes.join_next(), if !handshakes.is_empty() => match done {
+                        Ok(Ok(conn)) => {
+                            tracing::info!(%peer, remote = %conn.info().remote_addr, "TCP simultaneous open succeeded");
+                            let _ = inbound.send(Inbound(Incoming::Connection(conn))).await;
+                            me.do_send(TcpEnded { connected: true });
+                            return;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, "TCP punch handshake failed: {e}"),
+                        Err(_) => {}
+                    },
+                }
+            }
+            me.do_send(TcpEnded { connected: false });
+        });
+        self.tcp.tasks = vec![search, deliver];
+    }
+
+    /// Initiator: the UDP punch failed and a TCP stream is there: secure it and hand it
+    /// to the supervisor.
+    fn use_tcp(&mut self, udp_reason: String, ctx: &mut Context<Self>) {
+        let Some((stream, remote)) = self.tcp.stream.take() else {
+            return self.finish(Err(udp_reason), ctx);
+        };
+        let Some(node) = self.env.tcp.clone() else { return };
+        let (peer, id, finished) = (self.peer, self.guard.id(), self.ports.finished.clone());
+        io_runtime().spawn(async move {
+            let result = match punched_connection(&node, stream, remote, true, peer).await {
+                Ok(conn) => {
+                    tracing::info!(%peer, %remote, "TCP simultaneous open succeeded");
+                    Ok(Some(conn))
+                }
+                Err(e) => Err(format!("{udp_reason}; TCP over the punched path to {remote} failed: {e}")),
+            };
+            let _ = finished.send(PunchFinished { id, peer, result }).await;
+        });
+        self.guard.set(ExitReason::Normal);
+        ctx.stop();
+    }
+
     fn finish(&mut self, result: Result<Option<Connection>, String>, ctx: &mut Context<Self>) {
         let (id, peer) = (self.guard.id(), self.peer);
         self.ports.finished.do_send(PunchFinished { id, peer, result });
         self.guard.set(ExitReason::Normal);
         ctx.stop();
+    }
+}
+
+/// TCP simultaneous open: what the actor holds.
+#[derive(Default)]
+struct TcpSide {
+    /// The port reserved for the session, until the attempt starts.
+    reserved: Option<TcpPunch>,
+    state: TcpState,
+    /// Initiator: the stream found, kept until the UDP punch's outcome is known.
+    stream: Option<(TcpStream, SocketAddr)>,
+    /// Initiator: the UDP punch failed while TCP was still trying.
+    udp_failure: Option<String>,
+    /// The attempt's tasks, aborted when the actor stops.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+enum TcpState {
+    #[default]
+    Idle,
+    Running,
+    /// Initiator: a stream was found.
+    Found,
+    /// The attempt ended (responder: with or without a connection; initiator: without).
+    Done,
+}
+
+/// Initiator: TCP simultaneous open established a stream.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct TcpFound {
+    stream: TcpStream,
+    remote: SocketAddr,
+}
+
+/// The TCP attempt ended; `connected`: the responder handed a connection over.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct TcpEnded {
+    connected: bool,
+}
+
+impl Handler<TcpFound> for HolePunchActor {
+    type Result = ();
+    fn handle(&mut self, msg: TcpFound, ctx: &mut Context<Self>) {
+        self.tcp.state = TcpState::Found;
+        self.tcp.stream = Some((msg.stream, msg.remote));
+        if let Some(reason) = self.tcp.udp_failure.take() {
+            self.use_tcp(reason, ctx);
+        }
+    }
+}
+
+impl Handler<TcpEnded> for HolePunchActor {
+    type Result = ();
+    fn handle(&mut self, msg: TcpEnded, ctx: &mut Context<Self>) {
+        if self.tcp.state == TcpState::Found {
+            return;
+        }
+        self.tcp.state = TcpState::Done;
+        if msg.connected {
+            // Responder: the TCP path is up; the UDP punch no longer matters.
+            self.finish(Ok(None), ctx);
+        } else if let Some(reason) = self.tcp.udp_failure.take() {
+            self.finish(Err(format!("{reason}; TCP simultaneous open found no path either")), ctx);
+        }
     }
 }
 
@@ -315,6 +512,12 @@ impl Actor for HolePunchActor {
         // Punch traffic is a few messages per round; bound the mailbox anyway.
         ctx.set_mailbox_capacity(64);
         self.drain(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        for t in self.tcp.tasks.drain(..) {
+            t.abort();
+        }
     }
 }
 

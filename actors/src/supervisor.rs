@@ -33,7 +33,7 @@ use actix::{
 };
 use bytes::Bytes;
 use kizuna::{
-    negotiate::{resolve_duplicate, Candidate, Keep},
+    negotiate::{resolve_duplicate, retire, Candidate, Keep, Retire},
     punch::{PunchMessage, Role},
     relay::client::{RelayClientConfig, RelayEndpoint},
     transport::quic::{demux::SideChannel, QuicTransport},
@@ -311,17 +311,14 @@ impl Supervisor {
         }
         let mut announce = true;
         if let Some(existing) = self.peers.get(&peer) {
-            let keep = resolve_duplicate(
-                self.node.peer_id(),
-                peer,
-                Candidate {
-                    dialed_locally: existing.conn.is_dialer(),
-                    age: existing.established.elapsed(),
-                    path: existing.conn.info().path,
-                },
-                Candidate { dialed_locally: conn.is_dialer(), age: Duration::ZERO, path: conn.info().path },
-            );
-            match keep {
+            let old_side = Candidate {
+                dialed_locally: existing.conn.is_dialer(),
+                age: existing.established.elapsed(),
+                path: existing.conn.info().path,
+            };
+            let new_side =
+                Candidate { dialed_locally: conn.is_dialer(), age: Duration::ZERO, path: conn.info().path };
+            match resolve_duplicate(self.node.peer_id(), peer, old_side, new_side) {
                 Keep::Existing => {
                     tracing::debug!(%peer, "duplicate connection: keeping the existing one");
                     io_runtime()
@@ -334,17 +331,12 @@ impl Supervisor {
                         let (from, to) = (old.conn.info(), conn.info());
                         let upgrade = from.path == PathKind::Relayed && to.path == PathKind::Direct;
                         let close = CloseConnection { code: CloseCode::Replaced, reason: "replaced".into() };
-                        if upgrade && !conn.is_dialer() {
-                            // The peer dialed the direct path and will retire the relayed
-                            // one itself once it has adopted the direct one; until then it
-                            // may still send on the relayed one, so keep delivering from it.
-                            // Close it ourselves only if the peer never does.
-                            let actor = old.actor.clone();
-                            ctx.run_later(RETIRE_GRACE, move |_, _| actor.do_send(close));
-                        } else {
-                            // The old connection closes gracefully: what was queued on it
-                            // is flushed, and what the peer sent on it is still delivered.
-                            old.actor.do_send(close);
+                        match retire(old_side, new_side) {
+                            Retire::ByPeer => {
+                                let actor = old.actor.clone();
+                                ctx.run_later(RETIRE_GRACE, move |_, _| actor.do_send(close));
+                            }
+                            Retire::Now => old.actor.do_send(close),
                         }
                         if upgrade {
                             tracing::info!(%peer, protocol = %to.protocol, "path upgraded: relayed -> direct");
@@ -415,7 +407,12 @@ impl Supervisor {
         }
         let id = self.id();
         let me = ctx.address();
-        let ports = PunchPorts { signal, finished: me.clone().recipient(), exited: me.recipient() };
+        let ports = PunchPorts {
+            signal,
+            finished: me.clone().recipient(),
+            exited: me.clone().recipient(),
+            inbound: me.recipient(),
+        };
         let actor = HolePunchActor::new(id, peer, role, self.punch_env(), quic, side, ports).start();
         self.punch_inboxes.lock().unwrap_or_else(|e| e.into_inner()).push((id, actor.clone().recipient()));
         self.punches.insert(peer, (id, actor.clone()));
@@ -443,6 +440,7 @@ impl Supervisor {
             stun,
             interfaces: self.interfaces.clone(),
             relay_observed: self.relay_addrs.observed.map(|a| a.ip()),
+            tcp: self.transports.iter().any(|t| t.protocol() == Protocol::Tcp).then(|| self.node.clone()),
         }
     }
 

@@ -26,6 +26,9 @@ pub enum CandidateKind {
     /// A port guessed next to a server-reflexive candidate of a peer whose NAT maps per
     /// destination (never offered on the wire).
     Predicted,
+    /// A TCP address for simultaneous open: the node's TCP punch socket's port with a
+    /// host or relay-observed IP. Never a UDP target.
+    Tcp,
 }
 
 impl CandidateKind {
@@ -39,6 +42,7 @@ impl CandidateKind {
             CandidateKind::ServerReflexive => 100,
             CandidateKind::RelayObserved => 10,
             CandidateKind::Predicted => 5,
+            CandidateKind::Tcp => 1,
         }
     }
 
@@ -48,6 +52,7 @@ impl CandidateKind {
             CandidateKind::Host => Some("host"),
             CandidateKind::ServerReflexive => Some("srflx"),
             CandidateKind::RelayObserved => Some("relay"),
+            CandidateKind::Tcp => Some("tcp"),
             CandidateKind::PeerReflexive | CandidateKind::Predicted => None,
         }
     }
@@ -58,6 +63,7 @@ impl CandidateKind {
             "host" => Some(CandidateKind::Host),
             "srflx" => Some(CandidateKind::ServerReflexive),
             "relay" => Some(CandidateKind::RelayObserved),
+            "tcp" => Some(CandidateKind::Tcp),
             _ => None,
         }
     }
@@ -152,7 +158,8 @@ pub fn sanitize(mut cands: Vec<Candidate>) -> Vec<Candidate> {
         if out.len() == MAX_CANDIDATES {
             break;
         }
-        if !out.iter().any(|o| o.addr == c.addr) {
+        let is_tcp = c.kind == CandidateKind::Tcp;
+        if !out.iter().any(|o| o.addr == c.addr && (o.kind == CandidateKind::Tcp) == is_tcp) {
             out.push(c);
         }
     }
@@ -191,6 +198,32 @@ pub fn local_candidates(
     }
     sanitize(out)
 }
+
+/// TCP candidates for simultaneous open from a socket bound at `bound` (see
+/// [`local_candidates`] for how host and relay-observed addresses are chosen; STUN cannot
+/// learn TCP mappings, so there is no server-reflexive kind).
+pub fn tcp_candidates(
+    bound: SocketAddr,
+    interfaces: &[IpAddr],
+    relay_observed: Option<IpAddr>,
+) -> Vec<Candidate> {
+    let mut ips: Vec<IpAddr> = if bound.ip().is_unspecified() {
+        interfaces.iter().copied().filter(|ip| ip.is_ipv4() == bound.is_ipv4()).collect()
+    } else {
+        vec![bound.ip()]
+    };
+    ips.extend(relay_observed);
+    let out = ips
+        .into_iter()
+        .enumerate()
+        .map(|(i, ip)| Candidate::new(CandidateKind::Tcp, SocketAddr::new(ip, bound.port()), index(i)));
+    let mut out: Vec<Candidate> = sanitize(out.collect());
+    out.truncate(MAX_TCP_CANDIDATES);
+    out
+}
+
+/// Most TCP candidates a node offers: each costs the peer one connect attempt per retry.
+pub const MAX_TCP_CANDIDATES: usize = 4;
 
 fn index(i: usize) -> u16 {
     u16::try_from(i).unwrap_or(u16::MAX)

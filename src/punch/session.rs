@@ -636,12 +636,24 @@ impl PunchSession {
         self.state = State::Scheduled { round, at: now + rtt / 2 };
     }
 
+    /// The peer's TCP candidates (for simultaneous open), once its offer or answer
+    /// arrived; at most [`MAX_TCP_CANDIDATES`](super::candidates::MAX_TCP_CANDIDATES).
+    pub fn remote_tcp(&self) -> Vec<SocketAddr> {
+        self.remote
+            .iter()
+            .filter(|c| c.kind == CandidateKind::Tcp)
+            .take(super::candidates::MAX_TCP_CANDIDATES)
+            .map(|c| c.addr)
+            .collect()
+    }
+
     fn set_remote(&mut self, mapping: MappingHint, mut candidates: Vec<Candidate>) {
         candidates.retain(|c| is_usable(c.addr));
         candidates.truncate(super::MAX_CANDIDATES);
         self.remote = candidates;
         self.remote_mapping = mapping;
-        let remote = self.remote.clone();
+        let remote: Vec<Candidate> =
+            self.remote.iter().filter(|c| c.kind != CandidateKind::Tcp).copied().collect();
         for c in &remote {
             self.add_target(c.addr, c.kind, c.priority, 0);
         }

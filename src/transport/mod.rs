@@ -23,6 +23,7 @@ pub mod quic;
 pub mod relay;
 mod stream;
 pub mod tcp;
+pub mod tcp_punch;
 pub mod ws;
 
 use std::{future::Future, pin::Pin};

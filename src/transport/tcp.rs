@@ -89,8 +89,19 @@ where
 }
 
 async fn dial(node: &LocalNode, sa: SocketAddr, expected: PeerId) -> Result<Connection> {
-    let bound = node.config().connect_timeout;
     let stream = TcpStream::connect(sa).await.map_err(|e| TransportError::connect_failed(sa, e))?;
+    secure_outgoing(node, stream, sa, expected).await
+}
+
+/// The client half of a connection over a connected `stream` to `sa`: secure channel
+/// (expecting `expected`) and hello.
+async fn secure_outgoing(
+    node: &LocalNode,
+    stream: TcpStream,
+    sa: SocketAddr,
+    expected: PeerId,
+) -> Result<Connection> {
+    let bound = node.config().connect_timeout;
     configure_tcp(&stream).map_err(|e| TransportError::connect_failed(sa, e))?;
     let local = stream.local_addr().ok();
     let (mut tls, peer) = node.secure().connect_labeled(stream, expected, &sa.to_string(), bound).await?;
@@ -171,4 +182,37 @@ async fn handshake(node: &LocalNode, stream: TcpStream, remote: SocketAddr) -> R
         Ok(theirs) => Ok(build_connection(node, tls, peer, remote, local, theirs, false)),
         Err(e) => Err(crate::transport::accept::reject(&mut tls, e).await),
     }
+}
+
+/// A Kizuna connection over a TCP `stream` that a hole punch established (see
+/// [`tcp_punch`](super::tcp_punch)) with `expected`, at `remote`: the punch initiator
+/// (`initiator`) runs the client half of the secure channel, the responder the server
+/// half; either way the peer must prove it is `expected`. Bounded by the node's connect
+/// or handshake timeout.
+pub async fn punched_connection(
+    node: &LocalNode,
+    stream: TcpStream,
+    remote: SocketAddr,
+    initiator: bool,
+    expected: PeerId,
+) -> Result<Connection> {
+    if initiator {
+        let bound = node.config().connect_timeout;
+        return tokio::time::timeout(bound, secure_outgoing(node, stream, remote, expected)).await.map_err(
+            |_| TransportError::Timeout {
+                what: format!("TLS over the punched TCP path to {remote}"),
+                after: bound,
+            },
+        )?;
+    }
+    let bound = node.config().handshake_timeout;
+    let conn = tokio::time::timeout(bound, handshake(node, stream, remote)).await.map_err(|_| {
+        TransportError::Timeout { what: format!("TLS over the punched TCP path from {remote}"), after: bound }
+    })??;
+    if conn.peer() != expected {
+        let presented = conn.peer();
+        conn.close(crate::wire::CloseCode::ProtocolError, "not the peer this punch was for").await;
+        return Err(TransportError::AuthenticationFailed { expected, presented: presented.to_string() });
+    }
+    Ok(conn)
 }
