@@ -138,8 +138,10 @@ fn assert_pairs(results: &[PairResult]) {
 }
 
 /// The 6×6 matrix: a node in one site, a pinger (dialing by peer id through the relay) in
-/// another; every pair connects relayed first and goes direct exactly where RFC 4787
-/// allows. One row (node profile) at a time, its six pairs concurrently on twelve sites
+/// another; every pair connects relayed first and goes direct over QUIC exactly where
+/// RFC 4787 allows a UDP path, else over TCP where the routers' TCP behaviour allows a
+/// simultaneous open (a UDP-blocked site with anything but a symmetric NAT), else stays
+/// relayed. One row (node profile) at a time, its six pairs concurrently on twelve sites
 /// that are reconfigured (rules reloaded, conntrack flushed) between rows.
 #[test]
 fn matrix_6x6_direct_where_rfc_4787_allows() {

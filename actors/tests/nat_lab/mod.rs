@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use netns::{Lab, Site, PUB1, PUB2};
 use procs::{kizuna, Proc};
-use profile::{LabProfile, Profile};
+use profile::{Expect, LabProfile, Profile};
 use serde_json::Value;
 
 /// The relay's WebSocket port on [`PUB1`] (fixed: the namespace is the lab's own).
@@ -201,6 +201,8 @@ pub(crate) struct PairResult {
     pub(crate) first_path: Option<String>,
     /// Whether a ping went over a direct path.
     pub(crate) direct: bool,
+    /// The transport of the first direct ping.
+    pub(crate) direct_transport: Option<String>,
     /// Time from the relayed connection to the direct path.
     pub(crate) time_to_direct: Option<Duration>,
     /// Direct pings seen after the first direct one, and relayed ones after it (should be 0).
@@ -213,9 +215,9 @@ pub(crate) struct PairResult {
     pub(crate) logs: String,
 }
 
-/// Pings sent per pair at most, and the interval: 48 × 250 ms = 12 s, about twice what
-/// the punch machine needs to give up (3 rounds).
-pub(crate) const PING_COUNT: u32 = 48;
+/// Pings sent per pair at most, and the interval: 64 × 250 ms = 16 s, about twice what
+/// the UDP punch needs to give up (3 rounds, ~7 s) before a TCP simultaneous open is used.
+pub(crate) const PING_COUNT: u32 = 64;
 /// Interval between pings (ms): also the resolution of the fallback time-to-direct.
 pub(crate) const PING_INTERVAL_MS: u64 = 250;
 /// Direct pings seen after the upgrade before a pair is called done.
@@ -232,6 +234,7 @@ pub(crate) fn run_pair(lab: &Lab, a: &Site, b: &Site, count: u32) -> PairResult 
         sent: 0,
         first_path: None,
         direct: false,
+        direct_transport: None,
         time_to_direct: None,
         relayed_after_direct: 0,
         punch_failed: None,
@@ -277,6 +280,9 @@ pub(crate) fn run_pair(lab: &Lab, a: &Site, b: &Site, count: u32) -> PairResult 
             first_at = Some(t);
         }
         if path == "direct" {
+            if direct_at.is_none() {
+                r.direct_transport = v["transport"].as_str().map(str::to_string);
+            }
             direct_at.get_or_insert(t);
             direct_seen += 1;
             if direct_seen > DIRECT_CONFIRM {
@@ -326,15 +332,14 @@ pub(crate) fn pair_problem(r: &PairResult) -> Option<String> {
     if r.first_path.as_deref() != Some("relayed") {
         return Some(format!("{name}: first ping went {:?}, expected relayed", r.first_path));
     }
-    let want = Profile::direct_possible(r.a, r.b);
-    if want && !r.direct {
+    let want = Expect::of(r.a, r.b);
+    let got = if r.direct { ("direct", r.direct_transport.as_deref()) } else { ("relayed", None) };
+    if got != want.path() {
         return Some(format!(
-            "{name}: stayed relayed, RFC 4787 allows direct (node's punch failure: {:?})",
+            "{name}: ended {got:?}, expected {:?} (node's punch failure: {:?})",
+            want.path(),
             r.punch_failed
         ));
-    }
-    if !want && r.direct {
-        return Some(format!("{name}: went direct where RFC 4787 says it cannot (lab NAT too permissive?)"));
     }
     if r.relayed_after_direct > 0 {
         return Some(format!("{name}: {} pings relayed again after going direct", r.relayed_after_direct));
@@ -365,11 +370,14 @@ pub(crate) fn matrix_table(results: &[PairResult]) -> String {
             let cell = match results.iter().find(|r| r.a == a && r.b == b) {
                 None => "–".to_string(),
                 Some(r) if r.ok == 0 => "FAIL".to_string(),
-                Some(r) => match (r.direct, r.time_to_direct) {
-                    (true, Some(d)) => format!("D {:.2} s", d.as_secs_f64()),
-                    (true, None) => "D".to_string(),
-                    (false, _) => "R".to_string(),
-                },
+                Some(r) => {
+                    let kind = if r.direct_transport.as_deref() == Some("tcp") { "T" } else { "D" };
+                    match (r.direct, r.time_to_direct) {
+                        (true, Some(d)) => format!("{kind} {:.2} s", d.as_secs_f64()),
+                        (true, None) => kind.to_string(),
+                        (false, _) => "R".to_string(),
+                    }
+                }
             };
             t += &format!(" {cell} |");
         }
@@ -387,8 +395,10 @@ pub(crate) fn matrix_json(results: &[PairResult]) -> Value {
                 serde_json::json!({
                     "node": r.a.name(),
                     "pinger": r.b.name(),
-                    "expected": if Profile::direct_possible(r.a, r.b) { "direct" } else { "relayed" },
+                    "expected": Expect::of(r.a, r.b).path().0,
+                    "expected_transport": Expect::of(r.a, r.b).path().1,
                     "path": if r.direct { "direct" } else if r.ok > 0 { "relayed" } else { "failed" },
+                    "transport": r.direct_transport,
                     "time_to_direct_ms": r.time_to_direct.map(|d| d.as_millis() as u64),
                     "pings_ok": r.ok,
                     "pings_sent": r.sent,

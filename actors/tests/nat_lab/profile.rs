@@ -19,9 +19,56 @@ pub(crate) trait LabProfile: Copy {
     fn oracle(self) -> Option<(&'static str, &'static str)>;
     /// The router's complete nftables ruleset (`nft -f` input, replacing everything).
     fn ruleset(self, wan: Ipv4Addr) -> String;
+    /// How the router treats TCP, as the profile of the same behaviours: conntrack only
+    /// admits replies (the cone maps are UDP-only), `snat` keeps ports (EIM) and
+    /// `masquerade random` does not — so a port-restricted cone, except where there is no
+    /// NAT or the NAT is symmetric. UDP blocked leaves TCP to a port-restricted NAT.
+    fn tcp(self) -> Profile;
+}
+
+/// Where a pair must end up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Expect {
+    /// Direct QUIC over a punched UDP path (RFC 4787 allows it).
+    Quic,
+    /// UDP cannot get through, but TCP simultaneous open can (RFC 5382 behaviours of the
+    /// routers' TCP, by the same rule).
+    Tcp,
+    /// Stays relayed.
+    Relayed,
+}
+
+impl Expect {
+    /// The expectation for a node in an `a` site and a pinger in a `b` site.
+    pub(crate) fn of(a: Profile, b: Profile) -> Expect {
+        if Profile::direct_possible(a, b) {
+            Expect::Quic
+        } else if Profile::direct_possible(a.tcp(), b.tcp()) {
+            Expect::Tcp
+        } else {
+            Expect::Relayed
+        }
+    }
+
+    /// `(path, transport)` as `kizuna ping --json` reports it at the end.
+    pub(crate) fn path(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Expect::Quic => ("direct", Some("quic")),
+            Expect::Tcp => ("direct", Some("tcp")),
+            Expect::Relayed => ("relayed", None),
+        }
+    }
 }
 
 impl LabProfile for Profile {
+    fn tcp(self) -> Profile {
+        match self {
+            Profile::Open => Profile::Open,
+            Profile::Symmetric => Profile::Symmetric,
+            _ => Profile::PortRestrictedCone,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Profile::Open => "none",
