@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example bench -- core     # TLS/TCP, QUIC, handshakes
 //! cargo run --release --example bench -- actors   # the actor API vs core vs raw
+//! cargo run --release --example bench -- webrtc   # WebRTC vs raw webrtc-rs data channels
 //! cargo run --release --example bench -- all
 //! ```
 //!
@@ -21,6 +22,8 @@ mod core_bench;
 mod relay;
 #[path = "bench/util.rs"]
 mod util;
+#[path = "bench/webrtc.rs"]
+mod webrtc_bench;
 
 use util::Opts;
 
@@ -29,6 +32,9 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if opts.suite == "core" || opts.suite == "all" {
         rt.block_on(core_bench::run(&opts))?;
+    }
+    if opts.suite == "webrtc" || opts.suite == "all" {
+        rt.block_on(webrtc_bench::run(&opts))?;
     }
     if opts.suite == "actors" || opts.suite == "all" {
         drop(rt);

@@ -66,7 +66,13 @@ impl Protocol {
             Protocol::Tcp => base,
             Protocol::Quic => TransportCapabilities { resumable: true, nat_traversal: true, ..base },
             Protocol::WebSocket => base,
-            Protocol::WebRtc => TransportCapabilities { nat_traversal: true, ..base },
+            // One message is one data channel message: 256 KiB, the SCTP limit of
+            // webrtc-rs and what browsers advertise.
+            Protocol::WebRtc => TransportCapabilities {
+                nat_traversal: true,
+                max_message_size: crate::transport::webrtc::MAX_DATA_CHANNEL_MESSAGE as u64,
+                ..base
+            },
         }
     }
 }

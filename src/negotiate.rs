@@ -22,10 +22,15 @@ pub const SIMULTANEOUS_WINDOW: Duration = Duration::from_secs(5);
 /// `priority` gives this node's preference for an address (`None`: no transport of this
 /// node can dial it, and it is dropped). Higher priority first; among equals, the peer's
 /// own order (its hints). Duplicates are removed.
+///
+/// One exception to the local preference: a peer whose ticket lists `webrtc=1` first is
+/// a browser (or says it prefers WebRTC like one), and WebRTC is tried first for it.
 pub fn plan(peer: &PeerAddress, priority: impl Fn(&TransportAddr) -> Option<u8>) -> Vec<TransportAddr> {
+    let browser = prefers_webrtc(peer);
     let mut out: Vec<(u8, usize, TransportAddr)> = Vec::new();
     for (i, a) in peer.addrs.iter().enumerate() {
         if let Some(p) = priority(a) {
+            let p = if browser && *a == TransportAddr::WebRtc { u8::MAX } else { p };
             if !out.iter().any(|(_, _, b)| b == a) {
                 out.push((p, i, a.clone()));
             }
@@ -33,6 +38,12 @@ pub fn plan(peer: &PeerAddress, priority: impl Fn(&TransportAddr) -> Option<u8>)
     }
     out.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
     out.into_iter().map(|(_, _, a)| a).collect()
+}
+
+/// Whether `peer` prefers WebRTC: its first address is `webrtc=1`, as a browser's ticket
+/// is (a browser can only be reached over WebRTC, signaled through a relay).
+pub fn prefers_webrtc(peer: &PeerAddress) -> bool {
+    peer.addrs.first() == Some(&TransportAddr::WebRtc)
 }
 
 /// One side of a duplicate-connection decision.
@@ -127,6 +138,23 @@ mod tests {
         let s: Vec<String> = p.iter().map(|a| a.to_string()).collect();
         assert_eq!(s, vec!["quic=127.0.0.1:3", "tcp=127.0.0.1:1", "tcp=127.0.0.1:4"]);
         assert!(plan(&peer, |_| None).is_empty());
+    }
+
+    #[test]
+    fn webrtc_first_when_the_peer_lists_it_first() {
+        let id = crate::identity::Keypair::from_seed([1; 32]).peer_id();
+        let prio = |a: &TransportAddr| match a {
+            TransportAddr::Quic(_) => Some(200),
+            TransportAddr::WebRtc => Some(30),
+            TransportAddr::Relay(_) => Some(10),
+            _ => None,
+        };
+        let node: PeerAddress = format!("{id}@quic=127.0.0.1:1,webrtc=1,relay=ws://r:1").parse().unwrap();
+        assert!(!prefers_webrtc(&node));
+        assert_eq!(plan(&node, prio)[0], "quic=127.0.0.1:1".parse().unwrap());
+        let browser: PeerAddress = format!("{id}@webrtc=1,quic=127.0.0.1:1,relay=ws://r:1").parse().unwrap();
+        assert!(prefers_webrtc(&browser));
+        assert_eq!(plan(&browser, prio)[0], TransportAddr::WebRtc);
     }
 
     #[test]

@@ -126,6 +126,18 @@ pub struct GetSender {
     pub peer: PeerId,
 }
 
+/// Send one unreliable datagram to a connected peer (QUIC datagrams, WebRTC's unordered
+/// `maxRetransmits = 0` channel). It may be lost or reordered; an error where the
+/// connection's transport has no datagrams.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), NodeError>")]
+pub struct SendDatagram {
+    /// The peer.
+    pub peer: PeerId,
+    /// The payload.
+    pub data: Bytes,
+}
+
 /// Close the connection to a peer and stop wanting it (no reconnect).
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<(), NodeError>")]
@@ -206,6 +218,11 @@ impl PeerSender {
     /// Sends one message; waits while the peer is slow.
     pub async fn send(&self, data: Bytes) -> Result<(), NodeError> {
         self.conn.send(data).await.map_err(NodeError::from)
+    }
+
+    /// Sends one unreliable datagram (see [`SendDatagram`]).
+    pub fn send_datagram(&self, data: Bytes) -> Result<(), NodeError> {
+        self.conn.send_datagram(data).map_err(NodeError::from)
     }
 }
 
@@ -360,6 +377,14 @@ pub enum Event {
         url: String,
         /// Why.
         reason: String,
+    },
+    /// An unreliable datagram from a peer (see [`SendDatagram`]). Datagrams that arrive
+    /// while subscribers are full wait in a small queue and are dropped beyond it.
+    DatagramReceived {
+        /// The sender.
+        peer: PeerId,
+        /// The payload.
+        data: Bytes,
     },
     /// A signaling message from a peer, through the relay.
     SignalReceived {

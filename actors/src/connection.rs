@@ -4,7 +4,8 @@
 //!   run inside the connection on the I/O runtime; this actor steers it.
 //! * **In:** `SendMessage`, `OpenStreamTo`, `CloseConnection`, [`Fault`].
 //! * **Out:** events on the [`EventBus`] (`PeerConnected` first, then every
-//!   `MessageReceived` / `StreamOpened` in order), `ChildExited` to the supervisor.
+//!   `MessageReceived` / `StreamOpened` in order, and `DatagramReceived` where the
+//!   transport has datagrams), `ChildExited` to the supervisor.
 //! * **Backpressure:** received messages are published with an awaited send into each
 //!   subscriber's bounded buffer; while a subscriber is full this actor takes no further
 //!   message from the connection, whose bounded queue then stops reading the socket, so
@@ -95,6 +96,15 @@ impl Actor for ConnectionActor {
             act.guard.set(reason);
             ctx.stop();
         }));
+
+        let (conn, bus) = (self.conn.clone(), self.bus.clone());
+        let datagrams = async move {
+            // Ends at once on transports without datagrams (their `recv_datagram` fails).
+            while let Ok(data) = conn.recv_datagram().await {
+                bus.publish(Event::DatagramReceived { peer, data }).await;
+            }
+        };
+        ctx.spawn(wrap_future(datagrams));
 
         let (conn, bus) = (self.conn.clone(), self.bus.clone());
         let streams = async move {

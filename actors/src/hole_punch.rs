@@ -67,7 +67,7 @@ pub(crate) struct PunchDatagram {
 
 /// Ask the relay client to signal `payload` to `to`.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), kizuna::relay::client::ClientCommandError>")]
 pub(crate) struct SendSignal {
     pub(crate) to: PeerId,
     pub(crate) payload: Vec<u8>,
@@ -259,7 +259,7 @@ impl HolePunchActor {
                     actix::spawn(async move {
                         let err = match send.await {
                             Ok(Ok(())) => return,
-                            Ok(Err(e)) => e,
+                            Ok(Err(e)) => e.to_string(),
                             Err(e) => e.to_string(),
                         };
                         me.do_send(SignalFailed(err));

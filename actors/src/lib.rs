@@ -18,9 +18,11 @@ pub mod supervision;
 mod supervisor;
 pub mod testing;
 mod transports;
+mod webrtc_signal;
 
 pub use api::{
-    Connect, Disconnect, Event, GetStats, Listen, NodeError, OpenStream, Send, Shutdown, Subscribe,
+    Connect, Disconnect, Event, GetStats, Listen, NodeError, OpenStream, Send, SendDatagram, Shutdown,
+    Subscribe,
 };
 pub use child::Fault;
 pub use connection::ConnectionActor;

@@ -8,7 +8,8 @@
 //! * **Out:** accepted relayed circuits to the supervisor as `Inbound` connections, and
 //!   what the relay reports at each reservation (`RelayAddrs`);
 //!   events (`RelayReserved`, `RelayFailed`, `SignalReceived`) on the bus; signals
-//!   tagged as punch messages go to the supervisor instead (`PunchSignal`).
+//!   tagged as punch messages (0x13) or WebRTC signaling (0x14) go to the supervisor
+//!   instead (`PunchSignal`, `WebRtcSignal`).
 //! * **Supervised** as a *permanent* child of the [`Supervisor`](crate::Supervisor)
 //!   (it recovers from relay failures by itself; only its own death needs a restart).
 //! * **Stops** with the supervisor.
@@ -38,6 +39,7 @@ use crate::{
     listener::Inbound,
     runtime::io_runtime,
     supervision::ExitReason,
+    webrtc_signal::{WebRtcSignal, WEBRTC_SIGNAL_TAG},
 };
 
 /// Control messages queued for the relay before the writer waits. 64: control traffic
@@ -67,8 +69,10 @@ pub(crate) struct RelayAddrs {
 pub(crate) struct RelayClientPorts {
     /// Accepted relayed circuits.
     pub(crate) inbound: Recipient<Inbound>,
-    /// Punch messages signaled by peers.
+    /// Signals tagged as punch messages.
     pub(crate) punch: Recipient<PunchSignal>,
+    /// Signals tagged as WebRTC signaling.
+    pub(crate) webrtc: Recipient<WebRtcSignal>,
     /// What the relay reports at each reservation.
     pub(crate) addrs: Recipient<RelayAddrs>,
     /// The client's exit.
@@ -84,6 +88,7 @@ pub struct RelayClientActor {
     inbound: Recipient<Inbound>,
     punch: Recipient<PunchSignal>,
     addrs: Recipient<RelayAddrs>,
+    webrtc: Recipient<WebRtcSignal>,
     guard: ExitGuard,
     generation: u64,
     writer: Option<mpsc::Sender<RelayMessage>>,
@@ -98,7 +103,7 @@ impl RelayClientActor {
         bus: EventBus,
         ports: RelayClientPorts,
     ) -> Result<Self, kizuna::relay::RelayConfigError> {
-        let RelayClientPorts { inbound, punch, addrs, exited } = ports;
+        let RelayClientPorts { inbound, punch, webrtc, addrs, exited } = ports;
         let seed = u64::from_le_bytes(node.peer_id().as_bytes()[..8].try_into().unwrap_or([7; 8]));
         let state = RelayClientState::new(node.config().keypair.clone(), config, seed)?;
         let opts = WsOptions::from_node(node.config());
@@ -110,6 +115,7 @@ impl RelayClientActor {
             inbound,
             punch,
             addrs,
+            webrtc,
             guard: ExitGuard::new(id, exited),
             generation: 0,
             writer: None,
@@ -192,6 +198,12 @@ impl RelayClientActor {
                 let payload = Bytes::from(payload).slice(1..);
                 if self.punch.try_send(PunchSignal { peer: from, payload }).is_err() {
                     tracing::debug!(peer = %from, "punch signal dropped: supervisor busy");
+                }
+            }
+            ClientEvent::Signaled { from, payload } if payload.first() == Some(&WEBRTC_SIGNAL_TAG) => {
+                let payload = Bytes::from(payload);
+                if self.webrtc.try_send(WebRtcSignal { peer: from, payload }).is_err() {
+                    tracing::debug!(peer = %from, "WebRTC signal dropped: supervisor busy");
                 }
             }
             ClientEvent::Signaled { from, payload } => {
@@ -291,9 +303,9 @@ impl Handler<RelayIo> for RelayClientActor {
 }
 
 impl Handler<SendSignal> for RelayClientActor {
-    type Result = Result<(), String>;
+    type Result = Result<(), kizuna::relay::client::ClientCommandError>;
     fn handle(&mut self, msg: SendSignal, ctx: &mut Context<Self>) -> Self::Result {
-        let r = self.state.signal(msg.to, msg.payload, Instant::now()).map_err(|e| e.to_string());
+        let r = self.state.signal(msg.to, msg.payload, Instant::now());
         self.drain(ctx);
         r
     }

@@ -36,7 +36,10 @@ use kizuna::{
     negotiate::{resolve_duplicate, retire, Candidate, Keep, Retire},
     punch::{PunchMessage, Role},
     relay::client::{RelayClientConfig, RelayEndpoint},
-    transport::quic::{demux::SideChannel, QuicTransport},
+    transport::{
+        quic::{demux::SideChannel, QuicTransport},
+        webrtc::{WebRtcConfig, WebRtcTransport},
+    },
     wire::CloseCode,
     Connection, ConnectionInfo, Incoming, LocalNode, NodeConfig, PathKind, PeerAddress, PeerId, Protocol,
     Transport, TransportAddr,
@@ -58,6 +61,7 @@ use crate::{
     runtime::io_runtime,
     supervision::{Decision, ExitReason, RestartLimits, RestartPolicy, RestartTracker},
     transports::build_transports,
+    webrtc_signal::{RelaySignaler, WebRtcSignal},
 };
 
 /// Configuration of a node's supervisor.
@@ -74,6 +78,9 @@ pub struct SupervisorConfig {
     /// STUN servers for hole punching: the node learns its UDP socket's public mapping
     /// from them before each attempt. Those the relay advertises are used too.
     pub stun: Vec<SocketAddr>,
+    /// WebRTC (used when `protocols` has [`Protocol::WebRtc`]): ICE servers, relay-only
+    /// policy, bind addresses. Signaling goes through the relays, so WebRTC needs one.
+    pub webrtc: WebRtcConfig,
 }
 
 impl SupervisorConfig {
@@ -85,6 +92,7 @@ impl SupervisorConfig {
             restart: RestartLimits::default(),
             relays: Vec::new(),
             stun: Vec::new(),
+            webrtc: WebRtcConfig::default(),
         }
     }
 }
@@ -182,6 +190,9 @@ pub struct Supervisor {
     stun: Vec<SocketAddr>,
     relay_addrs: RelayAddrs,
     interfaces: Vec<IpAddr>,
+    /// The WebRTC transport, if enabled: offers from peers are answered while its
+    /// listener (started with the node) runs.
+    webrtc: Option<WebRtcTransport>,
 }
 
 impl Supervisor {
@@ -189,7 +200,8 @@ impl Supervisor {
     /// the current actix arbiter.
     pub fn start(config: SupervisorConfig) -> Result<Addr<Supervisor>, NodeError> {
         let node = LocalNode::new(config.node)?;
-        let (transports, quic) = build_transports(&node, &config.protocols, &config.relays)?;
+        let built = build_transports(&node, &config.protocols, &config.relays, &config.webrtc)?;
+        let (transports, quic, webrtc) = (built.all, built.quic, built.webrtc);
         Ok(Supervisor {
             node,
             transports,
@@ -215,6 +227,7 @@ impl Supervisor {
             stun: config.stun,
             relay_addrs: RelayAddrs { observed: None, stun: Vec::new() },
             interfaces: kizuna::nat::interfaces::interface_ips(),
+            webrtc,
         }
         .start())
     }
@@ -231,21 +244,20 @@ impl Supervisor {
     fn spawn_relay_client(&mut self, id: ChildId, ctx: &mut Context<Self>) {
         let config = RelayClientConfig::new(self.relays.clone());
         let me = ctx.address();
-        match RelayClientActor::new(
-            id,
-            self.node.clone(),
-            config,
-            self.bus.clone(),
-            RelayClientPorts {
-                inbound: me.clone().recipient(),
-                punch: me.clone().recipient(),
-                addrs: me.clone().recipient(),
-                exited: me.recipient(),
-            },
-        ) {
+        let ports = RelayClientPorts {
+            inbound: me.clone().recipient(),
+            punch: me.clone().recipient(),
+            webrtc: me.clone().recipient(),
+            addrs: me.clone().recipient(),
+            exited: me.recipient(),
+        };
+        match RelayClientActor::new(id, self.node.clone(), config, self.bus.clone(), ports) {
             Ok(actor) => {
                 let addr = actor.start();
                 self.relay_signal = Some(addr.clone().recipient());
+                if let Some(w) = &self.webrtc {
+                    w.set_signaler(Arc::new(RelaySignaler(addr.clone().recipient())));
+                }
                 let kind = ChildKind::RelayClient { stop: addr.clone().recipient() };
                 self.children
                     .insert(id, Child { name: "relay-client".into(), kind, fault: addr.recipient() });
@@ -586,6 +598,11 @@ impl Actor for Supervisor {
             // Hole punching is possible: watch for network changes.
             ctx.run_interval(NETWORK_CHECK, |act, ctx| act.check_network(ctx));
         }
+        if let Some(w) = self.webrtc.clone() {
+            // Answer WebRTC offers (from nodes and browsers) for as long as the node runs.
+            let id = self.id();
+            self.spawn_listener(id, Arc::new(w), TransportAddr::WebRtc, ctx);
+        }
         tracing::info!(peer = %self.node.peer_id(), "supervisor started");
     }
 }
@@ -831,6 +848,31 @@ impl Handler<PunchSignal> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: PunchSignal, ctx: &mut Context<Self>) {
         self.on_punch_signal(msg, ctx);
+    }
+}
+
+impl Handler<WebRtcSignal> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: WebRtcSignal, _: &mut Context<Self>) {
+        let Some(w) = &self.webrtc else {
+            tracing::debug!(peer = %msg.peer, "WebRTC signal ignored: WebRTC is not enabled");
+            return;
+        };
+        // Refused signals are dropped (a refused offer is answered with a `close`); the
+        // node keeps serving.
+        if let Err(e) = w.handle_signal(msg.peer, &msg.payload) {
+            tracing::debug!(peer = %msg.peer, error = %e, "WebRTC signal refused");
+        }
+    }
+}
+
+impl Handler<SendDatagram> for Supervisor {
+    type Result = Result<(), NodeError>;
+    fn handle(&mut self, msg: SendDatagram, _: &mut Context<Self>) -> Self::Result {
+        match self.peers.get(&msg.peer) {
+            Some(e) => e.conn.send_datagram(msg.data).map_err(NodeError::from),
+            None => Err(NodeError::NotConnected(msg.peer)),
+        }
     }
 }
 

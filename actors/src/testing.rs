@@ -215,6 +215,9 @@ pub fn describe(e: &Event) -> String {
             format!("MessageReceived({}, {} B)", peer.short(), data.len())
         }
         Event::StreamOpened { peer, .. } => format!("StreamOpened({})", peer.short()),
+        Event::DatagramReceived { peer, data } => {
+            format!("DatagramReceived({}, {} B)", peer.short(), data.len())
+        }
         Event::ListenerStarted { addr } => format!("ListenerStarted({addr})"),
         Event::ListenerFailed { addr, error } => format!("ListenerFailed({addr}: {error})"),
         Event::ConnectFailed { peer, error } => format!("ConnectFailed({}: {error})", peer.short()),

@@ -459,3 +459,75 @@ fn node_reports_its_nat_type_at_start() {
     assert_eq!(nat["nat_type"], "open", "loopback has no NAT: {nat}");
     assert!(nat["public_addr"].as_str().unwrap().starts_with("127.0.0.1:"), "{nat}");
 }
+
+/// `kizuna relay` on a free loopback port; returns the process and its URL.
+fn start_cli_relay(home: &Path) -> (NodeProc, String) {
+    let mut child = kizuna(home)
+        .args(["relay", "--listen", "ws://127.0.0.1:0", "--open", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn kizuna relay");
+    let out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut relay = NodeProc { child, lines: rx, first: String::new() };
+    relay.first = relay.next_line(STARTUP).expect("relay printed nothing");
+    let v: Value = serde_json::from_str(&relay.first).unwrap();
+    let url = v["url"].as_str().unwrap().to_string();
+    (relay, url)
+}
+
+#[test]
+fn ping_over_webrtc_signaled_through_a_relay() {
+    let home = tempfile::tempdir().unwrap();
+    let (_relay, url) = start_cli_relay(home.path());
+    let key = home.path().join("node.key");
+    let node = NodeProc::start(
+        home.path(),
+        &[
+            "--listen",
+            "webrtc=1",
+            "--relay",
+            &url,
+            "--webrtc-bind",
+            "127.0.0.1:0",
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(node.first.contains("webrtc=1"), "the ticket offers WebRTC: {}", node.first);
+    let out = run(kizuna(home.path())
+        .args(["ping", peer_of(&node.first), "--relay", &url, "--transport", "webrtc"])
+        .args(["--webrtc-bind", "127.0.0.1:0", "--count", "2", "--interval", "100", "--json"]));
+    assert!(out.status.success(), "ping failed: {}", stderr(&out));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2);
+    for l in lines {
+        assert_eq!(l["transport"], "webrtc", "{l}");
+        assert_eq!(l["status"], "ok", "{l}");
+    }
+    // Misconfiguration is a usage error that says what to fix.
+    let out = run(kizuna(home.path()).args(["ping", peer_of(&node.first), "--transport", "webrtc"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--relay"), "{}", stderr(&out));
+    let out = run(kizuna(home.path()).args([
+        "ping",
+        peer_of(&node.first),
+        "--relay",
+        &url,
+        "--transport",
+        "webrtc",
+        "--turn",
+        "turn:127.0.0.1:1",
+    ]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--turn-user"), "{}", stderr(&out));
+}

@@ -24,6 +24,7 @@ pub mod relay;
 mod stream;
 pub mod tcp;
 pub mod tcp_punch;
+pub mod webrtc;
 pub mod ws;
 
 use std::{future::Future, pin::Pin};

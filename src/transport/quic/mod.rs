@@ -29,7 +29,7 @@
 //! to a new UDP socket; peers follow after path validation.
 
 mod backend;
-mod config;
+pub(crate) mod config;
 pub mod demux;
 mod listener;
 mod stream;

@@ -2,7 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use kizuna::{identity::PeerId, relay::client::RelayEndpoint, Keypair, PeerAddress, Protocol, TransportAddr};
+use kizuna::{
+    identity::PeerId,
+    relay::client::RelayEndpoint,
+    transport::webrtc::{IceServer, WebRtcConfig},
+    Keypair, PeerAddress, Protocol, TransportAddr,
+};
 
 use crate::CliError;
 
@@ -21,6 +26,8 @@ pub(crate) enum TransportChoice {
     Quic,
     /// WebSocket only (direct `ws=` addresses).
     Ws,
+    /// WebRTC only (signaled through --relay; see --stun, --turn, --ice-relay-only).
+    Webrtc,
 }
 
 /// Transports this build of the CLI can dial and listen on.
@@ -38,20 +45,31 @@ pub(crate) struct RelayArgs {
     /// Admission token for the relays (minted by `kizuna relay token`).
     #[arg(long = "relay-token", value_name = "TOKEN")]
     pub(crate) token: Option<String>,
-    /// STUN server (HOST:PORT, repeatable): hole punching learns this node's public UDP
-    /// mapping from it (the relay's own STUN servers are used too); `kizuna node` also
-    /// reports its NAT type from them at start.
+    /// STUN server (HOST:PORT or stun:HOST:PORT, repeatable): hole punching learns this
+    /// node's public UDP mapping from it (the relay's own STUN servers are used too),
+    /// WebRTC's ICE gathers server-reflexive candidates from it, and `kizuna node` reports
+    /// its NAT type from it at start.
     #[arg(long = "stun", value_name = "HOST:PORT")]
     pub(crate) stun: Vec<String>,
 }
 
-/// How a CLI node reaches the network beyond direct dials: relays and STUN servers.
+/// How a CLI node reaches the network beyond direct dials: relays, STUN servers, and
+/// WebRTC's ICE configuration.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct NetConfig {
     /// Relays, in failover order.
     pub(crate) relays: Vec<RelayEndpoint>,
     /// STUN servers for hole punching.
     pub(crate) stun: Vec<std::net::SocketAddr>,
+    /// WebRTC (used when WebRTC is among the node's protocols).
+    pub(crate) webrtc: WebRtcConfig,
+}
+
+/// The node's network configuration from `--relay`, `--relay-token`, `--stun` and the
+/// ICE flags: one `--stun` list serves hole punching, NAT detection and WebRTC's ICE.
+pub(crate) fn net(relay: &RelayArgs, ice: &IceArgs) -> Result<NetConfig, CliError> {
+    let stun = relay.stun.iter().map(|s| crate::nat::resolve(s)).collect::<Result<_, _>>()?;
+    Ok(NetConfig { relays: relay.endpoints(), stun, webrtc: ice.config(&relay.stun)? })
 }
 
 impl RelayArgs {
@@ -59,11 +77,55 @@ impl RelayArgs {
     pub(crate) fn endpoints(&self) -> Vec<RelayEndpoint> {
         self.relays.iter().map(|url| RelayEndpoint { url: url.clone(), token: self.token.clone() }).collect()
     }
+}
 
-    /// Relays and resolved STUN servers; a usage error names an unresolvable server.
-    pub(crate) fn net(&self) -> Result<NetConfig, crate::CliError> {
-        let stun = self.stun.iter().map(|s| crate::nat::resolve(s)).collect::<Result<_, _>>()?;
-        Ok(NetConfig { relays: self.endpoints(), stun })
+/// WebRTC's ICE configuration: `--turn URL --turn-user U --turn-pass P`,
+/// `--ice-relay-only`, `--webrtc-bind` (its STUN servers are `--stun`, in [`RelayArgs`]).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct IceArgs {
+    /// TURN server for WebRTC (turn:HOST:PORT), repeatable; needs --turn-user and --turn-pass.
+    #[arg(long = "turn", value_name = "URL")]
+    pub(crate) turn: Vec<String>,
+    /// TURN user name (long-term credentials).
+    #[arg(long = "turn-user", value_name = "USER")]
+    pub(crate) turn_user: Option<String>,
+    /// TURN password.
+    #[arg(long = "turn-pass", value_name = "PASS")]
+    pub(crate) turn_pass: Option<String>,
+    /// Use only TURN relay candidates (the peer never learns this host's addresses).
+    #[arg(long = "ice-relay-only")]
+    pub(crate) relay_only: bool,
+    /// Local UDP address for WebRTC host candidates, repeatable (default 0.0.0.0:0: every
+    /// non-loopback interface; 127.0.0.1:0 for loopback).
+    #[arg(long = "webrtc-bind", value_name = "IP:PORT")]
+    pub(crate) bind: Vec<std::net::SocketAddr>,
+}
+
+impl IceArgs {
+    /// The WebRTC configuration with `stun` as its STUN servers, or a usage error saying
+    /// what to fix.
+    pub(crate) fn config(&self, stun: &[String]) -> Result<WebRtcConfig, CliError> {
+        let mut c = WebRtcConfig {
+            ice_servers: stun.iter().map(|s| IceServer::stun(s)).collect(),
+            ..WebRtcConfig::default()
+        };
+        for url in &self.turn {
+            if !url.starts_with("turn:") && !url.starts_with("turns:") {
+                return Err(CliError::Usage(format!("--turn {url:?}: expected turn:HOST:PORT")));
+            }
+            let (Some(user), Some(pass)) = (&self.turn_user, &self.turn_pass) else {
+                return Err(CliError::Usage(format!(
+                    "--turn {url} needs --turn-user USER and --turn-pass PASS"
+                )));
+            };
+            c.ice_servers.push(IceServer::turn(url, user, pass));
+        }
+        c.relay_only = self.relay_only;
+        if !self.bind.is_empty() {
+            c.bind = self.bind.clone();
+        }
+        c.validate().map_err(|e| CliError::Usage(e.to_string()))?;
+        Ok(c)
     }
 }
 
@@ -83,6 +145,7 @@ impl TransportChoice {
             TransportChoice::Tcp => vec![Protocol::Tcp],
             TransportChoice::Quic => vec![Protocol::Quic],
             TransportChoice::Ws => vec![Protocol::WebSocket],
+            TransportChoice::Webrtc => vec![Protocol::WebRtc],
         }
     }
 
@@ -94,6 +157,15 @@ impl TransportChoice {
         relays: &RelayArgs,
     ) -> Result<(PeerAddress, Vec<Protocol>), CliError> {
         let protocols = self.protocols();
+        if self == TransportChoice::Webrtc {
+            // WebRTC is signaled through a relay and needs no address beyond the peer id.
+            if relays.relays.is_empty() {
+                return Err(CliError::Usage(
+                    "--transport webrtc needs --relay URL (WebRTC is signaled through a relay)".into(),
+                ));
+            }
+            return Ok((PeerAddress::new(ticket.peer_id, vec![TransportAddr::WebRtc]), protocols));
+        }
         let keep = |a: &TransportAddr| match a {
             TransportAddr::Relay(_) => self == TransportChoice::Auto,
             other => protocols.contains(&other.protocol()),

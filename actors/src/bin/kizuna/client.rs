@@ -23,7 +23,7 @@ pub(crate) struct Session {
     pub(crate) connect_time: Duration,
 }
 
-/// Starts a node with `protocols` only.
+/// Starts a node with `protocols` only (`webrtc` configures WebRTC if among them).
 pub(crate) fn start_node(
     key: Keypair,
     protocols: Vec<Protocol>,
@@ -33,6 +33,7 @@ pub(crate) fn start_node(
     config.protocols = protocols;
     config.relays = net.relays;
     config.stun = net.stun;
+    config.webrtc = net.webrtc;
     Supervisor::start(config).map_err(|e| CliError::Failed(format!("cannot start the node: {e}")))
 }
 
@@ -43,6 +44,7 @@ pub(crate) async fn connect(
     protocols: Vec<Protocol>,
     net: NetConfig,
 ) -> Result<Session, CliError> {
+    let only_webrtc = protocols == [Protocol::WebRtc];
     let node = start_node(key, protocols, net)?;
     let events = node.send(Subscribe::default()).await?;
     let peer = target.peer_id;
@@ -57,6 +59,15 @@ pub(crate) async fn connect(
             }));
         }
     };
+    if only_webrtc && info.protocol != Protocol::WebRtc {
+        // The configured relays are every connect's last resort; `--transport webrtc`
+        // asked for WebRTC only.
+        let _ = node.send(Shutdown).await;
+        return Err(CliError::Failed(format!(
+            "WebRTC to {peer} did not connect (fell back to {} {})",
+            info.protocol, info.path
+        )));
+    }
     Ok(Session { node, events, info, connect_time: t.elapsed() })
 }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use actix::Addr;
 use kizuna::{
-    relay::auth::Admission, relay::client::RelayEndpoint, Keypair, PathKind, PeerAddress, PeerId, Protocol,
-    TransportAddr,
+    relay::auth::Admission, relay::client::RelayEndpoint, transport::webrtc::WebRtcConfig, Keypair, PathKind,
+    PeerAddress, PeerId, Protocol, TransportAddr,
 };
 use kizuna_actors::{
     api::{GetAddress, Listen},
@@ -55,6 +55,8 @@ enum Setup {
     /// punch (trivial on loopback, but the full protocol: candidates, RTT-synchronised
     /// punch, QUIC over the punched socket) and is upgraded to the direct QUIC path.
     Upgraded,
+    /// WebRTC data channels on loopback, signaled through the demo's relay.
+    WebRtc,
 }
 
 /// One row of the demo.
@@ -75,6 +77,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { label: "websocket", setup: Setup::Direct(Protocol::WebSocket), path: PathKind::Direct },
     Scenario { label: "websocket", setup: Setup::Relayed, path: PathKind::Relayed },
     Scenario { label: "quic", setup: Setup::Upgraded, path: PathKind::Direct },
+    Scenario { label: "webrtc", setup: Setup::WebRtc, path: PathKind::Direct },
 ];
 
 /// How long the upgrade row waits for the relayed connection to go direct. 15 s: a
@@ -128,9 +131,14 @@ impl Demo {
         let relay = RelayServer::start(config)
             .await
             .map_err(|e| CliError::Failed(format!("cannot start the demo relay: {e}")))?;
-        let net =
-            NetConfig { relays: vec![RelayEndpoint { url: relay.url.clone(), token: None }], stun: vec![] };
-        let server = client::start_node(Keypair::generate(), protocols.clone(), net)?;
+        let net = NetConfig {
+            relays: vec![RelayEndpoint { url: relay.url.clone(), token: None }],
+            stun: vec![],
+            webrtc: WebRtcConfig::loopback(),
+        };
+        let mut server_protocols = protocols.clone();
+        server_protocols.push(Protocol::WebRtc);
+        let server = client::start_node(Keypair::generate(), server_protocols, net)?;
         let mut events = server.send(Subscribe::default()).await?;
         for p in protocols {
             let addr = match p {
@@ -151,6 +159,10 @@ impl Demo {
         match s.setup {
             Setup::Relayed => Ok((PeerAddress::new(self.ticket.peer_id, vec![]), vec![])),
             Setup::Upgraded => Ok((PeerAddress::new(self.ticket.peer_id, vec![]), vec![Protocol::Quic])),
+            Setup::WebRtc => Ok((
+                PeerAddress::new(self.ticket.peer_id, vec![TransportAddr::WebRtc]),
+                vec![Protocol::WebRtc],
+            )),
             Setup::Direct(p) => {
                 let addrs: Vec<_> = self.ticket.addrs.iter().filter(|a| a.protocol() == p).cloned().collect();
                 if addrs.is_empty() {
@@ -176,12 +188,12 @@ impl Demo {
         let (ticket, protocols) = self.ticket_for(s)?;
         let peer = ticket.peer_id;
         let relays = match s.setup {
-            Setup::Relayed | Setup::Upgraded => {
+            Setup::Relayed | Setup::Upgraded | Setup::WebRtc => {
                 vec![RelayEndpoint { url: self.relay.url.clone(), token: None }]
             }
             Setup::Direct(_) => Vec::new(),
         };
-        let net = NetConfig { relays, stun: vec![] };
+        let net = NetConfig { relays, stun: vec![], webrtc: WebRtcConfig::loopback() };
         let mut session =
             client::connect(Keypair::generate(), ticket, protocols, net).await.map_err(|e| e.to_string())?;
         row.path = Some(session.info.path);

@@ -29,7 +29,8 @@ pub(crate) struct NodeArgs {
     /// $XDG_CONFIG_HOME/kizuna/key, else ~/.config/kizuna/key.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
-    /// Address to listen on, repeatable, e.g. tcp=0.0.0.0:4000 or quic=[::]:4001.
+    /// Address to listen on, repeatable, e.g. tcp=0.0.0.0:4000, quic=[::]:4001, or webrtc=1
+    /// (answer WebRTC offers from nodes and browsers, signaled through --relay).
     /// Default: quic=0.0.0.0:0 and tcp=0.0.0.0:0 (port 0 picks a free port). The ticket shows
     /// a wildcard address as 127.0.0.1: to be reachable from other hosts, listen on the
     /// host's own IP.
@@ -45,6 +46,10 @@ pub(crate) struct NodeArgs {
     /// log line, or a JSON line `{"event":"nat",...}`).
     #[command(flatten)]
     relay: args::RelayArgs,
+    /// WebRTC (enabled by `--listen webrtc=1`, which needs --relay): --turn, --turn-user,
+    /// --turn-pass, --ice-relay-only, --webrtc-bind (--stun, above, serves ICE too).
+    #[command(flatten)]
+    ice: args::IceArgs,
 }
 
 /// Reports buffered between the service and the output loop; beyond that they are dropped
@@ -61,9 +66,14 @@ pub(crate) async fn run(a: NodeArgs) -> CliResult {
     let listen = if a.listen.is_empty() { default_listen() } else { a.listen };
     let mut protocols: Vec<Protocol> = Vec::new();
     for l in &listen {
-        if !args::SUPPORTED.contains(&l.protocol()) {
+        if *l == TransportAddr::WebRtc && a.relay.relays.is_empty() {
+            return Err(CliError::Usage(
+                "--listen webrtc=1 needs --relay URL (WebRTC offers are signaled through a relay)".into(),
+            ));
+        }
+        if !args::SUPPORTED.contains(&l.protocol()) && *l != TransportAddr::WebRtc {
             return Err(CliError::Usage(format!(
-                "cannot listen on {l}: this node supports only tcp, quic and ws"
+                "cannot listen on {l}: this node supports only tcp, quic, ws and webrtc"
             )));
         }
         if !protocols.contains(&l.protocol()) {
@@ -81,10 +91,11 @@ pub(crate) async fn run(a: NodeArgs) -> CliResult {
         })?;
     }
 
-    let node = client::start_node(key, protocols, a.relay.net()?)?;
+    let node = client::start_node(key, protocols, args::net(&a.relay, &a.ice)?)?;
     let service_events = node.send(Subscribe::default()).await?;
     let mut log_events = node.send(Subscribe::default()).await?;
-    for l in &listen {
+    // The WebRTC listener starts with the node (it answers offers through the relay).
+    for l in listen.iter().filter(|l| **l != TransportAddr::WebRtc) {
         if let Err(e) = node.send(Listen { addr: l.clone() }).await? {
             let _ = node.send(Shutdown).await;
             return Err(CliError::Failed(e.to_string()));

@@ -28,6 +28,8 @@ pub(crate) struct PerfArgs {
     transport: TransportChoice,
     #[command(flatten)]
     relay: args::RelayArgs,
+    #[command(flatten)]
+    ice: args::IceArgs,
     /// Key file (default: $KIZUNA_KEY if set, else a fresh temporary identity).
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
@@ -41,7 +43,7 @@ pub(crate) async fn run(a: PerfArgs) -> CliResult {
     let (target, protocols) = a.transport.restrict(&a.target, &a.relay)?;
     let key = args::client_key(a.key.as_deref())?;
     let peer = target.peer_id;
-    let session = client::connect(key, target, protocols, a.relay.net()?).await?;
+    let session = client::connect(key, target, protocols, args::net(&a.relay, &a.ice)?).await?;
     let info = session.info.clone();
     if !a.json {
         output::line(&format!(

@@ -26,6 +26,8 @@ pub(crate) struct PingArgs {
     transport: TransportChoice,
     #[command(flatten)]
     relay: args::RelayArgs,
+    #[command(flatten)]
+    ice: args::IceArgs,
     /// Pings to send; 0 = until Ctrl-C.
     #[arg(long, default_value_t = 4)]
     count: u64,
@@ -45,7 +47,7 @@ pub(crate) async fn run(a: PingArgs) -> CliResult {
     let (target, protocols) = a.transport.restrict(&a.target, &a.relay)?;
     let key = args::client_key(a.key.as_deref())?;
     let peer = target.peer_id;
-    let mut session = client::connect(key, target, protocols, a.relay.net()?).await?;
+    let mut session = client::connect(key, target, protocols, args::net(&a.relay, &a.ice)?).await?;
     let info = session.info.clone();
     let connect_ms = output::ms(session.connect_time);
     if !a.json {

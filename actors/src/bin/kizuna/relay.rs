@@ -293,10 +293,19 @@ mod tests {
 
     #[test]
     fn listen_urls() {
-        assert_eq!(parse_listen("ws://127.0.0.1:7000").unwrap(), "127.0.0.1:7000".parse().unwrap());
-        assert_eq!(parse_listen("ws://127.0.0.1:7000/").unwrap(), "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(
+            parse_listen("ws://127.0.0.1:7000").unwrap(),
+            "127.0.0.1:7000".parse::<std::net::SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            parse_listen("ws://127.0.0.1:7000/").unwrap(),
+            "127.0.0.1:7000".parse::<std::net::SocketAddr>().unwrap()
+        );
         assert!(matches!(parse_listen("wss://127.0.0.1:7000"), Err(CliError::Usage(_))));
         assert!(matches!(parse_listen("127.0.0.1:7000"), Err(CliError::Usage(_))));
-        assert_eq!(parse_udp("udp://127.0.0.1:3478").unwrap(), "127.0.0.1:3478".parse().unwrap());
+        assert_eq!(
+            parse_udp("udp://127.0.0.1:3478").unwrap(),
+            "127.0.0.1:3478".parse::<std::net::SocketAddr>().unwrap()
+        );
     }
 }

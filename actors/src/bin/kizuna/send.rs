@@ -37,6 +37,8 @@ pub(crate) struct SendArgs {
     transport: TransportChoice,
     #[command(flatten)]
     relay: args::RelayArgs,
+    #[command(flatten)]
+    ice: args::IceArgs,
     /// Key file (default: $KIZUNA_KEY if set, else a fresh temporary identity).
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
@@ -95,7 +97,7 @@ pub(crate) async fn run(a: SendArgs) -> CliResult {
     let (target, protocols) = a.transport.restrict(&a.target, &a.relay)?;
     let key = args::client_key(a.key.as_deref())?;
     let peer = target.peer_id;
-    let session = client::connect(key, target, protocols, a.relay.net()?).await?;
+    let session = client::connect(key, target, protocols, args::net(&a.relay, &a.ice)?).await?;
     let info = session.info.clone();
     let name = a.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let (report, bar) = progress_reporter(name);
