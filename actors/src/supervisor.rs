@@ -487,20 +487,24 @@ impl Supervisor {
     fn on_punch_signal(&mut self, msg: PunchSignal, ctx: &mut Context<Self>) {
         let peer = msg.peer;
         if !self.punches.contains_key(&peer) {
-            if !matches!(PunchMessage::decode(&msg.payload), Ok(PunchMessage::Offer { .. })) {
-                return;
-            }
+            let offer = matches!(PunchMessage::decode(&msg.payload), Ok(PunchMessage::Offer { .. }));
             if !self.peers.contains_key(&peer) {
-                // The offerer adopted the relayed connection before this node did.
-                if self.early_signals.len() < MAX_EARLY_PEERS {
-                    let q = self.early_signals.entry(peer).or_default();
+                // The offerer adopted the relayed connection before this node did: keep its
+                // offer and what follows it (the `ping` sent right behind it, which is never
+                // repeated) for when this node adopts the connection.
+                if let Some(q) = self.early_signals.get_mut(&peer) {
                     if q.len() < MAX_EARLY_SIGNALS {
                         q.push(msg.payload);
                     }
+                } else if offer && self.early_signals.len() < MAX_EARLY_PEERS {
+                    self.early_signals.insert(peer, vec![msg.payload]);
                     ctx.run_later(EARLY_SIGNAL_TTL, move |act, _| {
                         act.early_signals.remove(&peer);
                     });
                 }
+                return;
+            }
+            if !offer {
                 return;
             }
             if !self.start_punch(peer, Role::Responder, ctx) {

@@ -128,6 +128,24 @@ impl Profile {
         Profile::UdpBlocked,
     ];
 
+    /// Whether RFC 4787 allows a direct path between sites of these two kinds (random port
+    /// allocation, so no port prediction luck): every pair except symmetric with
+    /// symmetric, symmetric with port-restricted cone (either way) — the symmetric side's
+    /// fresh mapping is filtered by the other, whose own mapping is filtered back — and
+    /// any pair with UDP blocked. The simulated matrix and the network-namespace lab both
+    /// assert it.
+    pub fn direct_possible(a: Profile, b: Profile) -> bool {
+        use Profile::{PortRestrictedCone, Symmetric, UdpBlocked};
+        !matches!(
+            (a, b),
+            (UdpBlocked, _)
+                | (_, UdpBlocked)
+                | (Symmetric, Symmetric)
+                | (Symmetric, PortRestrictedCone)
+                | (PortRestrictedCone, Symmetric)
+        )
+    }
+
     /// The site this profile describes (random port allocation, 120 s mappings).
     pub fn site(self) -> SiteKind {
         use FilteringBehavior as F;

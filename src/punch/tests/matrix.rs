@@ -13,20 +13,6 @@ use crate::punch::{
     Event, FailReason, PunchConfig,
 };
 
-/// Whether RFC 4787 allows a direct path between these two sites (random port
-/// allocation, so no port prediction luck).
-fn direct_expected(a: Profile, b: Profile) -> bool {
-    use Profile::*;
-    !matches!(
-        (a, b),
-        (UdpBlocked, _)
-            | (_, UdpBlocked)
-            | (Symmetric, Symmetric)
-            | (Symmetric, PortRestrictedCone)
-            | (PortRestrictedCone, Symmetric)
-    )
-}
-
 #[test]
 fn matrix_6x6_on_clean_links() {
     let punch = PunchConfig::default();
@@ -35,7 +21,7 @@ fn matrix_6x6_on_clean_links() {
         for b in Profile::ALL {
             let (mut sim, ra, rb) = run(SimConfig::profiles(a, b, 1), &punch, 1);
             let cell = format!("{a:?} × {b:?}");
-            if direct_expected(a, b) {
+            if Profile::direct_possible(a, b) {
                 let (Some(to_b), Some(to_a)) = (ra.succeeded(), rb.succeeded()) else {
                     panic!("{cell}: expected direct, got {ra:?} / {rb:?}");
                 };

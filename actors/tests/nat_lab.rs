@@ -1,0 +1,206 @@
+//! The network-namespace NAT lab (docs/nat-traversal.md, "NAT lab"): real kernel NAT
+//! (nftables) in front of real `kizuna` processes.
+//!
+//! Needs root, iproute2, nftables, conntrack, ethtool, ping and coturn (`.ci/run`
+//! installs them); without them every test prints `SKIP: ...` and passes. Run alone with
+//! `cargo nextest run -P lab`. Each test builds its own namespaces (unique names) and
+//! removes them, and every process it started, also when it fails.
+
+#![allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
+
+#[path = "nat_lab/mod.rs"]
+mod lab;
+
+use std::time::Duration;
+
+use lab::{
+    netns::{Lab, PUB1, PUB2},
+    profile::{LabProfile, Profile},
+    shim::Impairment,
+    PairResult,
+};
+
+/// Every emulated profile is what coturn's own client says it is, and `kizuna nat`
+/// agrees with both the Kizuna relay's RFC 5780 responder and coturn.
+#[test]
+fn every_profile_matches_the_oracle_and_kizuna_nat() {
+    if lab::skip() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let _coturn = lab::start_coturn(&lab);
+    let _relay = lab::start_relay(&lab);
+    let mut sites: Vec<_> = Profile::ALL.iter().map(|p| lab.add_site(*p, None)).collect();
+    let kizuna_stun = vec![lab::stun1(), format!("{PUB2}:{}", lab::STUN_PORT)];
+    let coturn_stun = vec![format!("{PUB1}:{}", lab::COTURN_PORT)];
+    let lab = &lab;
+    let problems: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = sites
+            .iter_mut()
+            .map(|site| {
+                let (k, c) = (&kizuna_stun, &coturn_stun);
+                s.spawn(move || {
+                    let mut problems = Vec::new();
+                    // The oracle first: nothing else is trusted unless it agrees.
+                    if let Err(e) = lab::check_oracle(site) {
+                        problems.push(e);
+                    }
+                    for (servers, what) in [(k, "kizuna relay"), (c, "coturn")] {
+                        site.reset();
+                        let v = lab::kizuna_nat(lab, site, servers);
+                        if let Err(e) = lab::check_nat_report(site, &v) {
+                            problems.push(format!("kizuna nat against {what}: {e}"));
+                        }
+                    }
+                    problems
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert!(problems.is_empty(), "{} problem(s):\n{}", problems.len(), problems.join("\n"));
+}
+
+/// Sums `ping` statistics: (transmitted, received, average rtt in ms).
+fn ping_stats(site: &lab::netns::Site, count: u32) -> (u32, u32, Option<f64>) {
+    let out = site
+        .cmd("ping")
+        .args(["-n", "-q", "-c", &count.to_string(), "-i", "0.05", "-W", "3", &PUB1.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |needle: &str| -> u32 {
+        text.lines()
+            .find(|l| l.contains("transmitted"))
+            .and_then(|l| l.split(',').find(|p| p.contains(needle)))
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {needle:?} in ping output: {text}"))
+    };
+    let avg = text
+        .lines()
+        .find(|l| l.starts_with("rtt"))
+        .and_then(|l| l.split('=').nth(1))
+        .and_then(|v| v.trim().split('/').nth(1))
+        .and_then(|v| v.parse().ok());
+    (field("transmitted"), field("received"), avg)
+}
+
+/// The shim really drops and delays: pings through 20 % loss and 50 ms delay each way
+/// lose about a third and take at least 100 ms; the same pings without a shim lose
+/// nothing and are faster.
+#[test]
+fn shim_drops_and_delays_frames() {
+    if lab::skip() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let imp = Impairment { loss_pct: 20.0, delay: Duration::from_millis(50) };
+    let shimmed = lab.add_site(Profile::Open, Some(imp));
+    let plain = lab.add_site(Profile::Open, None);
+    let (tx, rx, avg) = ping_stats(&shimmed, 60);
+    // Round trip survives with 0.8² = 64 %: 38 of 60 expected; binomial sd ≈ 3.7.
+    assert_eq!(tx, 60);
+    assert!((20..=54).contains(&rx), "{rx}/60 answered through 20 % loss each way");
+    let avg = avg.unwrap();
+    assert!(avg >= 100.0, "average rtt {avg} ms through 50 ms delay each way");
+    assert!(lab.shim_drops() > 0, "the shim counted no drops");
+    let (tx, rx, plain_avg) = ping_stats(&plain, 20);
+    assert_eq!((tx, rx), (20, 20), "no shim, no loss");
+    assert!(plain_avg.unwrap() < avg, "plain {plain_avg:?} ms vs shimmed {avg} ms");
+}
+
+fn report(results: &[PairResult], name: &str) {
+    let table = lab::matrix_table(results);
+    eprintln!("{name}:\n{table}");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.json"));
+    let json = serde_json::json!({ "table_markdown": table, "pairs": lab::matrix_json(results) });
+    match std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()) {
+        Ok(()) => eprintln!("written to {}", path.display()),
+        Err(e) => eprintln!("could not write {}: {e}", path.display()),
+    }
+}
+
+fn assert_pairs(results: &[PairResult]) {
+    let problems: Vec<_> = results.iter().filter_map(|r| lab::pair_problem(r).map(|p| (p, r))).collect();
+    if !problems.is_empty() {
+        for (_, r) in &problems {
+            eprintln!("{}", r.logs);
+        }
+        let list: Vec<_> = problems.iter().map(|(p, _)| p.as_str()).collect();
+        panic!(
+            "{} of {} pairs broke the RFC 4787 expectation:\n{}",
+            list.len(),
+            results.len(),
+            list.join("\n")
+        );
+    }
+}
+
+/// The 6×6 matrix: a node in one site, a pinger (dialing by peer id through the relay) in
+/// another; every pair connects relayed first and goes direct over QUIC exactly where
+/// RFC 4787 allows a UDP path, else over TCP where the routers' TCP behaviour allows a
+/// simultaneous open (a UDP-blocked site with anything but a symmetric NAT), else stays
+/// relayed. One row (node profile) at a time, its six pairs concurrently on twelve sites
+/// that are reconfigured (rules reloaded, conntrack flushed) between rows.
+#[test]
+fn matrix_6x6_direct_where_rfc_4787_allows() {
+    if lab::skip() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let _relay = lab::start_relay(&lab);
+    let mut a_sites: Vec<_> = Profile::ALL.iter().map(|_| lab.add_site(Profile::Open, None)).collect();
+    let mut b_sites: Vec<_> = Profile::ALL.iter().map(|p| lab.add_site(*p, None)).collect();
+    let mut results = Vec::new();
+    // KIZUNA_LAB_ROWS=none,symmetric runs only those rows (for debugging one case).
+    let rows = std::env::var("KIZUNA_LAB_ROWS").unwrap_or_default();
+    for a in Profile::ALL.into_iter().filter(|p| rows.is_empty() || rows.split(',').any(|r| r == p.name())) {
+        for s in &mut a_sites {
+            s.set_profile(a);
+        }
+        for s in &mut b_sites {
+            s.reset();
+        }
+        let lab = &lab;
+        let row: Vec<PairResult> = std::thread::scope(|sc| {
+            let hs: Vec<_> = a_sites
+                .iter()
+                .zip(&b_sites)
+                .map(|(sa, sb)| sc.spawn(move || lab::run_pair(lab, sa, sb, lab::PING_COUNT)))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        results.extend(row);
+    }
+    report(&results, "nat-lab-matrix");
+    assert_pairs(&results);
+}
+
+/// With 2 % loss and 50 ms delay each way on every site's link (the shim), the cone-NAT
+/// pairs still go direct.
+#[test]
+fn cone_pairs_go_direct_through_loss_and_delay() {
+    if lab::skip() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let _relay = lab::start_relay(&lab);
+    let imp = Impairment { loss_pct: 2.0, delay: Duration::from_millis(50) };
+    let cones = [Profile::FullCone, Profile::RestrictedCone, Profile::PortRestrictedCone];
+    let pairs: Vec<_> = cones
+        .iter()
+        .flat_map(|a| cones.iter().map(move |b| (*a, *b)))
+        .map(|(a, b)| (lab.add_site(a, Some(imp)), lab.add_site(b, Some(imp))))
+        .collect();
+    let lab = &lab;
+    let results: Vec<PairResult> = std::thread::scope(|sc| {
+        let hs: Vec<_> = pairs
+            .iter()
+            .map(|(sa, sb)| sc.spawn(move || lab::run_pair(lab, sa, sb, lab::PING_COUNT * 2)))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    report(&results, "nat-lab-lossy-cones");
+    assert_pairs(&results);
+}
