@@ -28,7 +28,7 @@ use kizuna::{
     nat::{Gatherer, ProbeConfig},
     punch::{
         candidates::{local_candidates, tcp_candidates},
-        Event as PunchEvent, Output, PunchConfig, PunchSession, Role,
+        Event as PunchEvent, MappingHint, Output, PunchConfig, PunchSession, Role,
     },
     transport::quic::{demux::SideChannel, QuicTransport},
     transport::{tcp::punched_connection, tcp_punch::TcpPunch},
@@ -197,6 +197,7 @@ impl HolePunchActor {
             return;
         };
         let gathered = gatherer.result();
+        self.tcp.local_mapping = gathered.mapping;
         let mut local = match self.side.local_addr() {
             Ok(bound) => {
                 local_candidates(bound, &self.env.interfaces, &gathered.reflexive, self.env.relay_observed)
@@ -443,6 +444,9 @@ struct TcpSide {
     stream: Option<(TcpStream, SocketAddr)>,
     /// Initiator: the UDP punch failed while TCP was still trying.
     udp_failure: Option<String>,
+    /// This side's mapping hint from gathering ([`MappingHint::UdpBlocked`] makes the
+    /// initiator use a TCP path at once).
+    local_mapping: MappingHint,
     /// The attempt's tasks, aborted when the actor stops.
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -479,7 +483,17 @@ impl Handler<TcpFound> for HolePunchActor {
         self.tcp.state = TcpState::Found;
         self.tcp.stream = Some((msg.stream, msg.remote));
         if let Some(reason) = self.tcp.udp_failure.take() {
-            self.use_tcp(reason, ctx);
+            return self.use_tcp(reason, ctx);
+        }
+        // A UDP punch cannot work when either side's UDP is blocked: do not wait for its
+        // rounds to fail. Ending the session tells the peer (its UDP session ends too).
+        let Stage::Punching(session) = &mut self.stage else { return };
+        let blocked = [self.tcp.local_mapping, session.remote_mapping()].contains(&MappingHint::UdpBlocked);
+        if blocked && !session.is_finished() {
+            tracing::debug!(peer = %self.peer, "UDP blocked at one end: using the TCP path now");
+            // The session's `Failed` event then hands over to the TCP stream (`udp_failed`).
+            session.close(Instant::now());
+            self.drain(ctx);
         }
     }
 }

@@ -11,7 +11,8 @@
 //! The mapping hint comes from comparing the mapped addresses seen by two server
 //! addresses with different IPs: the configured servers, or a server and the
 //! OTHER-ADDRESS it names (RFC 5780 §7.4). The same mapping from both means the NAT maps
-//! endpoint-independently; different mappings mean it maps per destination.
+//! endpoint-independently; different mappings mean it maps per destination; no answer at
+//! all means UDP is blocked.
 
 use std::{
     net::SocketAddr,
@@ -158,7 +159,8 @@ impl Gatherer {
         self.txs.iter().all(|t| t.result.is_some())
     }
 
-    /// What was learned so far (complete once [`is_done`](Self::is_done)).
+    /// What was learned so far (complete once [`is_done`](Self::is_done)). When servers
+    /// were asked and none answered, the hint is [`MappingHint::UdpBlocked`].
     pub fn result(&self) -> Gathered {
         let answered: Vec<(SocketAddr, SocketAddr)> =
             self.txs.iter().filter_map(|t| t.result.flatten().map(|m| (t.server, m))).collect();
@@ -167,6 +169,10 @@ impl Gatherer {
             if !reflexive.contains(m) {
                 reflexive.push(*m);
             }
+        }
+        if answered.is_empty() && !self.txs.is_empty() && self.is_done() {
+            // Asked, and nothing came back over UDP.
+            return Gathered { reflexive, mapping: MappingHint::UdpBlocked };
         }
         let mut mapping = MappingHint::Unknown;
         for (i, (sa, ma)) in answered.iter().enumerate() {

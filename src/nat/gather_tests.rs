@@ -67,7 +67,11 @@ fn retransmits_on_schedule_then_gives_up() {
     assert_eq!(sent, cfg.transmit_times().len());
     assert_eq!(t, now + cfg.deadline());
     assert!(g.is_done());
-    assert_eq!(g.result(), Gathered::default());
+    assert_eq!(g.result(), Gathered { reflexive: vec![], mapping: MappingHint::UdpBlocked });
+    // Nobody asked: nothing known, not "blocked".
+    let none = Gatherer::new(&[], now, cfg, [2; 32]);
+    assert!(none.is_done());
+    assert_eq!(none.result(), Gathered::default());
 }
 
 #[test]

@@ -104,6 +104,10 @@ pub enum MappingHint {
     AddressDependent,
     /// Address-and-port-dependent mapping ("symmetric"): a new mapping per destination.
     AddressAndPortDependent,
+    /// No STUN server answered over UDP although some were asked: UDP is most likely
+    /// blocked at this node, so a UDP punch cannot work and the peer should not wait for
+    /// one before using another path (TCP simultaneous open).
+    UdpBlocked,
 }
 
 impl MappingHint {
@@ -114,6 +118,7 @@ impl MappingHint {
             MappingHint::EndpointIndependent => "eim",
             MappingHint::AddressDependent => "adm",
             MappingHint::AddressAndPortDependent => "apdm",
+            MappingHint::UdpBlocked => "blocked",
         }
     }
 
@@ -123,6 +128,7 @@ impl MappingHint {
             "eim" => MappingHint::EndpointIndependent,
             "adm" => MappingHint::AddressDependent,
             "apdm" => MappingHint::AddressAndPortDependent,
+            "blocked" => MappingHint::UdpBlocked,
             _ => MappingHint::Unknown,
         }
     }

@@ -336,6 +336,12 @@ impl PunchSession {
         s
     }
 
+    /// The peer's mapping hint, once its offer or answer arrived ([`MappingHint::Unknown`]
+    /// before).
+    pub fn remote_mapping(&self) -> MappingHint {
+        self.remote_mapping
+    }
+
     /// This side's role.
     pub fn role(&self) -> Role {
         self.role

@@ -95,7 +95,7 @@ impl SiteKind {
                 MappingBehavior::AddressDependent => MappingHint::AddressDependent,
                 MappingBehavior::AddressAndPortDependent => MappingHint::AddressAndPortDependent,
             },
-            SiteKind::UdpBlocked => MappingHint::Unknown,
+            SiteKind::UdpBlocked => MappingHint::UdpBlocked,
         }
     }
 }

@@ -213,7 +213,8 @@ fn mapping() -> impl Strategy<Value = MappingHint> {
         Just(MappingHint::Unknown),
         Just(MappingHint::EndpointIndependent),
         Just(MappingHint::AddressDependent),
-        Just(MappingHint::AddressAndPortDependent)
+        Just(MappingHint::AddressAndPortDependent),
+        Just(MappingHint::UdpBlocked)
     ]
 }
 
