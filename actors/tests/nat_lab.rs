@@ -14,7 +14,8 @@ mod lab;
 use std::time::Duration;
 
 use lab::{
-    netns::{Lab, PUB1, PUB2},
+    netns::{self, Lab, PUB1, PUB2},
+    procs,
     profile::{LabProfile, Profile},
     shim::Impairment,
     PairResult,
@@ -203,4 +204,55 @@ fn cone_pairs_go_direct_through_loss_and_delay() {
     });
     report(&results, "nat-lab-lossy-cones");
     assert_pairs(&results);
+}
+
+/// A network change retries the punch at once. The pinger's host first may reach only the
+/// relay's addresses (a host firewall: its punch fails, UDP and TCP, and the pair stays
+/// relayed); then its network changes — the firewall goes and an address is added to its
+/// interface — and it must go direct well before the fixed 60 s retry would have fired:
+/// the node notices the new interface address (checked every 5 s) and punches again.
+#[test]
+fn a_network_change_retries_the_punch_at_once() {
+    if lab::skip() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let _relay = lab::start_relay(&lab);
+    let (a, b) = (lab.add_site(Profile::FullCone, None), lab.add_site(Profile::FullCone, None));
+    let firewall = format!(
+        "table inet kzlab_fw {{\n chain out {{\n type filter hook output priority 0; policy accept;\n \
+         oif \"lo\" accept\n ip daddr != {{ {PUB1}, {PUB2} }} drop\n }}\n}}\n"
+    );
+    netns::run_input("ip", &["netns", "exec", &b.host, "nft", "-f", "-"], Some(&firewall)).unwrap();
+
+    let mut cmd = procs::kizuna(&a.host, lab.dir());
+    cmd.args(["node", "--json", "--relay", &lab::relay_url(), "--stun", &lab::stun1()]);
+    let node = procs::Proc::spawn(cmd, "node", &lab.path("node-netchange.log"));
+    let mut seen = Vec::new();
+    let (_, listening) = node.wait_event("listening", lab::STARTUP, &mut seen).expect("node started");
+    node.wait_event("nat", lab::STARTUP, &mut seen).expect("node NAT report");
+    let peer = listening["peer"].as_str().unwrap().to_string();
+    let mut cmd = procs::kizuna(&b.host, lab.dir());
+    cmd.args(["ping", &peer, "--json", "--relay", &lab::relay_url(), "--stun", &lab::stun1()]).args([
+        "--count",
+        "240",
+        "--interval",
+        "250",
+    ]);
+    let ping = procs::Proc::spawn(cmd, "ping", &lab.path("ping-netchange.log"));
+
+    let failed = node.wait_event("hole_punch_failed", Duration::from_secs(45), &mut seen);
+    assert!(failed.is_some(), "the first punch should fail behind the firewall: {}", ping.log_tail(20));
+    assert!(!seen.iter().any(|(_, v)| v["event"] == "path_upgraded"), "went direct through the firewall");
+
+    netns::run("ip", &["netns", "exec", &b.host, "nft", "delete", "table", "inet", "kzlab_fw"]).unwrap();
+    netns::run("ip", &["-n", &b.host, "addr", "add", "10.255.0.1/32", "dev", "eth0"]).unwrap();
+    let changed = std::time::Instant::now();
+    let upgraded = node.wait_event("path_upgraded", Duration::from_secs(30), &mut seen);
+    let took = changed.elapsed();
+    assert!(upgraded.is_some(), "no direct path within 30 s of the network change: {}", ping.log_tail(30));
+    eprintln!("direct {took:.2?} after the network change");
+    // The fixed retry comes 60 s after the failure; the change-triggered one within the
+    // 5 s check interval plus one punch.
+    assert!(took < Duration::from_secs(20), "took {took:?}: not triggered by the network change");
 }
