@@ -103,6 +103,7 @@ async fn messages_datagrams_and_a_16_mib_stream() {
     assert_eq!(s.peer(), p.client_id);
     assert_eq!(c.peer(), p.server_id);
     assert_eq!(c.protocol(), kizuna::Protocol::WebRtc);
+    assert_eq!((c.info().path, s.info().path), (kizuna::PathKind::Direct, kizuna::PathKind::Direct));
 
     // Messages both ways, in order.
     for i in 0..100u32 {
@@ -423,6 +424,8 @@ async fn turn_relays_a_data_channel_with_relay_only_ice() {
     let mut listener = server.listen(&TransportAddr::WebRtc).await.unwrap();
     let (c, s) = tokio::join!(client.connect(&TransportAddr::WebRtc, server_id), accept(&mut listener));
     let c = c.unwrap();
+    // A TURN path is reported as relayed (through a TURN server, still end-to-end DTLS).
+    assert_eq!((c.info().path, s.info().path), (kizuna::PathKind::Relayed, kizuna::PathKind::Relayed));
     // Data both ways, through coturn.
     let payload = Bytes::from(vec![0x5a; 100_000]);
     c.send(payload.clone()).await.unwrap();

@@ -43,7 +43,7 @@ pub use self::{
     signal::{SignalKind, SignalMessage, WEBRTC_SIGNAL_TAG},
 };
 use crate::{
-    address::{PathKind, Protocol, TransportAddr},
+    address::{Protocol, TransportAddr},
     error::{Result, TransportError},
     identity::PeerId,
     node::LocalNode,
@@ -188,7 +188,7 @@ impl WebRtcTransport {
             let result = bounded(&shared, from, async {
                 let setup = PeerSetup::build(&shared.config, shared.runtime.clone()).await?;
                 let est = setup.answer(&sig, offer.sdp).await?;
-                Ok(connection(from, est, false))
+                Ok(connection(from, est, false).await)
             })
             .await;
             drop(guard);
@@ -233,7 +233,8 @@ async fn bounded<T>(
 }
 
 /// Wraps an established peer connection as a Kizuna [`Connection`] to `peer`.
-fn connection(peer: PeerId, est: peer::Established, dialer: bool) -> Connection {
+async fn connection(peer: PeerId, est: peer::Established, dialer: bool) -> Connection {
+    let path = est.path().await;
     let stats = Arc::new(ConnStats::default());
     let backend = Arc::new(WebRtcBackend::start(est, stats.clone()));
     // No hello travels over WebRTC (a browser could not send one): the peer's identity
@@ -250,7 +251,7 @@ fn connection(peer: PeerId, est: peer::Established, dialer: bool) -> Connection 
         peer,
         remote_addr: TransportAddr::WebRtc,
         protocol: Protocol::WebRtc,
-        path: PathKind::Direct,
+        path,
         remote_hello,
         dialer,
     };
@@ -314,7 +315,7 @@ impl Transport for WebRtcTransport {
             let result = bounded(&self.shared, expected, async {
                 let setup = PeerSetup::build(&self.shared.config, self.shared.runtime.clone()).await?;
                 let est = setup.offer(&sig).await?;
-                Ok(connection(expected, est, true))
+                Ok(connection(expected, est, true).await)
             })
             .await;
             if let Err(e) = &result {

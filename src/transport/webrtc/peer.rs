@@ -3,6 +3,8 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
+use crate::address::PathKind;
+
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use webrtc::{
@@ -122,6 +124,22 @@ pub(crate) struct Established {
     pub(crate) datagrams: Pumped,
     pub(crate) channels: mpsc::Receiver<Arc<dyn DataChannel>>,
     pub(crate) state: watch::Receiver<RTCPeerConnectionState>,
+}
+
+impl Established {
+    /// The path ICE selected: [`PathKind::Relayed`] when either end of the nominated
+    /// candidate pair is a TURN relay candidate (the data still travels end-to-end DTLS:
+    /// the TURN server sees ciphertext only), else [`PathKind::Direct`].
+    pub(crate) async fn path(&self) -> PathKind {
+        use webrtc::peer_connection::RTCIceCandidateType;
+        let Some(sctp) = self.pc.sctp().await else { return PathKind::Direct };
+        match sctp.transport().ice_transport().get_selected_candidate_pair().await {
+            Ok(Some(pair)) if [pair.local().typ, pair.remote().typ].contains(&RTCIceCandidateType::Relay) => {
+                PathKind::Relayed
+            }
+            _ => PathKind::Direct,
+        }
+    }
 }
 
 fn rtc_error(what: &str) -> impl Fn(webrtc::error::Error) -> TransportError + '_ {
