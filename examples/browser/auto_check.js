@@ -74,7 +74,7 @@
       session.addEventListener("failed", (ev) => (failure = ev.detail));
       t1 = performance.now();
       for (const m of msgs) {
-        session.send("msg", m);
+        await session.sendPaced("msg", m);
         result.reliable.sent++;
       }
       for (const d of dgrams) {

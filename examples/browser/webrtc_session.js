@@ -26,6 +26,10 @@
   const OPEN_TIMEOUT_MS = 30000;
   /** Candidates that arrive before the answer wait here; more than this is abuse. */
   const MAX_EARLY_CANDIDATES = 64;
+  /** Reliable sends wait while more than this is buffered in the browser (bytes)... */
+  const SEND_HIGH_WATER = 1024 * 1024;
+  /** ...until the buffer drains below this (`bufferedAmountLowThreshold`). */
+  const SEND_LOW_WATER = 256 * 1024;
 
   function u64be(v) {
     const b = new Uint8Array(8);
@@ -140,6 +144,7 @@
 
     addChannel(name, dc) {
       dc.binaryType = "arraybuffer";
+      dc.bufferedAmountLowThreshold = SEND_LOW_WATER;
       this.channels[name] = dc;
       dc.onopen = () => {
         if (this.openCount() === 2 && !this.done) {
@@ -228,6 +233,19 @@
       const dc = this.channels[channel];
       if (!dc || dc.readyState !== "open") throw new Error("channel " + channel + " is not open");
       dc.send(typeof data === "string" ? new TextEncoder().encode(data) : data);
+    }
+
+    /**
+     * Sends on `channel` with flow control: waits (for the `bufferedamountlow` event) while
+     * more than SEND_HIGH_WATER bytes are buffered, so a fast sender never queues without
+     * bound in the browser. Use it for bulk on the reliable channel.
+     */
+    async sendPaced(channel, data) {
+      const dc = this.channels[channel];
+      while (dc && dc.readyState === "open" && dc.bufferedAmount > SEND_HIGH_WATER) {
+        await new Promise((resolve) => dc.addEventListener("bufferedamountlow", resolve, { once: true }));
+      }
+      this.send(channel, data);
     }
 
     fail(kind, message) {
