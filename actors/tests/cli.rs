@@ -427,11 +427,14 @@ fn demo_runs_every_transport() {
     assert!(o.status.success(), "demo failed: {}\n{}", stdout(&o), stderr(&o));
     let rows = json_lines(&o);
     let names: Vec<&str> = rows.iter().filter_map(|r| r["transport"].as_str()).collect();
-    for t in ["tcp", "quic", "websocket"] {
+    for t in ["tcp", "quic", "websocket", "webrtc"] {
         assert!(names.contains(&t), "no {t} row: {names:?}");
     }
     let paths: Vec<&str> = rows.iter().filter_map(|r| r["path"].as_str()).collect();
     assert!(paths.contains(&"relayed"), "a relayed row: {paths:?}");
+    // The upgrade row: connected through the relay, then hole-punched to direct QUIC.
+    let upgraded = rows.iter().find(|r| r["upgrade_ms"].is_f64()).expect("an upgrade row");
+    assert_eq!((upgraded["transport"].as_str(), upgraded["path"].as_str()), (Some("quic"), Some("direct")));
     for r in &rows {
         assert_eq!(r["status"], "ok", "{r}");
         for f in ["connect_ms", "rtt_ms", "upload_mbps", "download_mbps"] {
