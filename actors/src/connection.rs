@@ -51,6 +51,11 @@ pub struct ConnectionActor {
     conn: Connection,
     bus: EventBus,
     guard: ExitGuard,
+    /// Sends in flight hold a read guard, taken when their command is handled (so in
+    /// mailbox order); a close takes the write guard first, so every send the actor
+    /// accepted before the close is queued on the connection (and flushed by the graceful
+    /// close) instead of failing because the close overtook it.
+    in_flight: std::sync::Arc<tokio::sync::RwLock<()>>,
     /// Whether to publish `PeerConnected` (not for a path upgrade, announced as
     /// `PathUpgraded` instead).
     announce: bool,
@@ -64,7 +69,7 @@ impl ConnectionActor {
         exited: actix::Recipient<ChildExited>,
         announce: bool,
     ) -> Self {
-        Self { conn, bus, guard: ExitGuard::new(id, exited), announce }
+        Self { conn, bus, guard: ExitGuard::new(id, exited), announce, in_flight: Default::default() }
     }
 }
 
@@ -129,7 +134,16 @@ impl Handler<SendMessage> for ConnectionActor {
     type Result = ResponseFuture<Result<(), NodeError>>;
     fn handle(&mut self, msg: SendMessage, _: &mut Context<Self>) -> Self::Result {
         let conn = self.conn.clone();
-        Box::pin(async move { conn.send(msg.0).await.map_err(NodeError::from) })
+        let gate = self.in_flight.clone();
+        // Taken now, in mailbox order; only fails once a close has begun.
+        let held = gate.clone().try_read_owned().ok();
+        Box::pin(async move {
+            let _held = match held {
+                Some(g) => g,
+                None => gate.read_owned().await,
+            };
+            conn.send(msg.0).await.map_err(NodeError::from)
+        })
     }
 }
 
@@ -145,10 +159,16 @@ impl Handler<CloseConnection> for ConnectionActor {
     type Result = ResponseActFuture<Self, ()>;
     fn handle(&mut self, msg: CloseConnection, _: &mut Context<Self>) -> Self::Result {
         let conn = self.conn.clone();
+        let gate = self.in_flight.clone();
         // Closing sends nothing more but keeps delivering what the peer sent before it
         // saw the close; the receive loop ends (and stops this actor) once the peer's
         // side is done too, so no message in flight is lost.
-        Box::pin(async move { conn.close(msg.code, &msg.reason).await }.into_actor(self).map(|_, act, _| {
+        // Sends accepted earlier are queued first (see `in_flight`).
+        let close = async move {
+            let _all_sent = gate.write_owned().await;
+            conn.close(msg.code, &msg.reason).await
+        };
+        Box::pin(close.into_actor(self).map(|_, act, _| {
             act.guard.set(ExitReason::Normal);
         }))
     }

@@ -6,6 +6,7 @@
 pub mod api;
 mod child;
 mod connection;
+mod early_signals;
 pub mod events;
 mod hole_punch;
 mod listener;

@@ -31,7 +31,6 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult,
     Recipient, ResponseActFuture, ResponseFuture, WrapFuture,
 };
-use bytes::Bytes;
 use kizuna::{
     negotiate::{resolve_duplicate, retire, Candidate, Keep, Retire},
     punch::{PunchMessage, Role},
@@ -50,6 +49,7 @@ use crate::{
     api::*,
     child::{ChildExited, ChildId, Fault},
     connection::{CloseConnection, ConnectionActor, OpenStreamTo, SendMessage},
+    early_signals::EarlySignals,
     events::EventBus,
     hole_punch::{
         spawn_side_reader, HolePunchActor, PunchEnv, PunchFinished, PunchInboxes, PunchPorts, PunchSignal,
@@ -151,13 +151,6 @@ pub const PUNCH_RETRY: Duration = Duration::from_secs(60);
 /// 5 s: listing interfaces is one netlink round trip, and a change is acted on quickly.
 const NETWORK_CHECK: Duration = Duration::from_secs(5);
 
-/// How long a punch `offer` that arrives before the relayed connection it belongs to is
-/// kept (the offerer adopted that connection first). Few peers, few messages: see
-/// `MAX_EARLY_*`.
-const EARLY_SIGNAL_TTL: Duration = Duration::from_secs(5);
-const MAX_EARLY_PEERS: usize = 16;
-const MAX_EARLY_SIGNALS: usize = 8;
-
 /// The connection manager actor. Start it with [`Supervisor::start`] inside an actix
 /// system, then send it the messages of [`crate::api`].
 pub struct Supervisor {
@@ -184,7 +177,7 @@ pub struct Supervisor {
     punches: HashMap<PeerId, (ChildId, Addr<HolePunchActor>)>,
     punch_inboxes: PunchInboxes,
     punch_reader: Option<Arc<SideChannel>>,
-    early_signals: HashMap<PeerId, Vec<Bytes>>,
+    early_signals: EarlySignals,
     /// Sources of local punch candidates: configured STUN servers, what the relay
     /// reported, the interface addresses last seen.
     stun: Vec<SocketAddr>,
@@ -223,7 +216,7 @@ impl Supervisor {
             punches: HashMap::new(),
             punch_inboxes: PunchInboxes::default(),
             punch_reader: None,
-            early_signals: HashMap::new(),
+            early_signals: EarlySignals::default(),
             stun: config.stun,
             relay_addrs: RelayAddrs { observed: None, stun: Vec::new() },
             interfaces: kizuna::nat::interfaces::interface_ips(),
@@ -388,8 +381,8 @@ impl Supervisor {
         if info.path == PathKind::Relayed {
             if dialer {
                 self.start_punch(peer, Role::Initiator, ctx);
-            } else if let Some(early) = self.early_signals.remove(&peer) {
-                for payload in early {
+            } else {
+                for payload in self.early_signals.take(&peer, Instant::now()) {
                     self.on_punch_signal(PunchSignal { peer, payload }, ctx);
                 }
             }
@@ -492,16 +485,7 @@ impl Supervisor {
                 // The offerer adopted the relayed connection before this node did: keep its
                 // offer and what follows it (the `ping` sent right behind it, which is never
                 // repeated) for when this node adopts the connection.
-                if let Some(q) = self.early_signals.get_mut(&peer) {
-                    if q.len() < MAX_EARLY_SIGNALS {
-                        q.push(msg.payload);
-                    }
-                } else if offer && self.early_signals.len() < MAX_EARLY_PEERS {
-                    self.early_signals.insert(peer, vec![msg.payload]);
-                    ctx.run_later(EARLY_SIGNAL_TTL, move |act, _| {
-                        act.early_signals.remove(&peer);
-                    });
-                }
+                self.early_signals.keep(peer, msg.payload, offer, Instant::now());
                 return;
             }
             if !offer {
