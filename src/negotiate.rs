@@ -104,16 +104,22 @@ pub enum Retire {
     /// upgraded by dialing the direct one, and until the peer has adopted that dial it
     /// may still send on the relayed path. Close it only after a grace period.
     ByPeer,
+    /// Close it shortly, not at once: it is a relayed path this node upgraded by dialing
+    /// the direct one. The peer adopts that path when its listener hands it over, moments
+    /// after this node's dial completed; a close sent at once could reach the peer first
+    /// and make it report a disconnection and a new connection instead of an upgrade.
+    /// Nothing is sent on it meanwhile (sends go to the new path).
+    Shortly,
 }
 
 /// How to retire `old` now that `new` replaces it. Only one side of an upgrade closes
 /// the relayed path — the one that dialed the direct path — so that neither closes it
 /// while the other may still be sending on it.
 pub fn retire(old: Candidate, new: Candidate) -> Retire {
-    if old.path == PathKind::Relayed && new.path == PathKind::Direct && !new.dialed_locally {
-        Retire::ByPeer
-    } else {
-        Retire::Now
+    match (old.path, new.path, new.dialed_locally) {
+        (PathKind::Relayed, PathKind::Direct, false) => Retire::ByPeer,
+        (PathKind::Relayed, PathKind::Direct, true) => Retire::Shortly,
+        _ => Retire::Now,
     }
 }
 
@@ -236,7 +242,7 @@ mod tests {
         let (relayed, direct) = (PathKind::Relayed, PathKind::Direct);
         assert_eq!(retire(c(true, relayed), c(false, direct)), Retire::ByPeer);
         assert_eq!(retire(c(false, relayed), c(false, direct)), Retire::ByPeer);
-        assert_eq!(retire(c(false, relayed), c(true, direct)), Retire::Now);
+        assert_eq!(retire(c(false, relayed), c(true, direct)), Retire::Shortly);
         assert_eq!(retire(c(true, direct), c(false, direct)), Retire::Now);
         assert_eq!(retire(c(true, relayed), c(false, relayed)), Retire::Now);
     }

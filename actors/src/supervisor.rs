@@ -142,6 +142,11 @@ type Waiter = oneshot::Sender<Result<ConnectionInfo, NodeError>>;
 /// below this; past it the peer evidently will not close it, so this node does.
 const RETIRE_GRACE: Duration = Duration::from_secs(10);
 
+/// How long the node that dialed an upgrade's direct path waits before closing the
+/// relayed one (`Retire::Shortly`). 2 s: the peer adopts the direct path within
+/// milliseconds of this node's dial completing; the margin covers a loaded machine.
+const UPGRADE_CLOSE_DELAY: Duration = Duration::from_secs(2);
+
 /// How long after a failed hole-punch attempt the initiator tries again (while the
 /// connection is still relayed). 60 s: NAT state and mappings may have changed by then,
 /// and an impossible pair costs one short burst of probes per minute.
@@ -340,6 +345,10 @@ impl Supervisor {
                             Retire::ByPeer => {
                                 let actor = old.actor.clone();
                                 ctx.run_later(RETIRE_GRACE, move |_, _| actor.do_send(close));
+                            }
+                            Retire::Shortly => {
+                                let actor = old.actor.clone();
+                                ctx.run_later(UPGRADE_CLOSE_DELAY, move |_, _| actor.do_send(close));
                             }
                             Retire::Now => old.actor.do_send(close),
                         }
