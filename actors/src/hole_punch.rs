@@ -28,7 +28,8 @@ use kizuna::{
     nat::{Gatherer, ProbeConfig},
     punch::{
         candidates::{local_candidates, tcp_candidates},
-        Event as PunchEvent, MappingHint, Output, PunchConfig, PunchSession, Role,
+        Event as PunchEvent, MappingHint, Output, PathRace, PunchConfig, PunchSession, RaceStep, Role,
+        TcpPhase,
     },
     transport::quic::{demux::SideChannel, QuicTransport},
     transport::{tcp::punched_connection, tcp_punch::TcpPunch},
@@ -331,26 +332,31 @@ impl HolePunchActor {
 
     /// The UDP punch failed: finish, unless TCP simultaneous open may still deliver.
     fn udp_failed(&mut self, reason: String, ctx: &mut Context<Self>) {
-        match self.tcp.state {
-            TcpState::Running => {
-                tracing::debug!(peer = %self.peer, %reason, "UDP punch failed; waiting for TCP simultaneous open");
-                self.tcp.udp_failure = Some(reason);
+        let step = self.tcp.race.udp_failed(reason);
+        self.step(step, ctx);
+    }
+
+    /// Does what the UDP/TCP race decided.
+    fn step(&mut self, step: RaceStep, ctx: &mut Context<Self>) {
+        match step {
+            RaceStep::Wait => {}
+            RaceStep::UseTcp { udp_reason } => self.use_tcp(udp_reason, ctx),
+            RaceStep::EndUdpSession => {
+                tracing::debug!(peer = %self.peer, "UDP blocked at one end: using the TCP path now");
+                // The session's `Failed` event then hands over to the TCP stream.
+                if let Some(session) = self.session_mut() {
+                    session.close(Instant::now());
+                }
+                self.drain(ctx);
             }
-            TcpState::Found => self.use_tcp(reason, ctx),
-            TcpState::Idle | TcpState::Done => {
-                let why = if self.tcp.state == TcpState::Done {
-                    format!("{reason}; TCP simultaneous open found no path either")
-                } else {
-                    reason
-                };
-                self.finish(Err(why), ctx)
-            }
+            RaceStep::Fail(reason) => self.finish(Err(reason), ctx),
+            RaceStep::Succeed => self.finish(Ok(None), ctx),
         }
     }
 
     /// Starts TCP simultaneous open once the peer's TCP candidates are known.
     fn maybe_start_tcp(&mut self, ctx: &mut Context<Self>) {
-        if self.tcp.state != TcpState::Idle || self.tcp.reserved.is_none() {
+        if self.tcp.race.tcp_phase() != TcpPhase::Idle || self.tcp.reserved.is_none() {
             return;
         }
         let remotes = match &self.stage {
@@ -361,7 +367,7 @@ impl HolePunchActor {
             return;
         }
         let (Some(punch), Some(node)) = (self.tcp.reserved.take(), self.env.tcp.clone()) else { return };
-        self.tcp.state = TcpState::Running;
+        self.tcp.race.tcp_started();
         let (tx, mut rx) = mpsc::channel(4);
         let me = ctx.address();
         let (role, peer, inbound) = (self.role, self.peer, self.ports.inbound.clone());
@@ -439,27 +445,15 @@ impl HolePunchActor {
 struct TcpSide {
     /// The port reserved for the session, until the attempt starts.
     reserved: Option<TcpPunch>,
-    state: TcpState,
+    /// The race between the UDP punch and this attempt (the decisions).
+    race: PathRace,
     /// Initiator: the stream found, kept until the UDP punch's outcome is known.
     stream: Option<(TcpStream, SocketAddr)>,
-    /// Initiator: the UDP punch failed while TCP was still trying.
-    udp_failure: Option<String>,
     /// This side's mapping hint from gathering ([`MappingHint::UdpBlocked`] makes the
     /// initiator use a TCP path at once).
     local_mapping: MappingHint,
     /// The attempt's tasks, aborted when the actor stops.
     tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
-enum TcpState {
-    #[default]
-    Idle,
-    Running,
-    /// Initiator: a stream was found.
-    Found,
-    /// The attempt ended (responder: with or without a connection; initiator: without).
-    Done,
 }
 
 /// Initiator: TCP simultaneous open established a stream.
@@ -480,37 +474,21 @@ struct TcpEnded {
 impl Handler<TcpFound> for HolePunchActor {
     type Result = ();
     fn handle(&mut self, msg: TcpFound, ctx: &mut Context<Self>) {
-        self.tcp.state = TcpState::Found;
         self.tcp.stream = Some((msg.stream, msg.remote));
-        if let Some(reason) = self.tcp.udp_failure.take() {
-            return self.use_tcp(reason, ctx);
-        }
-        // A UDP punch cannot work when either side's UDP is blocked: do not wait for its
-        // rounds to fail. Ending the session tells the peer (its UDP session ends too).
-        let Stage::Punching(session) = &mut self.stage else { return };
-        let blocked = [self.tcp.local_mapping, session.remote_mapping()].contains(&MappingHint::UdpBlocked);
-        if blocked && !session.is_finished() {
-            tracing::debug!(peer = %self.peer, "UDP blocked at one end: using the TCP path now");
-            // The session's `Failed` event then hands over to the TCP stream (`udp_failed`).
-            session.close(Instant::now());
-            self.drain(ctx);
-        }
+        let (udp_open, remote) = match &self.stage {
+            Stage::Punching(s) => (!s.is_finished(), s.remote_mapping()),
+            _ => (false, MappingHint::Unknown),
+        };
+        let step = self.tcp.race.tcp_found(udp_open, self.tcp.local_mapping, remote);
+        self.step(step, ctx);
     }
 }
 
 impl Handler<TcpEnded> for HolePunchActor {
     type Result = ();
     fn handle(&mut self, msg: TcpEnded, ctx: &mut Context<Self>) {
-        if self.tcp.state == TcpState::Found {
-            return;
-        }
-        self.tcp.state = TcpState::Done;
-        if msg.connected {
-            // Responder: the TCP path is up; the UDP punch no longer matters.
-            self.finish(Ok(None), ctx);
-        } else if let Some(reason) = self.tcp.udp_failure.take() {
-            self.finish(Err(format!("{reason}; TCP simultaneous open found no path either")), ctx);
-        }
+        let step = self.tcp.race.tcp_ended(msg.connected);
+        self.step(step, ctx);
     }
 }
 

@@ -99,15 +99,19 @@ impl Gatherer {
     /// the answer to one of this gatherer's transactions (then the caller should not pass
     /// it on). Answers to finished transactions are consumed and ignored.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> bool {
-        let Some(i) = self.txs.iter().position(|t| parse_response(bytes, from, &t.tid).is_some()) else {
+        let Some((i, outcome)) = self
+            .txs
+            .iter()
+            .enumerate()
+            .find_map(|(i, t)| parse_response(bytes, from, &t.tid).map(|o| (i, o)))
+        else {
             return false;
         };
         if self.txs[i].result.is_some() {
             return true;
         }
-        let outcome = parse_response(bytes, from, &self.txs[i].tid);
         let mapped = match outcome {
-            Some(Outcome::Success(r)) => {
+            Outcome::Success(r) => {
                 // Ask the server's other address too, when it names one and only one
                 // server IP is known: that tells whether the mapping depends on the
                 // destination.

@@ -26,6 +26,7 @@ pub mod candidates;
 mod error;
 pub mod packet;
 pub mod proto;
+pub mod race;
 mod rng;
 pub mod session;
 pub mod sim;
@@ -35,6 +36,7 @@ mod tests;
 pub use candidates::{Candidate, CandidateKind, MappingHint};
 pub use error::{FailReason, PunchDecodeError, PunchProtocolError};
 pub use proto::PunchMessage;
+pub use race::{PathRace, RaceStep, TcpPhase};
 pub use session::{Event, Output, Phase, PunchConfig, PunchSession, PunchStats, Role};
 
 /// Largest encoded punch message, in bytes. An offer with [`MAX_CANDIDATES`] candidates
