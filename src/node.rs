@@ -11,6 +11,7 @@ use crate::{
     error::Result,
     identity::{Keypair, PeerId},
     secure::SecureConfig,
+    transport::admission::{self, AdmissionLimits, HandshakeCounters, HandshakeStats},
     wire::{Hello, HelloPurpose},
 };
 
@@ -72,8 +73,16 @@ pub struct NodeConfig {
     /// messages: enough to absorb bursts; when full, reading stops and the peer's sends
     /// wait (backpressure).
     pub message_queue: usize,
-    /// Maximum concurrent inbound handshakes per listener. 256.
+    /// Maximum concurrent inbound handshakes per listener (see
+    /// [`admission`](crate::transport::admission)). 256.
     pub max_pending_handshakes: usize,
+    /// Maximum concurrent inbound handshakes per listener from one remote address (an IPv4
+    /// address or an IPv6 /64). 16, see
+    /// [`DEFAULT_MAX_PENDING_PER_ADDRESS`](crate::transport::admission::DEFAULT_MAX_PENDING_PER_ADDRESS).
+    pub max_pending_handshakes_per_address: usize,
+    /// How long an inbound connection may stay silent before its first byte. 3 s, see
+    /// [`DEFAULT_FIRST_BYTE_TIMEOUT`](crate::transport::admission::DEFAULT_FIRST_BYTE_TIMEOUT).
+    pub first_byte_timeout: Duration,
 }
 
 impl NodeConfig {
@@ -91,7 +100,18 @@ impl NodeConfig {
             udp_buffer: 4 * 1024 * 1024,
             stream_window: 1024 * 1024,
             message_queue: 256,
-            max_pending_handshakes: 256,
+            max_pending_handshakes: admission::DEFAULT_MAX_PENDING,
+            max_pending_handshakes_per_address: admission::DEFAULT_MAX_PENDING_PER_ADDRESS,
+            first_byte_timeout: admission::DEFAULT_FIRST_BYTE_TIMEOUT,
+        }
+    }
+
+    /// The admission limits of this node's stream listeners.
+    pub fn admission_limits(&self) -> AdmissionLimits {
+        AdmissionLimits {
+            max_pending: self.max_pending_handshakes,
+            max_pending_per_address: self.max_pending_handshakes_per_address,
+            first_byte_timeout: self.first_byte_timeout,
         }
     }
 }
@@ -102,13 +122,20 @@ pub struct LocalNode {
     config: NodeConfig,
     secure: SecureConfig,
     listen_addrs: RwLock<Vec<TransportAddr>>,
+    handshakes: Arc<HandshakeCounters>,
 }
 
 impl LocalNode {
     /// Builds the node's shared state (generates its TLS certificate).
     pub fn new(config: NodeConfig) -> Result<Arc<Self>> {
+        config.admission_limits().validate().map_err(crate::error::TransportError::Config)?;
         let secure = SecureConfig::new(&config.keypair)?;
-        Ok(Arc::new(Self { config, secure, listen_addrs: RwLock::new(Vec::new()) }))
+        Ok(Arc::new(Self {
+            config,
+            secure,
+            listen_addrs: RwLock::new(Vec::new()),
+            handshakes: Arc::default(),
+        }))
     }
 
     /// The node's configuration.
@@ -119,6 +146,17 @@ impl LocalNode {
     /// The node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.config.keypair.peer_id()
+    }
+
+    /// What happened to inbound connections before they authenticated, on all of this
+    /// node's TCP and WebSocket listeners (shared by them).
+    pub fn handshake_counters(&self) -> &Arc<HandshakeCounters> {
+        &self.handshakes
+    }
+
+    /// A snapshot of [`handshake_counters`](Self::handshake_counters).
+    pub fn handshake_stats(&self) -> HandshakeStats {
+        self.handshakes.snapshot()
     }
 
     /// The node's TLS material.

@@ -195,6 +195,10 @@ pub struct NodeStats {
     pub connections_established: u64,
     /// Connect attempts that failed.
     pub connects_failed: u64,
+    /// What happened to inbound connections before they authenticated, on the TCP and
+    /// WebSocket listeners: admitted, refused per address or when full, evicted, silent,
+    /// timed out, protocol violations ([`kizuna::transport::admission`]).
+    pub handshakes: kizuna::transport::admission::HandshakeStats,
 }
 
 /// A direct handle for sending messages to one connected peer (see [`GetSender`]).

@@ -955,6 +955,7 @@ impl Handler<GetStats> for Supervisor {
         let mut s = self.stats.clone();
         s.connections = self.peers.values().map(|e| e.conn.info()).collect();
         s.listeners = self.listeners.values().cloned().collect();
+        s.handshakes = self.node.handshake_stats();
         MessageResult(s)
     }
 }

@@ -37,6 +37,9 @@ pub enum RelayConfigError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The handshake admission limits cannot work.
+    #[error("handshake admission: {0}")]
+    BadHandshakeLimits(String),
 }
 
 /// Why a relay token was rejected.

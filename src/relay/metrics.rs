@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::{Serialize, Serializer};
 
-use crate::identity::PeerId;
+use crate::{identity::PeerId, transport::admission::HandshakeStats};
 
 /// Which limit was hit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -141,6 +141,11 @@ pub struct RelayMetrics {
     pub totals: RelayTotals,
     /// Limit hits.
     pub limit_hits: LimitHits,
+    /// What happened to connections before they authenticated (admission, deadlines,
+    /// handshake-time violations), on the WebSocket listener and the stats endpoint.
+    /// Counted by the shell, which fills this in; [`RelayState::metrics`](super::server::RelayState::metrics)
+    /// leaves it zero.
+    pub handshakes: HandshakeStats,
     /// Per-peer usage, sorted by peer id.
     pub peers: Vec<PeerUsage>,
     /// Per-circuit usage, sorted by circuit id.

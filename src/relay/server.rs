@@ -526,6 +526,7 @@ impl RelayState {
             circuit_rate: self.limits.fair_share(self.open_circuits),
             totals: self.totals.clone(),
             limit_hits: self.hits.clone(),
+            handshakes: Default::default(),
             peers,
             circuits: self.circuits.iter().map(|(id, c)| circuit_usage(*id, c, now)).collect(),
         }

@@ -1,19 +1,27 @@
 //! What every TCP-based server shares (the TCP and WebSocket transports, the relay):
-//! binding with a backlog, per-socket options, and an accept loop that never runs more
-//! handshakes at once than it has slots for.
+//! binding with a backlog, per-socket options, and an accept loop that admits each
+//! connection to its handshake by the rules of [`admission`](super::admission).
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{watch, OwnedSemaphorePermit, Semaphore},
+    sync::{mpsc, watch},
+    task::{AbortHandle, JoinHandle},
 };
-
-use tokio::{sync::mpsc, task::JoinHandle};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::admission::{
+    Admission, AdmissionLimits, HandshakeAdmission, HandshakeCounters, HandshakeOutcome, Ticket,
+};
 use super::{BoxFuture, Connection, Incoming, Listener};
 use crate::error::{Result, TransportError};
 use crate::wire::{write_frame, CloseCode, Control, Frame};
@@ -78,48 +86,209 @@ pub fn bind_tcp(sa: SocketAddr, backlog: u32, what: &str) -> Result<TcpListener>
     TcpListener::from_std(socket.into()).map_err(fail)
 }
 
-/// Accepts TCP connections, each with a handshake slot: with every slot busy, new
-/// clients wait in the kernel's backlog instead of piling up in memory.
+/// Accepts TCP connections and admits each to its handshake through a
+/// [`HandshakeAdmission`]: per-address and total caps, eviction of silent handshakes when
+/// full (see [`admission`](super::admission)). Refused connections are closed at once, so
+/// a crowd never waits in the kernel's backlog in front of other clients.
 #[derive(Debug)]
-pub struct BoundedAccept {
+pub struct AdmittingAccept {
     listener: TcpListener,
-    permits: Arc<Semaphore>,
+    shared: Arc<AdmissionShared>,
     shutdown: watch::Receiver<bool>,
     what: &'static str,
 }
 
-impl BoundedAccept {
-    /// At most `slots` connections between `accept` and the release of their permit;
-    /// stops once `shutdown` turns true. `what` names the server in logs.
+#[derive(Debug)]
+struct AdmissionShared {
+    state: Mutex<AdmissionState>,
+    counters: Arc<HandshakeCounters>,
+    first_byte_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct AdmissionState {
+    machine: HandshakeAdmission,
+    /// How to abort each admitted handshake's task, should it be evicted.
+    aborts: HashMap<Ticket, AbortHandle>,
+}
+
+impl AdmissionShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AdmissionState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// An admitted connection's slot: dropping it frees the slot (whatever the outcome).
+#[derive(Debug)]
+pub struct AdmissionPermit {
+    shared: Arc<AdmissionShared>,
+    ticket: Ticket,
+}
+
+impl AdmissionPermit {
+    /// This handshake's ticket (to [`AdmittingAccept::track`] its task).
+    pub fn ticket(&self) -> Ticket {
+        self.ticket
+    }
+
+    /// Waits (at most the first-byte deadline) for the client's first byte; counts and
+    /// fails a client that sends nothing. Marks the handshake as talking.
+    pub async fn first_byte(&self, stream: &TcpStream, label: &str) -> Result<()> {
+        let within = self.shared.first_byte_timeout;
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(within, stream.peek(&mut b)).await {
+            Ok(Ok(n)) if n > 0 => {
+                self.shared.lock().machine.heard(self.ticket);
+                Ok(())
+            }
+            Ok(Ok(_)) => Err(TransportError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{label} closed before sending anything"),
+            ))),
+            Ok(Err(e)) => Err(TransportError::Io(e)),
+            Err(_) => {
+                self.record(HandshakeOutcome::Silent);
+                Err(TransportError::Timeout { what: format!("first byte from {label}"), after: within })
+            }
+        }
+    }
+
+    /// The handshake completed: the slot stays taken until the permit is dropped, but is
+    /// never evicted.
+    pub fn established(&self) {
+        self.shared.lock().machine.established(self.ticket);
+        self.record(HandshakeOutcome::Completed);
+    }
+
+    /// Counts `outcome` for this server.
+    pub fn record(&self, outcome: HandshakeOutcome) {
+        self.shared.counters.record(outcome);
+    }
+}
+
+impl Drop for AdmissionPermit {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        st.machine.release(self.ticket);
+        st.aborts.remove(&self.ticket);
+    }
+}
+
+impl AdmittingAccept {
+    /// Admits by `limits`, counting into `counters`; stops once `shutdown` turns true.
+    /// `what` names the server in logs.
     pub fn new(
         listener: TcpListener,
-        slots: usize,
+        limits: AdmissionLimits,
+        counters: Arc<HandshakeCounters>,
         shutdown: watch::Receiver<bool>,
         what: &'static str,
     ) -> Self {
-        Self { listener, permits: Arc::new(Semaphore::new(slots.max(1))), shutdown, what }
+        let state = AdmissionState { machine: HandshakeAdmission::new(limits), aborts: HashMap::new() };
+        let shared = Arc::new(AdmissionShared {
+            state: Mutex::new(state),
+            counters,
+            first_byte_timeout: limits.first_byte_timeout,
+        });
+        Self { listener, shared, shutdown, what }
     }
 
-    /// The next connection and its slot (drop the permit when its handshake is over);
-    /// `None` once shut down. Transient accept errors are logged and retried.
-    pub async fn next(&mut self) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    /// The next admitted connection and its slot; `None` once shut down. Refused
+    /// connections are closed and counted here; transient accept errors are logged and
+    /// retried.
+    pub async fn next(&mut self) -> Option<(TcpStream, SocketAddr, AdmissionPermit)> {
         loop {
-            let permit = tokio::select! {
-                p = self.permits.clone().acquire_owned() => p.ok()?,
-                _ = self.shutdown.wait_for(|s| *s) => return None,
-            };
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
                 _ = self.shutdown.wait_for(|s| *s) => return None,
             };
-            match accepted {
-                Ok((stream, remote)) => return Some((stream, remote, permit)),
+            let (stream, remote) = match accepted {
+                Ok(a) => a,
                 Err(e) => {
                     tracing::warn!("{} accept failed: {e}", self.what);
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            };
+            let decision = {
+                let mut st = self.shared.lock();
+                let d = st.machine.admit(remote.ip());
+                if let Admission::Admit { evict: Some(old), .. } = d {
+                    if let Some(task) = st.aborts.remove(&old) {
+                        task.abort();
+                    }
+                }
+                d
+            };
+            match decision {
+                Admission::Admit { ticket, evict } => {
+                    if evict.is_some() {
+                        self.shared.counters.record(HandshakeOutcome::Evicted);
+                    }
+                    self.shared.counters.record(HandshakeOutcome::Admitted);
+                    return Some((stream, remote, AdmissionPermit { shared: self.shared.clone(), ticket }));
+                }
+                Admission::Refuse(why) => {
+                    self.shared.counters.record(HandshakeOutcome::Refused(why));
+                    tracing::debug!(%remote, "{} refused a connection: {why}", self.what);
+                    refuse_now(stream);
                 }
             }
         }
+    }
+
+    /// Registers the task running `ticket`'s handshake, so that an eviction can abort it.
+    /// A handshake that already ended is not registered.
+    pub fn track(&self, ticket: Ticket, task: AbortHandle) {
+        let mut st = self.shared.lock();
+        if st.machine.is_live(ticket) {
+            st.aborts.insert(ticket, task);
+        }
+    }
+}
+
+/// Closes a refused connection at once, with a reset rather than a FIN so that neither
+/// side keeps state for it (`SO_LINGER` 0).
+fn refuse_now(stream: TcpStream) {
+    let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// Runs an admitted connection's handshake: waits for its first byte (a silent client is
+/// counted and dropped without a report: `None`), then runs `handshake` within `bound`
+/// and counts the outcome. The permit stays with the caller, who drops it once the
+/// result is handed over.
+pub(crate) async fn admitted_handshake<F, Fut>(
+    permit: &AdmissionPermit,
+    stream: TcpStream,
+    label: &str,
+    bound: Duration,
+    handshake: F,
+) -> Option<Incoming>
+where
+    F: FnOnce(TcpStream) -> Fut,
+    Fut: Future<Output = Result<Connection>>,
+{
+    if let Err(e) = permit.first_byte(&stream, label).await {
+        tracing::debug!(remote = %label, "inbound connection dropped before its handshake: {e}");
+        return None;
+    }
+    let incoming = handshake_incoming(label, bound, handshake(stream)).await;
+    match &incoming {
+        Incoming::Connection(_) => permit.established(),
+        Incoming::Rejected { error, .. } => permit.record(outcome_of(error)),
+    }
+    Some(incoming)
+}
+
+/// How a failed inbound handshake is counted.
+pub fn outcome_of(error: &TransportError) -> HandshakeOutcome {
+    match error {
+        TransportError::Timeout { .. } => HandshakeOutcome::TimedOut,
+        TransportError::AuthenticationFailed { .. } | TransportError::LimitExceeded { .. } => {
+            HandshakeOutcome::AuthRefused
+        }
+        _ => HandshakeOutcome::Violation,
     }
 }
 

@@ -16,6 +16,7 @@
 //! hello exchange completed.
 
 pub mod accept;
+pub mod admission;
 mod backend;
 mod connection;
 mod muxed;

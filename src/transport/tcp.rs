@@ -11,7 +11,7 @@
 //! [`Incoming::Rejected`] and the listener keeps serving.
 
 use crate::transport::{
-    accept::{bind_tcp, configure_tcp, handshake_incoming, BoundedAccept, ChannelListener},
+    accept::{admitted_handshake, bind_tcp, configure_tcp, AdmittingAccept, ChannelListener},
     muxed::{muxed_connection, StreamEnd},
 };
 use std::{net::SocketAddr, sync::Arc};
@@ -152,21 +152,26 @@ async fn accept_loop(
     tx: mpsc::Sender<Incoming>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let slots = node.config().max_pending_handshakes;
-    let mut accept = BoundedAccept::new(listener, slots, shutdown, "TCP listener");
+    let limits = node.config().admission_limits();
+    let counters = node.handshake_counters().clone();
+    let mut accept = AdmittingAccept::new(listener, limits, counters, shutdown, "TCP listener");
     let mut handshakes = JoinSet::new();
     while let Some((stream, remote, permit)) = accept.next().await {
         // Reap finished handshakes so the set stays bounded by the slots.
         while handshakes.try_join_next().is_some() {}
         let node = node.clone();
         let tx = tx.clone();
-        handshakes.spawn(async move {
+        let ticket = permit.ticket();
+        let task = handshakes.spawn(async move {
+            let label = remote.to_string();
             let bound = node.config().handshake_timeout;
-            let incoming =
-                handshake_incoming(&remote.to_string(), bound, handshake(&node, stream, remote)).await;
-            let _ = tx.send(incoming).await;
+            let run = |stream| handshake(&node, stream, remote);
+            if let Some(incoming) = admitted_handshake(&permit, stream, &label, bound, run).await {
+                let _ = tx.send(incoming).await;
+            }
             drop(permit);
         });
+        accept.track(ticket, task);
     }
     // Dropping the set aborts pending handshakes.
     handshakes.abort_all();

@@ -1,10 +1,11 @@
 //! The accept loop and the per-connection tasks of the relay (tasks, not actors).
 //!
-//! * The **accept loop** takes a handshake slot (at most
-//!   [`RelayServerConfig::max_pending_handshakes`](super::RelayServerConfig) at once),
-//!   accepts a TCP connection and spawns its connection task. It stops on the shutdown
-//!   signal from [`RelayServerActor`].
-//! * A **connection task** owns one WebSocket: TLS for `wss://`, the upgrade
+//! * The **accept loop** accepts TCP connections and admits each to its handshake by
+//!   [`RelayServerConfig::handshake_limits`](super::RelayServerConfig) (per-address and
+//!   total caps, eviction of silent connections: [`kizuna::transport::admission`]), then
+//!   spawns its connection task. It stops on the shutdown signal from
+//!   [`RelayServerActor`].
+//! * A **connection task** owns one WebSocket: the first-byte deadline, TLS for `wss://`, the upgrade
 //!   ([`ws_accept`] refuses clients without the `kizuna` subprotocol), the relay handshake
 //!   ([`ServerHandshake`]: challenge, auth, purpose, all within its deadline), then it
 //!   registers with the server actor ([`ConnAuthenticated`]) and serves until the
@@ -34,13 +35,14 @@ use kizuna::{
         server::ConnId,
         AuthError, ErrorCode, Purpose, RelayMessage,
     },
-    transport::accept::BoundedAccept,
+    transport::accept::{AdmissionPermit, AdmittingAccept},
+    transport::admission::{AdmissionLimits, HandshakeCounters, HandshakeOutcome},
     transport::ws::{ws_accept, WsOptions, WsSocket, WsStream},
 };
 use ring::rand::SecureRandom;
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{mpsc, oneshot, watch, OwnedSemaphorePermit},
+    sync::{mpsc, oneshot, watch},
 };
 use tokio_rustls::TlsAcceptor;
 
@@ -88,8 +90,10 @@ pub(crate) struct AcceptCtx {
     pub(crate) relay_name: Arc<str>,
     pub(crate) opts: WsOptions,
     pub(crate) tls: Option<TlsAcceptor>,
-    /// Handshakes in flight at most; more clients wait in the kernel backlog.
-    pub(crate) max_pending: usize,
+    /// Admission of unauthenticated connections.
+    pub(crate) limits: AdmissionLimits,
+    /// What happened to them (read by the server actor for the metrics).
+    pub(crate) counters: Arc<HandshakeCounters>,
     pub(crate) rng: ring::rand::SystemRandom,
     /// Connection tasks alive (for a graceful stop).
     pub(crate) live: Arc<AtomicUsize>,
@@ -98,12 +102,14 @@ pub(crate) struct AcceptCtx {
 /// Accepts connections until `shutdown` turns true.
 pub(crate) async fn accept_loop(ctx: Arc<AcceptCtx>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
     let mut next_conn: u64 = 1;
-    let mut accept = BoundedAccept::new(listener, ctx.max_pending, shutdown, "relay");
+    let mut accept = AdmittingAccept::new(listener, ctx.limits, ctx.counters.clone(), shutdown, "relay");
     while let Some((tcp, remote, permit)) = accept.next().await {
         let conn = ConnId(next_conn);
         next_conn += 1;
         let live = LiveGuard::new(ctx.live.clone());
-        tokio::spawn(connection(ctx.clone(), tcp, remote, conn, permit, live));
+        let ticket = permit.ticket();
+        let task = tokio::spawn(connection(ctx.clone(), tcp, remote, conn, permit, live));
+        accept.track(ticket, task.abort_handle());
     }
     tracing::debug!("relay accept loop stopped");
 }
@@ -160,19 +166,20 @@ pub(crate) async fn close_ws(ws: &mut RelayWs, code: u16, reason: &str) {
     .await;
 }
 
-async fn upgrade(ctx: &AcceptCtx, tcp: TcpStream) -> Result<RelayWs, String> {
+/// TLS (for `wss://`) and the WebSocket upgrade; a failure says how to count it.
+async fn upgrade(ctx: &AcceptCtx, tcp: TcpStream) -> Result<RelayWs, (HandshakeOutcome, String)> {
     let _ = tcp.set_nodelay(true);
     let socket = match &ctx.tls {
         None => WsSocket::Plain(tcp),
         Some(acceptor) => {
             let tls = tokio::time::timeout(ctx.opts.handshake_timeout, acceptor.accept(tcp))
                 .await
-                .map_err(|_| "TLS handshake timed out".to_string())?
-                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                .map_err(|_| (HandshakeOutcome::TimedOut, "TLS handshake timed out".to_string()))?
+                .map_err(|e| (HandshakeOutcome::Violation, format!("TLS handshake failed: {e}")))?;
             WsSocket::TlsServer(Box::new(tls))
         }
     };
-    ws_accept(socket, &ctx.opts).await.map_err(|e| e.to_string())
+    ws_accept(socket, &ctx.opts).await.map_err(|e| (kizuna::transport::accept::outcome_of(&e), e.to_string()))
 }
 
 async fn handshake(ctx: &AcceptCtx, ws: &mut RelayWs) -> Result<(PeerId, Purpose), HandshakeFail> {
@@ -213,13 +220,18 @@ async fn connection(
     tcp: TcpStream,
     remote: SocketAddr,
     conn: ConnId,
-    permit: OwnedSemaphorePermit,
+    permit: AdmissionPermit,
     _live: LiveGuard,
 ) {
     let local = tcp.local_addr().ok();
+    if let Err(e) = permit.first_byte(&tcp, &remote.to_string()).await {
+        tracing::debug!(%remote, "relay connection dropped before its handshake: {e}");
+        return;
+    }
     let mut ws = match upgrade(&ctx, tcp).await {
         Ok(ws) => ws,
-        Err(e) => {
+        Err((outcome, e)) => {
+            permit.record(outcome);
             tracing::debug!(%remote, "relay WebSocket upgrade refused: {e}");
             return;
         }
@@ -227,6 +239,11 @@ async fn connection(
     let (peer, purpose) = match handshake(&ctx, &mut ws).await {
         Ok(p) => p,
         Err(HandshakeFail::Refused(e)) => {
+            permit.record(match e {
+                AuthError::Timeout(_) => HandshakeOutcome::TimedOut,
+                AuthError::Protocol(_) => HandshakeOutcome::Violation,
+                _ => HandshakeOutcome::AuthRefused,
+            });
             tracing::info!(%remote, "relay client refused: {e}");
             let code = e.code();
             if let Some(msg) = encode(&RelayMessage::error(code, e.to_string())) {
@@ -240,6 +257,7 @@ async fn connection(
             return;
         }
     };
+    permit.established();
     drop(permit);
     let (tx, rx) = mpsc::channel(CONN_QUEUE);
     let registered = ctx.server.send(ConnAuthenticated { conn, peer, purpose, remote, local, tx }).await;

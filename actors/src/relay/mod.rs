@@ -46,7 +46,10 @@ use kizuna::{
         server::{Direction, RelayState},
         CircuitId, RelayConfigError,
     },
-    transport::ws::{WsConfig, WsOptions},
+    transport::{
+        admission::AdmissionLimits,
+        ws::{WsConfig, WsOptions},
+    },
 };
 use tokio::sync::mpsc;
 
@@ -62,11 +65,6 @@ const LISTEN_BACKLOG: u32 = 1024;
 /// Default interval of the metrics log line. One minute: often enough to follow usage in
 /// a log, rare enough not to drown it.
 pub const DEFAULT_METRICS_LOG_INTERVAL: Duration = Duration::from_secs(60);
-
-/// Default bound on WebSocket upgrades plus relay handshakes in progress at once. 256: a
-/// handshake costs a socket and a few KiB; the bound keeps a flood of idle sockets from
-/// exhausting descriptors while clients reconnecting after a restart get in quickly.
-pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 256;
 
 /// One message a circuit forwarded, as seen by a [`RelayServerConfig::tap`].
 #[derive(Clone, Debug)]
@@ -100,8 +98,10 @@ pub struct RelayServerConfig {
     /// `wss://` certificate (via [`WsConfig::with_server_cert_pem`]) and keep-alive
     /// overrides.
     pub ws: WsConfig,
-    /// Bound on WebSocket upgrades plus relay handshakes in progress at once.
-    pub max_pending_handshakes: usize,
+    /// Admission of unauthenticated connections (WebSocket upgrade plus relay handshake):
+    /// in all, per remote address, and the first-byte deadline. Defaults: 256, 16, 3 s
+    /// ([`kizuna::transport::admission`]).
+    pub handshake_limits: AdmissionLimits,
     /// Interval of the metrics log line (`Duration::ZERO` disables it).
     pub metrics_log_interval: Duration,
     /// Diagnostics hook: every message a circuit forwards is also sent here. The send is
@@ -136,7 +136,7 @@ impl RelayServerConfig {
             stun: Vec::new(),
             stats_addr: None,
             ws: WsConfig::default(),
-            max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
+            handshake_limits: AdmissionLimits::default(),
             metrics_log_interval: DEFAULT_METRICS_LOG_INTERVAL,
             tap: None,
         }
@@ -229,6 +229,7 @@ impl RelayServer {
     pub async fn start(config: RelayServerConfig) -> Result<RelayHandle, RelayServerError> {
         config.admission.validate()?;
         config.limits.validate()?;
+        config.handshake_limits.validate().map_err(RelayConfigError::BadHandshakeLimits)?;
         let cfg = config.clone();
         let bound = on_io(async move { bind_all(&cfg).await })
             .await

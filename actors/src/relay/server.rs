@@ -39,6 +39,7 @@ use kizuna::{
         server::{CloseReason, ConnId, Direction, Output, RelayEvent, RelayState},
         CircuitId, ErrorCode, Purpose, RelayMessage,
     },
+    transport::admission::HandshakeCounters,
 };
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -170,6 +171,8 @@ pub struct RelayServerActor {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     live: Arc<std::sync::atomic::AtomicUsize>,
+    /// What happened to connections before they authenticated (WebSocket and stats).
+    handshakes: Arc<HandshakeCounters>,
     stopping: bool,
 }
 
@@ -197,6 +200,7 @@ impl RelayServerActor {
             shutdown,
             tasks: Vec::new(),
             live: Arc::default(),
+            handshakes: Arc::default(),
             stopping: false,
         }
     }
@@ -337,7 +341,8 @@ impl RelayServerActor {
             relay_name: self.url.clone(),
             opts: self.config.ws_options(),
             tls,
-            max_pending: self.config.max_pending_handshakes,
+            limits: self.config.handshake_limits,
+            counters: self.handshakes.clone(),
             rng: ring::rand::SystemRandom::new(),
             live: self.live.clone(),
         });
@@ -346,7 +351,7 @@ impl RelayServerActor {
         self.tasks.push(rt.spawn(connection::accept_loop(accept, sockets.listener, shutdown)));
         self.tasks.extend(sockets.stun.spawn(rt));
         if let Some(listener) = sockets.stats {
-            self.tasks.push(rt.spawn(stats::serve(listener, ctx.address())));
+            self.tasks.push(rt.spawn(stats::serve(listener, ctx.address(), self.handshakes.clone())));
         }
         let every = self.config.metrics_log_interval;
         if !every.is_zero() {
@@ -489,7 +494,9 @@ impl Handler<ForwarderExited> for RelayServerActor {
 impl Handler<GetRelayMetrics> for RelayServerActor {
     type Result = actix::MessageResult<GetRelayMetrics>;
     fn handle(&mut self, _: GetRelayMetrics, _: &mut Context<Self>) -> Self::Result {
-        actix::MessageResult(self.state.metrics(Instant::now()))
+        let mut m = self.state.metrics(Instant::now());
+        m.handshakes = self.handshakes.snapshot();
+        actix::MessageResult(m)
     }
 }
 

@@ -3,19 +3,26 @@
 //! `GET /` or `GET /stats` answers `200` with the [`RelayMetrics`] snapshot as
 //! `application/json`; any other path is `404`, any other method `405`. One request per
 //! connection (`Connection: close`). Everything is bounded: at most
-//! [`MAX_STATS_CONNECTIONS`] at once, a request head of at most [`MAX_REQUEST_HEAD`]
-//! bytes (else `431`), and [`STATS_TIMEOUT`] per connection. Not a general web server:
-//! put it on a private address or behind a proxy if it must be reachable from afar.
+//! [`MAX_STATS_CONNECTIONS`] at once and [`MAX_STATS_PER_ADDRESS`] from one address
+//! (admitted like the relay's WebSocket clients: a newcomer replaces the oldest silent
+//! connection, so idle sockets cannot keep a monitor out), [`STATS_FIRST_BYTE`] to send
+//! the first byte, a request head of at most [`MAX_REQUEST_HEAD`] bytes (else `431`), and
+//! [`STATS_TIMEOUT`] per connection. Not a general web server: put it on a private address
+//! or behind a proxy if it must be reachable from afar.
 //!
 //! [`RelayMetrics`]: kizuna::relay::metrics::RelayMetrics
 
 use std::{sync::Arc, time::Duration};
 
 use actix::Addr;
+use kizuna::transport::{
+    accept::AdmittingAccept,
+    admission::{AdmissionLimits, HandshakeCounters},
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
+    sync::watch,
 };
 
 use super::server::{GetRelayMetrics, RelayServerActor};
@@ -23,6 +30,15 @@ use super::server::{GetRelayMetrics, RelayServerActor};
 /// Stats requests served at once. 16: the endpoint is for a monitoring system and an
 /// operator, not for the public.
 pub(crate) const MAX_STATS_CONNECTIONS: usize = 16;
+
+/// Stats connections at once from one address. 4: a monitor sends one request at a time;
+/// a few more cover an operator's curl beside it.
+pub(crate) const MAX_STATS_PER_ADDRESS: usize = 4;
+
+/// Time a stats connection has to send its first byte. 1 s: an HTTP client sends its
+/// request right after connecting; on the private network this endpoint belongs on, a
+/// second is many round trips.
+pub(crate) const STATS_FIRST_BYTE: Duration = Duration::from_secs(1);
 
 /// Largest request head read (request line and headers). 8 KiB, the common default of
 /// HTTP servers; a `GET /stats` from curl or Prometheus is under 200 bytes.
@@ -61,28 +77,36 @@ fn route(head: &[u8]) -> Route {
     }
 }
 
-/// Serves stats requests on `listener` until aborted.
-pub(crate) async fn serve(listener: TcpListener, server: Addr<RelayServerActor>) {
-    let permits = Arc::new(Semaphore::new(MAX_STATS_CONNECTIONS));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
-        let (stream, remote) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!("stats endpoint accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+/// Serves stats requests on `listener` until aborted, counting admissions into `counters`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    server: Addr<RelayServerActor>,
+    counters: Arc<HandshakeCounters>,
+) {
+    let limits = AdmissionLimits {
+        max_pending: MAX_STATS_CONNECTIONS,
+        max_pending_per_address: MAX_STATS_PER_ADDRESS,
+        first_byte_timeout: STATS_FIRST_BYTE,
+    };
+    // Never stopped by a signal: the relay aborts this task.
+    let (_keep, shutdown) = watch::channel(false);
+    let mut accept = AdmittingAccept::new(listener, limits, counters, shutdown, "stats endpoint");
+    while let Some((stream, remote, permit)) = accept.next().await {
         let server = server.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(STATS_TIMEOUT, answer(stream, server)).await {
+        let ticket = permit.ticket();
+        let task = tokio::spawn(async move {
+            let served = async {
+                permit.first_byte(&stream, &remote.to_string()).await.map_err(std::io::Error::other)?;
+                answer(stream, server).await
+            };
+            match tokio::time::timeout(STATS_TIMEOUT, served).await {
                 Ok(Err(e)) => tracing::debug!(%remote, "stats request failed: {e}"),
                 Err(_) => tracing::debug!(%remote, "stats request timed out"),
                 Ok(Ok(())) => {}
             }
             drop(permit);
         });
+        accept.track(ticket, task.abort_handle());
     }
 }
 

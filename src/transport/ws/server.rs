@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::{
 };
 
 use super::{build_connection, stream::ws_config, WsOptions, WsSocket, WsStream, SUBPROTOCOL};
-use crate::transport::accept::{handshake_incoming, BoundedAccept, ChannelListener};
+use crate::transport::accept::{admitted_handshake, AdmittingAccept, ChannelListener};
 use crate::{
     address::TransportAddr,
     error::{Result, TransportError, WireError},
@@ -150,22 +150,27 @@ async fn accept_loop(
     tx: mpsc::Sender<Incoming>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let slots = ctx.node.config().max_pending_handshakes;
-    let mut accept = BoundedAccept::new(listener, slots, shutdown, "WebSocket listener");
+    let limits = ctx.node.config().admission_limits();
+    let counters = ctx.node.handshake_counters().clone();
+    let mut accept = AdmittingAccept::new(listener, limits, counters, shutdown, "WebSocket listener");
     let mut handshakes = JoinSet::new();
     while let Some((stream, remote, permit)) = accept.next().await {
         // Reap finished handshakes so the set stays bounded by the slots.
         while handshakes.try_join_next().is_some() {}
         let ctx = ctx.clone();
         let tx = tx.clone();
-        handshakes.spawn(async move {
+        let ticket = permit.ticket();
+        let task = handshakes.spawn(async move {
             let scheme = if ctx.tls.is_some() { "wss" } else { "ws" };
             let label = format!("{scheme}://{remote}");
             let bound = ctx.node.config().handshake_timeout;
-            let incoming = handshake_incoming(&label, bound, handshake(&ctx, stream, &label)).await;
-            let _ = tx.send(incoming).await;
+            let run = |stream| handshake(&ctx, stream, &label);
+            if let Some(incoming) = admitted_handshake(&permit, stream, &label, bound, run).await {
+                let _ = tx.send(incoming).await;
+            }
             drop(permit);
         });
+        accept.track(ticket, task);
     }
     // Dropping the set aborts pending handshakes.
     handshakes.abort_all();
