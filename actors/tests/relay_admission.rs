@@ -123,3 +123,70 @@ async fn every_handshake_time_violation_is_counted() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[actix_rt::test]
+async fn seventy_throwaway_keys_dialing_a_node_do_not_keep_a_legitimate_peer_out() {
+    use kizuna::{relay::client::RelayEndpoint, relay::Purpose, Keypair, PeerAddress};
+    use kizuna_actors::{
+        testing::{secs, TestNode},
+        Connect, Event, Send as SendMsg,
+    };
+
+    let relay = start(strict_config(Admission::open())).await;
+    let endpoint = RelayEndpoint { url: relay.url.clone(), token: None };
+    let relayed = |seed: u8| {
+        let endpoint = endpoint.clone();
+        TestNode::start_with(seed, move |c| {
+            c.protocols = vec![];
+            c.relays = vec![endpoint];
+        })
+    };
+    let mut target = relayed(80).await.unwrap();
+    target.wait_reserved(secs(10)).await.unwrap();
+
+    // 70 throwaway keys from 127.0.0.2 dial the node through the relay and then never
+    // speak: the node accepts each circuit and waits for a TLS ClientHello that never comes.
+    // One at a time (each waits until the relay counted it), so that the relay's
+    // handshake admission, which caps concurrent handshakes per address, lets every
+    // dial through to the circuit rules under test.
+    let mut attackers = Vec::new();
+    for i in 0..70u32 {
+        let before = relay.addr.send(GetRelayMetrics).await.unwrap().totals.connections;
+        let k = Keypair::from_seed(*blake(i));
+        attackers.push(login_from(&relay.url, "127.0.0.2", &k, Purpose::Dial { target: target.peer }).await);
+        let deadline = std::time::Instant::now() + T;
+        while relay.addr.send(GetRelayMetrics).await.unwrap().totals.connections == before {
+            assert!(std::time::Instant::now() < deadline, "dial {i} never authenticated");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    // A legitimate peer (from 127.0.0.1) reaches the node by its id alone, right away.
+    let client = relayed(81).await.unwrap();
+    let info = client.addr.send(Connect { addr: PeerAddress::new(target.peer, vec![]) }).await.unwrap();
+    let info = info.expect("legitimate peer connects through the relay beside 70 throwaway keys");
+    assert_eq!(info.path, kizuna::PathKind::Relayed);
+    client.addr.send(SendMsg { peer: target.peer, data: "hello".into() }).await.unwrap().unwrap();
+    target
+        .wait_for(|e| matches!(e, Event::MessageReceived { data, .. } if &data[..] == b"hello"), secs(10))
+        .await
+        .unwrap();
+
+    let m = relay.addr.send(GetRelayMetrics).await.unwrap();
+    // The crowd's address never held more than half the target's unconfirmed slots; the
+    // rest of its dials were refused or made room for its own newer ones.
+    let h = &m.limit_hits;
+    assert!(m.circuits_unconfirmed <= 8, "{m:?}");
+    // (A slot the node freed by closing a circuit may be taken again by a later dial.)
+    assert!(h.unconfirmed_refused + h.unconfirmed_evicted >= 70 - 16, "{h:?}");
+    assert_eq!(h.circuits_per_peer, 0, "the target's circuit limit was never reached: {h:?}");
+    drop(attackers);
+}
+
+/// 32 distinct bytes from `i` (a throwaway key's seed).
+fn blake(i: u32) -> Box<[u8; 32]> {
+    let d = ring::digest::digest(&ring::digest::SHA256, &i.to_be_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    Box::new(out)
+}

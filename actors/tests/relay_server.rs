@@ -175,12 +175,8 @@ async fn the_relay_never_sees_the_plaintext() {
 #[actix_rt::test]
 async fn circuit_and_reservation_counts_are_limited() {
     let mut cfg = config(Admission::open());
-    cfg.limits = RelayLimits {
-        max_reservations: 3,
-        max_circuits: 2,
-        max_circuits_per_peer: 1,
-        ..RelayLimits::default()
-    };
+    cfg.limits =
+        RelayLimits { max_reservations: 3, max_circuits: 2, max_circuits_per_peer: 1, ..cfg.limits.clone() };
     let relay = start(cfg).await;
     let url = relay.url.as_str();
     let mut cb = reserve(url, &key(2)).await;
@@ -220,7 +216,7 @@ async fn circuit_and_reservation_counts_are_limited() {
 async fn data_cap_and_bandwidth_are_enforced_per_circuit() {
     let mut cfg = config(Admission::open());
     cfg.limits =
-        RelayLimits { max_circuit_bytes: 100_000, circuit_bandwidth: 64 * 1024, ..RelayLimits::default() };
+        RelayLimits { max_circuit_bytes: 100_000, circuit_bandwidth: 64 * 1024, ..cfg.limits.clone() };
     let relay = start(cfg).await;
     let url = relay.url.as_str();
     let (ka, kb, kc, kd) = (key(1), key(2), key(3), key(4));
@@ -265,7 +261,7 @@ async fn a_burst_of_new_circuits_does_not_stop_a_circuit_under_backpressure() {
         circuit_bandwidth: 1 << 30,
         total_bandwidth: 1 << 30,
         max_circuit_bytes: 1 << 40,
-        ..RelayLimits::default()
+        ..cfg.limits.clone()
     };
     let relay = start(cfg).await;
     let url = relay.url.clone();
@@ -303,7 +299,7 @@ async fn a_burst_of_new_circuits_does_not_stop_a_circuit_under_backpressure() {
 #[actix_rt::test]
 async fn circuit_duration_is_limited() {
     let mut cfg = config(Admission::open());
-    cfg.limits = RelayLimits { max_circuit_duration: Duration::from_secs(1), ..RelayLimits::default() };
+    cfg.limits = RelayLimits { max_circuit_duration: Duration::from_secs(1), ..cfg.limits.clone() };
     let relay = start(cfg).await;
     let url = relay.url.as_str();
     let mut cb = reserve(url, &key(2)).await;

@@ -63,6 +63,25 @@ pub struct RelayLimits {
     /// Time the target has to accept or refuse a circuit. Default 10 s: the target opens a
     /// new WebSocket and authenticates (two round trips plus TLS), with margin.
     pub pending_timeout: Duration,
+    /// Time an open circuit has to carry the three flights of an end-to-end handshake
+    /// before it is closed ([`unconfirmed`](super::unconfirmed)). Default 5 s: the ends'
+    /// TLS 1.3 handshake is two round trips through the relay, so this is many round trips
+    /// even on a slow link, and a circuit dialed only to occupy the target is gone well
+    /// before the target's own 10 s handshake bound.
+    pub circuit_handshake_timeout: Duration,
+    /// Unconfirmed circuits (pending, or open without a handshake) one key may have
+    /// initiated at once. Default 8: a node dials each peer once at a time, so 8 covers
+    /// dialing several peers at once while a key cannot hold many slots.
+    pub max_unconfirmed_per_initiator: usize,
+    /// Unconfirmed circuits initiated from one address (an IPv4 address or an IPv6 /64)
+    /// at once. Default 16: keys are free, addresses are not; 16 serves a NAT with a few
+    /// busy users while a crowd of throwaway keys from one host stays small.
+    pub max_unconfirmed_per_address: usize,
+    /// Unconfirmed circuits to one target at once, shared fairly between initiating
+    /// addresses (one address at most half). Default 16, a quarter of
+    /// `max_circuits_per_peer`: initiators that never complete a handshake can never take
+    /// the target's capacity, and a newcomer from another address always finds room.
+    pub max_unconfirmed_per_target: usize,
 }
 
 impl Default for RelayLimits {
@@ -77,6 +96,10 @@ impl Default for RelayLimits {
             max_circuit_bytes: GIB,
             reservation_ttl_max: Duration::from_secs(3600),
             pending_timeout: Duration::from_secs(10),
+            circuit_handshake_timeout: Duration::from_secs(5),
+            max_unconfirmed_per_initiator: 8,
+            max_unconfirmed_per_address: 16,
+            max_unconfirmed_per_target: 16,
         }
     }
 }
@@ -92,6 +115,9 @@ impl RelayLimits {
             ("circuit_bandwidth", self.circuit_bandwidth),
             ("total_bandwidth", self.total_bandwidth),
             ("max_circuit_bytes", self.max_circuit_bytes),
+            ("max_unconfirmed_per_initiator", self.max_unconfirmed_per_initiator as u64),
+            ("max_unconfirmed_per_address", self.max_unconfirmed_per_address as u64),
+            ("max_unconfirmed_per_target", self.max_unconfirmed_per_target as u64),
         ];
         for (name, v) in counts {
             if v == 0 {
@@ -102,6 +128,7 @@ impl RelayLimits {
             ("max_circuit_duration", self.max_circuit_duration),
             ("reservation_ttl_max", self.reservation_ttl_max),
             ("pending_timeout", self.pending_timeout),
+            ("circuit_handshake_timeout", self.circuit_handshake_timeout),
         ];
         for (name, d) in secs {
             if d < Duration::from_secs(1) {

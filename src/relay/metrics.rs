@@ -29,6 +29,11 @@ pub enum LimitKind {
     DataCap,
     /// `pending_timeout`.
     PendingTimeout,
+    /// `circuit_handshake_timeout`.
+    CircuitHandshakeTimeout,
+    /// `max_unconfirmed_per_initiator`, `_per_address` or `_per_target` (refusals and
+    /// evictions).
+    UnconfirmedCircuits,
 }
 
 fn ser_display<T: fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -121,6 +126,12 @@ pub struct LimitHits {
     pub data_cap: u64,
     /// Circuits the target did not answer in time.
     pub pending_timeout: u64,
+    /// Open circuits closed for not carrying an end-to-end handshake in time.
+    pub circuit_handshake_timeout: u64,
+    /// Dials refused by an unconfirmed-circuit limit (per key, address or target).
+    pub unconfirmed_refused: u64,
+    /// Unconfirmed circuits closed to make room for a dial from another address.
+    pub unconfirmed_evicted: u64,
 }
 
 /// A snapshot of the relay's state and counters, serializable as JSON for `--stats-addr`
@@ -135,6 +146,8 @@ pub struct RelayMetrics {
     pub circuits_pending: usize,
     /// Open circuits.
     pub circuits_open: usize,
+    /// Circuits (pending or open) whose ends have not completed an end-to-end handshake.
+    pub circuits_unconfirmed: usize,
     /// Rate each open circuit gets now (bytes per second).
     pub circuit_rate: u64,
     /// Counters.

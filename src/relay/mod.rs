@@ -36,6 +36,7 @@ pub mod proto;
 pub mod server;
 #[cfg(test)]
 mod tests;
+pub mod unconfirmed;
 
 pub use error::{AuthError, ForwardError, RelayConfigError, TokenError};
 pub use proto::{CircuitId, ErrorCode, Purpose, RelayMessage};

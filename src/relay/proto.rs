@@ -73,6 +73,11 @@ pub enum ErrorCode {
     Replaced,
     /// `17`: the relay is shutting down.
     Shutdown,
+    /// `18`: the circuit's ends did not complete an end-to-end handshake in time.
+    CircuitHandshakeTimeout,
+    /// `19`: too many circuits whose end-to-end handshake has not completed (from the
+    /// dialer's key or address, or to the target), or this one made room for another.
+    UnconfirmedCircuitLimit,
     /// A code this version does not know.
     Other(u16),
 }
@@ -99,6 +104,8 @@ impl ErrorCode {
             Self::CircuitGone => 15,
             Self::Replaced => 16,
             Self::Shutdown => 17,
+            Self::CircuitHandshakeTimeout => 18,
+            Self::UnconfirmedCircuitLimit => 19,
             Self::Other(v) => v,
         }
     }
@@ -124,6 +131,8 @@ impl ErrorCode {
             15 => Self::CircuitGone,
             16 => Self::Replaced,
             17 => Self::Shutdown,
+            18 => Self::CircuitHandshakeTimeout,
+            19 => Self::UnconfirmedCircuitLimit,
             other => Self::Other(other),
         }
     }

@@ -23,14 +23,18 @@
 //! Lifecycle of a circuit: `dial` from A → *pending* (B's control connection gets
 //! `incoming`) → B's `accept` connection → *open* (`circuit_ready` to both,
 //! [`Output::Splice`]) → closed (either end leaves, a limit trips, or B refuses / times
-//! out while pending). Pending circuits count toward every circuit limit. A control
+//! out while pending). Pending circuits count toward every circuit limit. Until its ends
+//! have exchanged the three flights of an end-to-end handshake (reported by the shell with
+//! [`record_handshake`](RelayState::record_handshake)) a circuit is *unconfirmed*: bounded
+//! per initiating key, address and target ([`unconfirmed`](super::unconfirmed)), and
+//! closed if still unconfirmed `circuit_handshake_timeout` after it opened. A control
 //! connection closing drops its reservation and refuses circuits still pending to it;
 //! open circuits live on their own two connections and survive it.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     fmt,
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -41,6 +45,7 @@ use super::{
     error::ForwardError,
     limits::RelayLimits,
     proto::{CircuitId, ErrorCode, Purpose, RelayMessage, MAX_ADVERTISED_STUN},
+    unconfirmed::UnconfirmedCircuits,
     MAX_SIGNAL_LEN,
 };
 use crate::identity::PeerId;
@@ -238,6 +243,8 @@ struct Circuit {
     bytes_ab: u64,
     bytes_ba: u64,
     rate: u64,
+    /// While open and unconfirmed: when it is closed unless its ends complete a handshake.
+    confirm_by: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -268,12 +275,15 @@ pub struct RelayState {
     stun: Vec<SocketAddr>,
     /// Per connection: where it comes from and which local address it reached.
     addrs: HashMap<ConnId, (SocketAddr, SocketAddr)>,
+    /// Circuits whose ends have not completed an end-to-end handshake yet.
+    unconfirmed: UnconfirmedCircuits,
 }
 
 impl RelayState {
     /// A relay enforcing `limits` (check them first with [`RelayLimits::validate`]).
     pub fn new(limits: RelayLimits) -> Self {
         Self {
+            unconfirmed: UnconfirmedCircuits::new(&limits),
             limits,
             conns: HashMap::new(),
             controls: HashMap::new(),
@@ -339,11 +349,13 @@ impl RelayState {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next: the earliest
-    /// reservation expiry, pending-circuit deadline or circuit duration limit.
+    /// reservation expiry, pending-circuit deadline, end-to-end handshake deadline or
+    /// circuit duration limit.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let res = self.reservations.values().map(|r| r.expires);
         let circ = self.circuits.values().map(|c| match c.phase {
-            Phase::Pending { deadline } | Phase::Open { deadline, .. } => deadline,
+            Phase::Pending { deadline } => deadline,
+            Phase::Open { deadline, .. } => c.confirm_by.map_or(deadline, |t| t.min(deadline)),
         });
         res.chain(circ).min()
     }
@@ -427,28 +439,45 @@ impl RelayState {
             self.reservations.remove(&peer);
             self.event(RelayEvent::ReservationEnded { peer, expired: true });
         }
-        let due: Vec<(CircuitId, bool, PeerId)> = self
+        let due: Vec<(CircuitId, LimitKind, PeerId)> = self
             .circuits
             .iter()
             .filter_map(|(id, c)| match c.phase {
-                Phase::Pending { deadline } if deadline <= now => Some((*id, true, c.dst)),
-                Phase::Open { deadline, .. } if deadline <= now => Some((*id, false, c.src)),
+                Phase::Pending { deadline } if deadline <= now => {
+                    Some((*id, LimitKind::PendingTimeout, c.dst))
+                }
+                Phase::Open { deadline, .. } if deadline <= now => Some((*id, LimitKind::Duration, c.src)),
+                Phase::Open { .. } if c.confirm_by.is_some_and(|t| t <= now) => {
+                    Some((*id, LimitKind::CircuitHandshakeTimeout, c.src))
+                }
                 _ => None,
             })
             .collect();
-        for (id, pending, peer) in due {
-            if pending {
-                self.hits.pending_timeout += 1;
-                self.event(RelayEvent::LimitHit { kind: LimitKind::PendingTimeout, peer });
-                let msg = format!("target did not answer within {:?}", self.limits.pending_timeout);
-                self.end_circuit(id, ErrorCode::PendingTimeout, &msg, now);
-            } else {
-                self.hits.duration += 1;
-                self.event(RelayEvent::LimitHit { kind: LimitKind::Duration, peer });
-                let msg =
-                    format!("circuit reached its duration limit of {:?}", self.limits.max_circuit_duration);
-                self.end_circuit(id, ErrorCode::DurationLimit, &msg, now);
-            }
+        for (id, kind, peer) in due {
+            self.event(RelayEvent::LimitHit { kind, peer });
+            let (code, msg) = match kind {
+                LimitKind::PendingTimeout => {
+                    self.hits.pending_timeout += 1;
+                    (
+                        ErrorCode::PendingTimeout,
+                        format!("target did not answer within {:?}", self.limits.pending_timeout),
+                    )
+                }
+                LimitKind::CircuitHandshakeTimeout => {
+                    self.hits.circuit_handshake_timeout += 1;
+                    let t = self.limits.circuit_handshake_timeout;
+                    (
+                        ErrorCode::CircuitHandshakeTimeout,
+                        format!("the circuit carried no end-to-end handshake within {t:?}"),
+                    )
+                }
+                _ => {
+                    self.hits.duration += 1;
+                    let t = self.limits.max_circuit_duration;
+                    (ErrorCode::DurationLimit, format!("circuit reached its duration limit of {t:?}"))
+                }
+            };
+            self.end_circuit(id, code, &msg, now);
         }
     }
 
@@ -514,6 +543,18 @@ impl RelayState {
         }
     }
 
+    /// The forwarder of `circuit` saw its ends complete the three flights of an end-to-end
+    /// handshake ([`HandshakeFlights`](super::unconfirmed::HandshakeFlights)): the circuit
+    /// is confirmed and no longer counts toward the unconfirmed-circuit limits.
+    pub fn record_handshake(&mut self, circuit: CircuitId) {
+        if let Some(c) = self.circuits.get_mut(&circuit) {
+            if matches!(c.phase, Phase::Open { .. }) {
+                c.confirm_by = None;
+                self.unconfirmed.remove(circuit);
+            }
+        }
+    }
+
     /// A snapshot of counters and usage at `now`.
     pub fn metrics(&self, now: Instant) -> RelayMetrics {
         let mut peers: Vec<PeerUsage> = self.peers.iter().map(|(p, s)| self.peer_usage(*p, s, now)).collect();
@@ -523,6 +564,7 @@ impl RelayState {
             reservations: self.reservations.values().filter(|r| r.expires > now).count(),
             circuits_pending: self.circuits.len().saturating_sub(self.open_circuits),
             circuits_open: self.open_circuits,
+            circuits_unconfirmed: self.unconfirmed.len(),
             circuit_rate: self.limits.fair_share(self.open_circuits),
             totals: self.totals.clone(),
             limit_hits: self.hits.clone(),
@@ -555,16 +597,34 @@ impl RelayState {
             return;
         }
         let max = self.limits.max_circuits_per_peer;
-        for (who, p) in [("your", peer), ("the target's", target)] {
-            if self.peers.get(&p).map_or(0, |s| s.circuits) >= max {
-                self.hits.circuits_per_peer += 1;
-                self.event(RelayEvent::LimitHit { kind: LimitKind::CircuitsPerPeer, peer: p });
-                let msg = format!("{who} circuit limit ({max}) reached");
-                self.close(conn_close(conn, ErrorCode::CircuitLimitPeer, &msg), now);
-                return;
-            }
+        if self.peers.get(&peer).map_or(0, |s| s.circuits) >= max {
+            self.circuit_limit_peer(conn, peer, "your", now);
+            return;
         }
         let id = CircuitId(self.next_circuit);
+        // An unknown address (the shell did not report one) shares one bucket.
+        let ip = self.addrs.get(&conn).map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |(remote, _)| remote.ip());
+        match self.unconfirmed.admit(id, peer, ip, target) {
+            Err(why) => {
+                self.hits.unconfirmed_refused += 1;
+                self.event(RelayEvent::LimitHit { kind: LimitKind::UnconfirmedCircuits, peer });
+                self.close(conn_close(conn, ErrorCode::UnconfirmedCircuitLimit, &why.to_string()), now);
+                return;
+            }
+            Ok(Some(old)) => {
+                self.hits.unconfirmed_evicted += 1;
+                let src = self.circuits.get(&old).map_or(peer, |c| c.src);
+                self.event(RelayEvent::LimitHit { kind: LimitKind::UnconfirmedCircuits, peer: src });
+                let msg = "closed to make room for another circuit to the target: its end-to-end handshake had not completed";
+                self.end_circuit(old, ErrorCode::UnconfirmedCircuitLimit, msg, now);
+            }
+            Ok(None) => {}
+        }
+        if self.peers.get(&target).map_or(0, |s| s.circuits) >= max {
+            self.unconfirmed.remove(id);
+            self.circuit_limit_peer(conn, target, "the target's", now);
+            return;
+        }
         self.next_circuit += 1;
         self.circuits.insert(
             id,
@@ -577,6 +637,7 @@ impl RelayState {
                 bytes_ab: 0,
                 bytes_ba: 0,
                 rate: 0,
+                confirm_by: None,
             },
         );
         for p in [peer, target] {
@@ -586,6 +647,14 @@ impl RelayState {
         self.totals.circuits_requested += 1;
         self.send(target_conn, RelayMessage::Incoming { circuit: id, from: peer });
         self.event(RelayEvent::CircuitRequested { circuit: id, src: peer, dst: target });
+    }
+
+    fn circuit_limit_peer(&mut self, conn: ConnId, p: PeerId, who: &str, now: Instant) {
+        let max = self.limits.max_circuits_per_peer;
+        self.hits.circuits_per_peer += 1;
+        self.event(RelayEvent::LimitHit { kind: LimitKind::CircuitsPerPeer, peer: p });
+        let msg = format!("{who} circuit limit ({max}) reached");
+        self.close(conn_close(conn, ErrorCode::CircuitLimitPeer, &msg), now);
     }
 
     fn accept(&mut self, conn: ConnId, peer: PeerId, id: CircuitId, now: Instant) {
@@ -618,7 +687,11 @@ impl RelayState {
             c.b = Some(conn);
             c.phase = Phase::Open { opened: now, deadline: now + limits.max_duration };
             c.rate = rate;
+            if self.unconfirmed.contains(id) {
+                c.confirm_by = Some(now + self.limits.circuit_handshake_timeout);
+            }
         }
+        self.unconfirmed.opened(id);
         self.set_role(conn, Role::Spliced(id));
         self.set_role(a, Role::Spliced(id));
         for p in [src, peer] {
@@ -770,6 +843,7 @@ impl RelayState {
     /// Removes circuit `id` and closes whichever of its connections are still known.
     fn end_circuit(&mut self, id: CircuitId, code: ErrorCode, message: &str, now: Instant) {
         let Some(c) = self.circuits.remove(&id) else { return };
+        self.unconfirmed.remove(id);
         for p in [c.src, c.dst] {
             if let Some(s) = self.peers.get_mut(&p) {
                 s.circuits = s.circuits.saturating_sub(1);

@@ -33,6 +33,7 @@ use bytes::Bytes;
 use kizuna::relay::{
     limits::{burst_for, TokenBucket},
     server::{CircuitLimits, Direction},
+    unconfirmed::HandshakeFlights,
     CircuitId,
 };
 use tokio::{
@@ -172,6 +173,8 @@ struct Forwarding {
     total: u64,
     report: ForwardReport,
     reports: Recipient<ForwardReport>,
+    /// Flights of the ends' handshake so far (the circuit is confirmed at the third).
+    flights: HandshakeFlights,
     tap: Option<mpsc::Sender<TappedMessage>>,
     /// A message read but not yet forwarded (waiting for the bucket).
     held: Option<(Side, Bytes)>,
@@ -215,7 +218,8 @@ impl Forwarding {
 
     async fn flush(&mut self) {
         let r = &self.report;
-        if r.a_to_b == 0 && r.b_to_a == 0 && r.throttled == 0 && r.over_cap.is_none() && r.ended.is_none() {
+        let empty = r.a_to_b == 0 && r.b_to_a == 0 && r.throttled == 0;
+        if empty && r.over_cap.is_none() && r.ended.is_none() && !r.handshake {
             return;
         }
         let report = std::mem::take(&mut self.report);
@@ -288,7 +292,10 @@ impl Forwarding {
             Side::A => self.report.a_to_b += n,
             Side::B => self.report.b_to_a += n,
         }
-        if self.report.a_to_b + self.report.b_to_a >= REPORT_BYTES {
+        // The state confirms the circuit at once (its handshake deadline is seconds).
+        let confirmed = self.flights.observe(direction(from));
+        self.report.handshake |= confirmed;
+        if confirmed || self.report.a_to_b + self.report.b_to_a >= REPORT_BYTES {
             self.flush().await;
         }
     }
@@ -306,6 +313,7 @@ async fn forward(setup: ForwarderSetup) {
         total: 0,
         report: ForwardReport::default(),
         reports,
+        flights: HandshakeFlights::default(),
         tap,
         held: None,
         held_throttled: false,

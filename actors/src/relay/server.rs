@@ -120,6 +120,8 @@ pub(crate) struct ForwardReport {
     pub(crate) over_cap: Option<(Direction, u64)>,
     /// A side whose socket ended.
     pub(crate) ended: Option<Side>,
+    /// The ends completed the three flights of an end-to-end handshake (reported once).
+    pub(crate) handshake: bool,
 }
 
 /// A forwarder stopped.
@@ -458,6 +460,9 @@ impl Handler<ForwardReport> for RelayServerActor {
         }
         for _ in 0..r.throttled {
             self.state.record_throttled(circuit);
+        }
+        if r.handshake {
+            self.state.record_handshake(circuit);
         }
         if let Some((dir, n)) = r.over_cap {
             if let Err(e) = self.state.record_forwarded(circuit, dir, n, now) {

@@ -44,8 +44,20 @@ pub async fn start(config: RelayServerConfig) -> RelayHandle {
     RelayServer::start(config).await.expect("relay starts")
 }
 
-/// A config on a free loopback port.
+/// A config on a free loopback port. The circuits these tests open with [`circuit`] carry
+/// test bytes, not an end-to-end handshake, so the unconfirmed-circuit rules are relaxed
+/// here (see [`strict_config`]).
 pub fn config(admission: kizuna::relay::auth::Admission) -> RelayServerConfig {
+    let mut c = strict_config(admission);
+    c.limits.circuit_handshake_timeout = Duration::from_secs(3600);
+    c.limits.max_unconfirmed_per_initiator = 1024;
+    c.limits.max_unconfirmed_per_address = 1024;
+    c.limits.max_unconfirmed_per_target = 1024;
+    c
+}
+
+/// A config on a free loopback port with every default limit.
+pub fn strict_config(admission: kizuna::relay::auth::Admission) -> RelayServerConfig {
     RelayServerConfig::new("127.0.0.1:0".parse().unwrap(), admission)
 }
 
@@ -61,6 +73,24 @@ pub async fn raw_connect(
 ) -> Result<Raw, tokio_tungstenite::tungstenite::Error> {
     let addr = url.trim_start_matches("ws://").trim_end_matches('/');
     let tcp = TcpStream::connect(addr).await?;
+    upgrade(tcp, url, subprotocol).await
+}
+
+/// [`raw_connect`] with the `kizuna` subprotocol from the local address `from` (e.g.
+/// `127.0.0.2`, to look like another host on loopback).
+pub async fn raw_connect_from(url: &str, from: &str) -> Result<Raw, tokio_tungstenite::tungstenite::Error> {
+    let addr = url.trim_start_matches("ws://").trim_end_matches('/');
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(format!("{from}:0").parse().unwrap())?;
+    let tcp = sock.connect(addr.parse().unwrap()).await?;
+    upgrade(tcp, url, Some("kizuna")).await
+}
+
+async fn upgrade(
+    tcp: TcpStream,
+    url: &str,
+    subprotocol: Option<&str>,
+) -> Result<Raw, tokio_tungstenite::tungstenite::Error> {
     let mut req = url.into_client_request()?;
     if let Some(p) = subprotocol {
         req.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_str(p).unwrap());
@@ -109,7 +139,23 @@ pub async fn expect_closed(ws: &mut Raw, code: ErrorCode) {
 
 /// Connects, answers the challenge as `key` (with `token`) and declares `purpose`.
 pub async fn login(url: &str, key: &Keypair, token: Option<&str>, purpose: Purpose) -> Raw {
-    let mut ws = raw_connect(url, Some("kizuna")).await.unwrap();
+    let ws = raw_connect(url, Some("kizuna")).await.unwrap();
+    answer_challenge(ws, url, key, token, purpose).await
+}
+
+/// [`login`] without a token from the local address `from` (see [`raw_connect_from`]).
+pub async fn login_from(url: &str, from: &str, key: &Keypair, purpose: Purpose) -> Raw {
+    let ws = raw_connect_from(url, from).await.unwrap();
+    answer_challenge(ws, url, key, None, purpose).await
+}
+
+async fn answer_challenge(
+    mut ws: Raw,
+    url: &str,
+    key: &Keypair,
+    token: Option<&str>,
+    purpose: Purpose,
+) -> Raw {
     let challenge = match next(&mut ws).await {
         Got::Msg(m) => m,
         other => panic!("expected challenge, got {other:?}"),

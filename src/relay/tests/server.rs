@@ -1,7 +1,10 @@
 //! The relay server machine with a synthetic clock: reservations, circuits, limits,
 //! signaling, cleanup, protocol violations, metrics.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use proptest::prelude::*;
 
@@ -34,6 +37,16 @@ impl H {
     fn conn(&mut self, n: u8, purpose: Purpose) -> (ConnId, Vec<Output>) {
         let c = ConnId(self.next);
         self.next += 1;
+        self.s.handle_authenticated(c, peer(n), purpose, self.now);
+        (c, self.drain())
+    }
+
+    /// [`conn`](Self::conn) from `ip` (reported before authentication, as the shell does).
+    fn conn_from(&mut self, n: u8, purpose: Purpose, ip: [u8; 4]) -> (ConnId, Vec<Output>) {
+        let c = ConnId(self.next);
+        self.next += 1;
+        let remote = SocketAddr::from((ip, 40_000));
+        self.s.handle_addresses(c, remote, "203.0.113.1:7000".parse().unwrap());
         self.s.handle_authenticated(c, peer(n), purpose, self.now);
         (c, self.drain())
     }
@@ -73,8 +86,16 @@ impl H {
         (d, circuit)
     }
 
-    /// Opens a circuit from `a` to reserved `b`; returns (dial conn, accept conn, circuit).
+    /// Opens a circuit from `a` to reserved `b` whose ends then complete their handshake;
+    /// returns (dial conn, accept conn, circuit).
     fn open(&mut self, a: u8, b: u8, bc: ConnId) -> (ConnId, ConnId, CircuitId) {
+        let (d, acc, circuit) = self.open_unconfirmed(a, b, bc);
+        self.s.record_handshake(circuit);
+        (d, acc, circuit)
+    }
+
+    /// Opens a circuit from `a` to reserved `b` (no handshake seen yet).
+    fn open_unconfirmed(&mut self, a: u8, b: u8, bc: ConnId) -> (ConnId, ConnId, CircuitId) {
         let (d, circuit) = self.dial(a, b, bc);
         let (acc, out) = self.conn(b, Purpose::Accept { circuit });
         assert!(out.iter().any(|o| matches!(o, Output::Splice { circuit: c, a, b, .. } if *c == circuit && *a == d && *b == acc)), "{out:?}");
@@ -561,6 +582,7 @@ enum Op {
     Msg(usize, u8),
     Close(usize),
     Forward(u64, bool, u64),
+    Handshake(u64),
     Advance(u64),
 }
 
@@ -576,6 +598,7 @@ fn op() -> impl Strategy<Value = Op> {
         (any::<usize>(), any::<u8>()).prop_map(|(c, m)| Op::Msg(c, m)),
         any::<usize>().prop_map(Op::Close),
         (0u64..12, any::<bool>(), 0u64..600).prop_map(|(c, d, n)| Op::Forward(c, d, n)),
+        (0u64..12).prop_map(Op::Handshake),
         (0u64..20_000).prop_map(Op::Advance),
     ]
 }
@@ -624,6 +647,10 @@ proptest! {
                     let _ = h.s.record_forwarded(CircuitId(c), dir, n, h.now);
                     h.drain();
                 }
+                Op::Handshake(c) => {
+                    h.s.record_handshake(CircuitId(c));
+                    h.drain();
+                }
                 Op::Advance(ms) => {
                     h.advance(Duration::from_millis(ms));
                     // Everything due has been handled.
@@ -634,6 +661,9 @@ proptest! {
             prop_assert!(m.circuits_open + m.circuits_pending <= 4);
             prop_assert!(m.reservations <= 3);
             prop_assert_eq!(m.circuits.len(), m.circuits_open + m.circuits_pending);
+            // Pending circuits are always unconfirmed; no unconfirmed circuit is forgotten.
+            prop_assert!(m.circuits_unconfirmed >= m.circuits_pending);
+            prop_assert!(m.circuits_unconfirmed <= m.circuits.len());
             for p in &m.peers {
                 prop_assert!(p.circuits <= 2);
                 let involved = m.circuits.iter().filter(|c| c.src == p.peer || c.dst == p.peer).count();
@@ -645,4 +675,130 @@ proptest! {
             }
         }
     }
+}
+
+// ----- unconfirmed circuits (throwaway keys) -----
+
+const CROWD_IP: [u8; 4] = [198, 51, 100, 7];
+const OTHER_IP: [u8; 4] = [198, 51, 100, 9];
+
+#[test]
+fn throwaway_keys_from_one_address_cannot_take_a_targets_capacity() {
+    let mut h = H::new(RelayLimits::default());
+    let bc = h.reserved(200);
+    let mut evictions = 0;
+    // 70 throwaway keys dial and never get further: the address keeps 8 slots, each new dial
+    // replacing its oldest.
+    for k in 1..=70u8 {
+        let (d, out) = h.conn_from(k, Purpose::Dial { target: peer(200) }, CROWD_IP);
+        assert_eq!(closed_with(&out, d), None, "dial {k} refused: {out:?}");
+        evictions += closes(&out);
+    }
+    assert_eq!(evictions, 70 - 8);
+    let m = h.s.metrics(h.now);
+    assert_eq!((m.circuits_pending, m.circuits_unconfirmed), (8, 8));
+    assert_eq!(m.limit_hits.unconfirmed_evicted, 62);
+    // A legitimate peer from another address dials, is accepted, and completes its
+    // handshake: nothing of its own is refused or evicted.
+    let (d, out) = h.conn_from(100, Purpose::Dial { target: peer(200) }, OTHER_IP);
+    assert_eq!(closes(&out), 0, "{out:?}");
+    let [RelayMessage::Incoming { circuit, .. }] = sent(&out, bc)[..] else { panic!("{out:?}") };
+    let (_acc, out) = h.conn(200, Purpose::Accept { circuit });
+    assert!(out.iter().any(|o| matches!(o, Output::Splice { .. })));
+    h.s.record_handshake(circuit);
+    assert_eq!(h.s.metrics(h.now).circuits_unconfirmed, 8);
+    assert_eq!(closed_with(&h.drain(), d), None);
+}
+
+#[test]
+fn accepted_circuits_that_never_handshake_are_refused_beyond_the_share_then_closed() {
+    let mut h = H::new(RelayLimits::default());
+    let bc = h.reserved(200);
+    // The target accepts every circuit (as a node does), the dialers never speak.
+    let mut opened = Vec::new();
+    for k in 1..=8u8 {
+        let (d, out) = h.conn_from(k, Purpose::Dial { target: peer(200) }, CROWD_IP);
+        let [RelayMessage::Incoming { circuit, .. }] = sent(&out, bc)[..] else { panic!("{out:?}") };
+        let (acc, _) = h.conn(200, Purpose::Accept { circuit });
+        opened.push((d, acc));
+    }
+    // Their address's half of the target's slots is taken by open circuits: refused.
+    let (d, out) = h.conn_from(9, Purpose::Dial { target: peer(200) }, CROWD_IP);
+    assert_eq!(closed_with(&out, d), Some(ErrorCode::UnconfirmedCircuitLimit));
+    assert_eq!(limit_hits(&out), vec![(LimitKind::UnconfirmedCircuits, peer(9))]);
+    // Another address is served at once.
+    let (d2, out) = h.conn_from(100, Purpose::Dial { target: peer(200) }, OTHER_IP);
+    assert_eq!(closed_with(&out, d2), None);
+    // 5 s after opening, the silent circuits are closed (both ends); the pending dial of
+    // the other address has its own 10 s bound.
+    assert_eq!(h.s.poll_timeout(), Some(h.now + secs(5)));
+    let out = h.advance(secs(5));
+    for (d, acc) in opened {
+        assert_eq!(closed_with(&out, d), Some(ErrorCode::CircuitHandshakeTimeout));
+        assert_eq!(closed_with(&out, acc), Some(ErrorCode::CircuitHandshakeTimeout));
+    }
+    assert_eq!(closed_with(&out, d2), None);
+    let m = h.s.metrics(h.now);
+    assert_eq!(m.limit_hits.circuit_handshake_timeout, 8);
+    assert_eq!(m.limit_hits.unconfirmed_refused, 1);
+    assert_eq!(m.circuits_unconfirmed, 1);
+}
+
+#[test]
+fn a_confirmed_circuit_is_never_closed_for_its_handshake() {
+    let mut h = H::new(RelayLimits::default());
+    let bc = h.reserved(2);
+    let (d, acc, c) = h.open_unconfirmed(1, 2, bc);
+    h.now += Duration::from_millis(4_999);
+    h.s.record_handshake(c);
+    let out = h.advance(secs(3600 - 5));
+    assert_eq!(closed_with(&out, d), None);
+    assert_eq!(closed_with(&out, acc), None);
+    assert_eq!(h.s.metrics(h.now).circuits_unconfirmed, 0);
+}
+
+#[test]
+fn unconfirmed_circuits_are_capped_per_key_and_per_address() {
+    let mut h = H::new(RelayLimits::default());
+    let targets: Vec<ConnId> = (100..=110u8).map(|t| h.reserved(t)).collect();
+    let _ = targets;
+    // One key dials nine targets: the ninth is refused.
+    for t in 0..8u8 {
+        let (d, out) = h.conn_from(1, Purpose::Dial { target: peer(100 + t) }, CROWD_IP);
+        assert_eq!(closed_with(&out, d), None);
+    }
+    let (d, out) = h.conn_from(1, Purpose::Dial { target: peer(108) }, CROWD_IP);
+    assert_eq!(closed_with(&out, d), Some(ErrorCode::UnconfirmedCircuitLimit));
+    let msg = sent(&out, d).into_iter().find_map(|m| match m {
+        RelayMessage::Error { message, .. } => Some(message),
+        _ => None,
+    });
+    assert!(msg.is_some_and(|m| m.contains("you already have 8")));
+    // Other keys of the same address: 8 more, then the address is full.
+    for k in 2..=9u8 {
+        let (d, out) = h.conn_from(k, Purpose::Dial { target: peer(100 + k) }, CROWD_IP);
+        assert_eq!(closed_with(&out, d), None, "key {k}");
+    }
+    let (d, out) = h.conn_from(20, Purpose::Dial { target: peer(110) }, CROWD_IP);
+    assert_eq!(closed_with(&out, d), Some(ErrorCode::UnconfirmedCircuitLimit));
+    // A key from another address is not affected.
+    let (d, out) = h.conn_from(21, Purpose::Dial { target: peer(110) }, OTHER_IP);
+    assert_eq!(closed_with(&out, d), None);
+    assert_eq!(h.s.metrics(h.now).limit_hits.unconfirmed_refused, 2);
+}
+
+#[test]
+fn a_full_target_makes_room_for_a_third_address() {
+    let mut h = H::new(RelayLimits::default());
+    let bc = h.reserved(200);
+    for k in 1..=8u8 {
+        h.conn_from(k, Purpose::Dial { target: peer(200) }, CROWD_IP);
+        h.conn_from(k + 10, Purpose::Dial { target: peer(200) }, OTHER_IP);
+    }
+    assert_eq!(h.s.metrics(h.now).circuits_unconfirmed, 16);
+    let (d, out) = h.conn_from(50, Purpose::Dial { target: peer(200) }, [203, 0, 113, 50]);
+    assert_eq!(closed_with(&out, d), None);
+    assert_eq!(closes(&out), 1, "one of the two crowds made room: {out:?}");
+    assert!(matches!(sent(&out, bc)[..], [RelayMessage::Incoming { .. }]));
+    assert_eq!(h.s.metrics(h.now).circuits_unconfirmed, 16);
 }
