@@ -43,7 +43,9 @@
 mod client;
 pub mod header;
 pub mod names;
+mod recv_dir;
 mod server;
+mod uploads;
 
 use std::time::Duration;
 
