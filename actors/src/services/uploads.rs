@@ -24,7 +24,7 @@ use tokio::sync::watch;
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ClaimError {
     /// Another peer's request holds the name.
-    #[error("{0} is being received from another peer")]
+    #[error("{0} is being received from another peer (only the same peer can take over its upload)")]
     Busy(String),
     /// This peer's earlier request was told to stop but did not release the name in time.
     #[error("an earlier transfer of {name} from this peer did not stop within {wait:?}; try again")]
