@@ -59,7 +59,8 @@ const SUPERSEDE_WAIT: Duration = Duration::from_secs(5);
 /// Options of [`serve_with`].
 #[derive(Debug, Default, Clone)]
 pub struct ServeOptions {
-    /// Where received files go; `None` refuses file transfers.
+    /// Where received files go; `None` refuses file transfers. The directory is opened when
+    /// the service starts (it must exist by then) and used through that handle.
     pub recv_dir: Option<PathBuf>,
     /// The peers whose files (and `file_stat` requests) are accepted. `None`, the default,
     /// accepts any authenticated peer: `recv_dir` itself is the opt-in, and a received
