@@ -6,11 +6,11 @@
 #![allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     path::Path,
     process::{Child, Command, Output, Stdio},
     sync::mpsc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -522,4 +522,139 @@ fn ping_over_webrtc_signaled_through_a_relay() {
     ]));
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--turn-user"), "{}", stderr(&out));
+}
+
+/// Creates the key file `name` in `home` and returns its peer id.
+fn make_key(home: &Path, name: &str) -> (std::path::PathBuf, String) {
+    let key = home.join(name);
+    let o = run(kizuna(home).args(["id", "--key"]).arg(&key));
+    assert!(o.status.success(), "{}", stderr(&o));
+    (key, stdout(&o).trim().to_string())
+}
+
+fn send_as(home: &Path, ticket: &str, file: &Path, key: &Path) -> Output {
+    run(kizuna(home).args(["send", ticket]).arg(file).arg("--key").arg(key).args([
+        "--json",
+        "--transport",
+        "quic",
+    ]))
+}
+
+#[test]
+fn node_recv_from_accepts_only_the_listed_peers() {
+    let home = tempfile::tempdir().unwrap();
+    let recv = home.path().join("inbox");
+    let (friend, friend_id) = make_key(home.path(), "friend.key");
+    let (stranger, stranger_id) = make_key(home.path(), "stranger.key");
+    let recv_dir = recv.to_str().unwrap();
+    let node = NodeProc::start(home.path(), &["--recv-dir", recv_dir, "--recv-from", &friend_id]);
+    let file = home.path().join("gift.bin");
+    std::fs::write(&file, pattern(100_000, 3)).unwrap();
+
+    let o = send_as(home.path(), &node.first, &file, &stranger);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let why = format!("accepts files only from selected peers; {} is not one of them", &stranger_id[..8]);
+    assert!(stderr(&o).contains(&why), "{}", stderr(&o));
+    assert!(!recv.join("gift.bin").exists() && !recv.join("gift.bin.part").exists());
+
+    let o = send_as(home.path(), &node.first, &file, &friend);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json_lines(&o)[0]["status"], "ok");
+    assert!(std::fs::read(recv.join("gift.bin")).unwrap() == pattern(100_000, 3));
+
+    // Usage errors: a malformed id, and --recv-from without --recv-dir.
+    let o = run(kizuna(home.path()).args(["node", "--recv-dir", recv_dir, "--recv-from", "nope"]));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a peer id"), "{}", stderr(&o));
+    let o = run(kizuna(home.path()).args(["node", "--recv-from", &friend_id]));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--recv-dir"), "{}", stderr(&o));
+    // The help says what the default is and why.
+    let help = stdout(&run(kizuna(home.path()).args(["node", "--help"])));
+    assert!(help.contains("--recv-from <PEER_ID>") && help.contains("any authenticated peer"), "{help}");
+}
+
+/// Writes `len` pseudo-random bytes to `path` (chunked: the file is too large to build in
+/// memory byte by byte in a debug build).
+fn write_pattern_file(path: &Path, len: usize, seed: u64) {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut x = seed | 1;
+    let mut chunk = vec![0u8; 1 << 20];
+    for _ in 0..len / chunk.len() {
+        for word in chunk.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        out.write_all(&chunk).unwrap();
+    }
+    out.flush().unwrap();
+}
+
+fn sha256_of(path: &Path) -> String {
+    let data = std::fs::read(path).unwrap();
+    kizuna_actors::services::names::hex(ring::digest::digest(&ring::digest::SHA256, &data).as_ref())
+}
+
+/// A child process killed (SIGKILL) on drop unless already reaped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_send_killed_mid_transfer_resumes_at_once_when_run_again() {
+    // 128 MiB: a debug build sends about 50 MB/s over loopback QUIC, so the transfer runs for
+    // seconds after the first 8 MiB arrive — ample time to kill the sender mid-way.
+    const SIZE: usize = 128 << 20;
+    const KILL_AFTER: u64 = 8 << 20;
+    let home = tempfile::tempdir().unwrap();
+    let recv = home.path().join("inbox");
+    let node = NodeProc::start(home.path(), &["--recv-dir", recv.to_str().unwrap()]);
+    let (key, _) = make_key(home.path(), "sender.key");
+    let file = home.path().join("big.bin");
+    write_pattern_file(&file, SIZE, 11);
+    let part = recv.join("big.bin.part");
+
+    let mut first = Killed(
+        kizuna(home.path())
+            .args(["send", &node.first])
+            .arg(&file)
+            .arg("--key")
+            .arg(&key)
+            .args(["--json", "--transport", "quic"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < KILL_AFTER {
+        assert!(first.0.try_wait().unwrap().is_none(), "the first send ended before it was killed");
+        assert!(Instant::now() < deadline, "the node received nothing within 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.0.kill().unwrap(); // SIGKILL: no close reaches the node, whose connection lingers.
+    first.0.wait().unwrap();
+    assert!(!recv.join("big.bin").exists(), "the transfer finished before the kill");
+
+    // Without superseding, the node refuses this for as long as it takes to notice that
+    // the killed sender's connection is dead (≈ 45 s).
+    let started = Instant::now();
+    let o = send_as(home.path(), &node.first, &file, &key);
+    assert!(o.status.success(), "resend right after the kill: {}", stderr(&o));
+    assert!(started.elapsed() < Duration::from_secs(40), "took {:?}", started.elapsed());
+    let v = &json_lines(&o)[0];
+    let resumed = v["resumed_from"].as_u64().unwrap();
+    assert!(resumed >= KILL_AFTER && resumed < SIZE as u64, "{v}");
+    assert_eq!(v["sent"].as_u64().unwrap(), SIZE as u64 - resumed, "{v}");
+    assert_eq!(v["sha256"].as_str().unwrap(), sha256_of(&file));
+    assert_eq!(sha256_of(&recv.join("big.bin")), sha256_of(&file));
+    assert!(!part.exists());
 }

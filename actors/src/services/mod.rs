@@ -20,6 +20,21 @@
 //!
 //! Any refusal or failure is answered with [`Response::Error`] and the stream closed.
 //!
+//! **Receiving files** is opt-in ([`ServeOptions::recv_dir`]); with it, files are accepted
+//! from any authenticated peer unless [`ServeOptions::recv_from`] names the peers allowed.
+//! That default is safe because a peer can only add files to that one directory: names are
+//! plain file names (no separators, at most [`names::MAX_NAME_LEN`] bytes so `name.part`
+//! fits too), every file operation is relative to a handle on the directory and never
+//! follows a symlink or touches anything but a regular file with a single link, and the
+//! final rename never replaces an existing entry (a dangling symlink counts as one). A
+//! refusal names files relative to the directory only.
+//!
+//! One transfer of a name at a time: a `file_stat` or `file` request for a name another
+//! peer is transferring is refused. The same peer's new request supersedes its own stale
+//! one at once (a sender killed mid-transfer and restarted with the same identity resumes
+//! without waiting for the node to notice the dead connection); the stale stream is
+//! answered with an error.
+//!
 //! ```no_run
 //! # async fn demo(ticket: kizuna::PeerAddress) -> Result<(), Box<dyn std::error::Error>> {
 //! use kizuna_actors::{api::Connect, services, Subscribe, Supervisor, SupervisorConfig};
@@ -43,7 +58,9 @@
 mod client;
 pub mod header;
 pub mod names;
+mod recv_dir;
 mod server;
+mod uploads;
 
 use std::time::Duration;
 

@@ -1,13 +1,17 @@
 //! File names a peer may ask the node to write, and SHA-256 helpers.
 //!
 //! A received file is written only as `<recv dir>/<name>.part` and then renamed to
-//! `<recv dir>/<name>`; [`check_file_name`] guarantees both stay inside the receive
-//! directory whatever the peer sends.
+//! `<recv dir>/<name>`; [`check_file_name`] guarantees that both are plain names of one
+//! directory entry whatever the peer sends (the receive directory itself opens them
+//! without following links).
 
-use std::path::{Path, PathBuf};
+/// Longest file name (one path component) the file systems a node writes to accept, in
+/// bytes: `NAME_MAX` of Linux's, the BSDs' and macOS's file systems.
+pub const NAME_MAX: usize = 255;
 
-/// Longest accepted name, in bytes: the usual file-system limit for one path component.
-pub const MAX_NAME_LEN: usize = 255;
+/// Longest accepted name, in bytes: [`NAME_MAX`] less [`PART_SUFFIX`], so that the
+/// partial file `<name>.part` fits as well.
+pub const MAX_NAME_LEN: usize = NAME_MAX - PART_SUFFIX.len();
 
 /// Suffix of a partially received file.
 pub const PART_SUFFIX: &str = ".part";
@@ -19,9 +23,16 @@ pub enum NameError {
     /// The name is empty.
     #[error("empty file name")]
     Empty,
-    /// The name is longer than [`MAX_NAME_LEN`] bytes.
-    #[error("file name of {0} bytes is longer than {MAX_NAME_LEN}")]
+    /// The name is longer than [`NAME_MAX`] bytes.
+    #[error("file name of {0} bytes is longer than the {NAME_MAX}-byte file-name limit")]
     TooLong(usize),
+    /// The name fits [`NAME_MAX`], but its partial form `<name>.part` would not: it is
+    /// longer than [`MAX_NAME_LEN`] bytes.
+    #[error(
+        "file name of {0} bytes leaves no room for its partial form NAME{PART_SUFFIX} within the \
+         {NAME_MAX}-byte file-name limit: at most {MAX_NAME_LEN} bytes are accepted"
+    )]
+    NoRoomForPart(usize),
     /// The name contains a path separator (or is absolute).
     #[error("file name {0:?} contains a path separator: only a plain file name is accepted")]
     Separator(String),
@@ -42,8 +53,11 @@ pub fn check_file_name(name: &str) -> Result<&str, NameError> {
     if name.is_empty() {
         return Err(NameError::Empty);
     }
-    if name.len() > MAX_NAME_LEN {
+    if name.len() > NAME_MAX {
         return Err(NameError::TooLong(name.len()));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::NoRoomForPart(name.len()));
     }
     if name.contains(['/', '\\']) {
         return Err(NameError::Separator(name.into()));
@@ -58,12 +72,6 @@ pub fn check_file_name(name: &str) -> Result<&str, NameError> {
         return Err(NameError::Reserved(name.into()));
     }
     Ok(name)
-}
-
-/// The final and partial paths of `name` inside `dir`, after [`check_file_name`].
-pub fn target_paths(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), NameError> {
-    let name = check_file_name(name)?;
-    Ok((dir.join(name), dir.join(format!("{name}{PART_SUFFIX}"))))
 }
 
 /// Whether `s` looks like a SHA-256 in lowercase hex.
@@ -114,18 +122,12 @@ mod tests {
             let e = check_file_name(name).unwrap_err();
             assert!(ok(&e), "{name:?} gave {e:?}");
         }
-        assert_eq!(check_file_name(&"a".repeat(MAX_NAME_LEN + 1)), Err(NameError::TooLong(MAX_NAME_LEN + 1)));
-    }
-
-    #[test]
-    fn targets_stay_in_the_directory() {
-        let dir = Path::new("/srv/in");
-        let (f, p) = target_paths(dir, "a.bin").unwrap();
-        assert_eq!(f, Path::new("/srv/in/a.bin"));
-        assert_eq!(p, Path::new("/srv/in/a.bin.part"));
-        assert_eq!(f.parent(), Some(dir));
-        assert!(target_paths(dir, "/abs").is_err());
-        assert!(target_paths(dir, "..").is_err());
+        for len in [MAX_NAME_LEN + 1, NAME_MAX] {
+            assert_eq!(check_file_name(&"a".repeat(len)), Err(NameError::NoRoomForPart(len)));
+        }
+        assert_eq!(check_file_name(&"a".repeat(NAME_MAX + 1)), Err(NameError::TooLong(NAME_MAX + 1)));
+        // The limits count bytes, not characters: 84 three-byte characters are 252 bytes.
+        assert_eq!(check_file_name(&"語".repeat(84)), Err(NameError::NoRoomForPart(252)));
     }
 
     #[test]

@@ -4,12 +4,17 @@
 //! Stream handlers run on the I/O runtime ([`crate::runtime::io_runtime`]), at most
 //! [`MAX_STREAMS`] at a time; beyond that `serve` waits for one to finish before taking the
 //! next stream (backpressure, nothing queued without bound).
+//!
+//! Files are received only into the receive directory, through [`RecvDir`] (no symlink is
+//! followed, only regular files are touched, nothing is overwritten), and only from the
+//! peers [`ServeOptions::recv_from`] allows. Each file request holds a [`Claim`] on its
+//! name; a newer request of the same peer supersedes a stale one ([`super::uploads`]).
 
 use std::{
     collections::HashSet,
     io::SeekFrom,
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -24,7 +29,9 @@ use tokio::{
 use super::{
     finish_stream,
     header::{self, Request, Response},
-    names::{hex, is_sha256_hex, target_paths},
+    names::{hex, is_sha256_hex},
+    recv_dir::{RecvDir, Target},
+    uploads::{Claim, Uploads},
     ServiceError, IO_CHUNK, MAX_PERF_BYTES,
 };
 use crate::{
@@ -42,11 +49,23 @@ pub const MAX_STREAMS: usize = 64;
 /// (and logged). 10 s: the connect bound; a peer that slow is not being served anyway.
 const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a file request waits for the same peer's stale transfer of that name to stop
+/// once told to. 5 s: a stale transfer stops within one [`IO_CHUNK`] read or write plus a
+/// flush — milliseconds on any disk — so this only bounds a stuck disk, and stays well
+/// below the tens of seconds a connection takes to time out (what a restarted sender would
+/// otherwise wait).
+const SUPERSEDE_WAIT: Duration = Duration::from_secs(5);
+
 /// Options of [`serve_with`].
 #[derive(Debug, Default, Clone)]
 pub struct ServeOptions {
-    /// Where received files go; `None` refuses file transfers.
+    /// Where received files go; `None` refuses file transfers. The directory is opened when
+    /// the service starts (it must exist by then) and used through that handle.
     pub recv_dir: Option<PathBuf>,
+    /// The peers whose files (and `file_stat` requests) are accepted. `None`, the default,
+    /// accepts any authenticated peer: `recv_dir` itself is the opt-in, and a received
+    /// file never overwrites anything and lands only in that directory.
+    pub recv_from: Option<HashSet<PeerId>>,
     /// Where to report what was served (best effort: reports are dropped while the
     /// channel is full, never blocking the service).
     pub reports: Option<mpsc::Sender<ServiceReport>>,
@@ -90,10 +109,12 @@ pub enum ServiceReport {
 }
 
 struct Shared {
-    recv_dir: Option<PathBuf>,
+    /// The receive directory, or why files are refused.
+    recv_dir: Result<Arc<RecvDir>, &'static str>,
+    recv_from: Option<HashSet<PeerId>>,
     reports: Option<mpsc::Sender<ServiceReport>>,
-    /// Names being received right now: a second upload of the same name is refused.
-    busy: Mutex<HashSet<String>>,
+    /// Names being received right now, and by whom.
+    uploads: Uploads,
 }
 
 impl Shared {
@@ -108,13 +129,22 @@ impl Shared {
 /// subscription of that node) until the node stops. Files go to `recv_dir` (`None`
 /// refuses them). The future is `Send`: spawn it with `actix::spawn` or `tokio::spawn`.
 pub async fn serve(addr: Addr<Supervisor>, events: EventStream, recv_dir: Option<PathBuf>) {
-    serve_with(addr, events, ServeOptions { recv_dir, reports: None }).await
+    serve_with(addr, events, ServeOptions { recv_dir, ..ServeOptions::default() }).await
 }
 
-/// [`serve`] with reports of what was served.
+/// [`serve`] with more options: which peers may send files, and reports of what was
+/// served.
 pub async fn serve_with(addr: Addr<Supervisor>, mut events: EventStream, opts: ServeOptions) {
-    let shared =
-        Arc::new(Shared { recv_dir: opts.recv_dir, reports: opts.reports, busy: Mutex::new(HashSet::new()) });
+    let recv_dir = match opts.recv_dir {
+        None => Err(NO_RECV_DIR),
+        Some(path) => open_recv_dir(path).await,
+    };
+    let shared = Arc::new(Shared {
+        recv_dir,
+        recv_from: opts.recv_from,
+        reports: opts.reports,
+        uploads: Uploads::default(),
+    });
     let slots = Arc::new(Semaphore::new(MAX_STREAMS));
     while let Some(ev) = events.recv().await {
         match ev {
@@ -153,6 +183,19 @@ pub async fn serve_with(addr: Addr<Supervisor>, mut events: EventStream, opts: S
     tracing::debug!("service stopped: node gone");
 }
 
+/// Opens the receive directory (once: the service keeps the handle), logging why not.
+async fn open_recv_dir(path: PathBuf) -> Result<Arc<RecvDir>, &'static str> {
+    let shown = path.display().to_string();
+    let opened = tokio::task::spawn_blocking(move || RecvDir::open(&path))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+    opened.map(Arc::new).map_err(|e| {
+        tracing::error!(path = %shown, error = %e, "cannot open the receive directory: files are refused");
+        RECV_DIR_UNAVAILABLE
+    })
+}
+
 async fn handle_stream(mut s: ByteStream, peer: PeerId, shared: &Shared) {
     let mut served = 0u64;
     loop {
@@ -175,7 +218,7 @@ async fn handle_stream(mut s: ByteStream, peer: PeerId, shared: &Shared) {
         let r = match req {
             Request::Perf { upload, download } => serve_perf(&mut s, peer, shared, upload, download).await,
             Request::FileStat { name, size, sha256 } => {
-                serve_file_stat(&mut s, shared, &name, size, &sha256).await
+                serve_file_stat(&mut s, peer, shared, &name, size, &sha256).await
             }
             Request::File { name, size, sha256, offset } => {
                 serve_file(&mut s, peer, shared, FileReq { name, size, sha256, offset }).await
@@ -244,14 +287,41 @@ pub(crate) async fn write_zeros(s: &mut ByteStream, n: u64, buf: &mut [u8]) -> R
     s.flush().await.map_err(ServiceError::Stream)
 }
 
-fn recv_dir(shared: &Shared) -> Result<&Path, ServiceError> {
-    shared.recv_dir.as_deref().ok_or_else(|| {
-        ServiceError::Refused("this node does not accept files (start it with --recv-dir)".into())
-    })
+/// Refusal when the node serves no receive directory.
+const NO_RECV_DIR: &str = "this node does not accept files (start it with --recv-dir)";
+
+/// Refusal when the receive directory could not be opened (the cause is logged locally).
+const RECV_DIR_UNAVAILABLE: &str = "this node's receive directory is unavailable";
+
+/// The receive directory, if `peer` may send files to this node (and ask about them).
+fn files_from(shared: &Shared, peer: PeerId) -> Result<&Arc<RecvDir>, ServiceError> {
+    let dir = shared.recv_dir.as_ref().map_err(|why| ServiceError::Refused((*why).into()))?;
+    match &shared.recv_from {
+        Some(allowed) if !allowed.contains(&peer) => Err(ServiceError::Refused(format!(
+            "this node accepts files only from selected peers; {} is not one of them",
+            peer.short()
+        ))),
+        _ => Ok(dir),
+    }
 }
 
-fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServiceError + '_ {
-    move |source| ServiceError::File { path: path.display().to_string(), source }
+/// Claims `t`'s name for `peer` (superseding this peer's stale transfer of it).
+async fn claim<'a>(shared: &'a Shared, t: &Target, peer: PeerId) -> Result<Claim<'a>, ServiceError> {
+    shared
+        .uploads
+        .claim(t.name(), peer, SUPERSEDE_WAIT)
+        .await
+        .map_err(|e| ServiceError::Refused(e.to_string()))
+}
+
+/// The error of a transfer a newer request of the same peer took over.
+fn superseded(t: &Target) -> ServiceError {
+    ServiceError::Refused(format!("superseded by a newer transfer of {} from the same peer", t.name()))
+}
+
+/// An I/O error on the receive directory's entry `name` (relative: it may reach the peer).
+fn file_err(name: &str) -> impl FnOnce(std::io::Error) -> ServiceError + '_ {
+    move |source| ServiceError::File { path: name.into(), source }
 }
 
 fn check_hash(sha256: &str) -> Result<(), ServiceError> {
@@ -262,23 +332,25 @@ fn check_hash(sha256: &str) -> Result<(), ServiceError> {
     }
 }
 
-/// Hashes the first `len` bytes of `f` from its current position.
+/// Hashes the first `len` bytes of `t`'s partial file `f` from its current position,
+/// stopping early if `claim` is superseded.
 async fn hash_prefix(
     f: &mut tokio::fs::File,
     len: u64,
-    path: &Path,
+    t: &Target,
+    claim: &Claim<'_>,
 ) -> Result<digest::Context, ServiceError> {
     let mut ctx = digest::Context::new(&digest::SHA256);
     let mut buf = vec![0u8; IO_CHUNK];
     let mut left = len;
     while left > 0 {
+        if claim.is_cancelled() {
+            return Err(superseded(t));
+        }
         let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = f.read(&mut buf[..want]).await.map_err(file_err(path))?;
+        let n = f.read(&mut buf[..want]).await.map_err(file_err(t.part()))?;
         if n == 0 {
-            return Err(ServiceError::File {
-                path: path.display().to_string(),
-                source: std::io::ErrorKind::UnexpectedEof.into(),
-            });
+            return Err(file_err(t.part())(std::io::ErrorKind::UnexpectedEof.into()));
         }
         ctx.update(&buf[..n]);
         left -= n as u64;
@@ -288,26 +360,26 @@ async fn hash_prefix(
 
 async fn serve_file_stat(
     s: &mut ByteStream,
+    peer: PeerId,
     shared: &Shared,
     name: &str,
     size: u64,
     sha256: &str,
 ) -> Result<(), ServiceError> {
-    let dir = recv_dir(shared)?;
-    let (final_path, part) = target_paths(dir, name)?;
+    let dir = files_from(shared, peer)?;
+    let t = Target::parse(name)?;
     check_hash(sha256)?;
-    if tokio::fs::try_exists(&final_path).await.unwrap_or(false) {
-        return Err(ServiceError::Refused(format!("{name} already exists on the receiving node")));
-    }
-    let (have, prefix) = match tokio::fs::File::open(&part).await {
-        Ok(mut f) => {
-            let len = f.metadata().await.map_err(file_err(&part))?.len().min(size);
-            (len, hex(hash_prefix(&mut f, len, &part).await?.finish().as_ref()))
+    // Released before answering: the client's `file` request follows on this stream.
+    let (have, prefix) = {
+        let claim = claim(shared, &t, peer).await?;
+        dir.check_absent(&t).await?;
+        match dir.open_part(&t).await? {
+            Some(mut f) => {
+                let len = f.metadata().await.map_err(file_err(t.part()))?.len().min(size);
+                (len, hex(hash_prefix(&mut f, len, &t, &claim).await?.finish().as_ref()))
+            }
+            None => (0, hex(digest::digest(&digest::SHA256, b"").as_ref())),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            (0, hex(digest::digest(&digest::SHA256, b"").as_ref()))
-        }
-        Err(e) => return Err(file_err(&part)(e)),
     };
     header::write(s, &Response::FileStat { have, prefix_sha256: prefix }).await?;
     Ok(())
@@ -320,89 +392,84 @@ struct FileReq {
     offset: u64,
 }
 
-/// Removes a name from the busy set when the upload ends, however it ends.
-struct BusyGuard<'a>(&'a Shared, String);
-
-impl Drop for BusyGuard<'_> {
-    fn drop(&mut self) {
-        self.0.busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
-    }
-}
-
 async fn serve_file(
     s: &mut ByteStream,
     peer: PeerId,
     shared: &Shared,
     req: FileReq,
 ) -> Result<(), ServiceError> {
-    let dir = recv_dir(shared)?;
-    let (final_path, part) = target_paths(dir, &req.name)?;
+    let dir = files_from(shared, peer)?;
+    let t = Target::parse(&req.name)?;
     check_hash(&req.sha256)?;
     if req.offset > req.size {
         return Err(ServiceError::Refused(format!("offset {} beyond size {}", req.offset, req.size)));
     }
-    if !shared.busy.lock().unwrap_or_else(|e| e.into_inner()).insert(req.name.clone()) {
-        return Err(ServiceError::Refused(format!("{} is being received from another upload", req.name)));
-    }
-    let _busy = BusyGuard(shared, req.name.clone());
-    if tokio::fs::try_exists(&final_path).await.unwrap_or(false) {
-        return Err(ServiceError::Refused(format!("{} already exists on the receiving node", req.name)));
-    }
+    let mut claim = claim(shared, &t, peer).await?;
+    dir.check_absent(&t).await?;
+    let mut f = dir.open_or_create_part(&t).await?;
+    let received = receive(s, &mut f, &mut claim, &t, &req).await;
+    // However the upload ended, let its last write land before the claim is released: a
+    // newer request resumes from the partial file's length.
+    let flushed = f.flush().await.map_err(file_err(t.part()));
+    let ctx = received?;
+    flushed?;
+    f.sync_data().await.map_err(file_err(t.part()))?;
+    drop(f);
 
-    let mut f = tokio::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&part)
-        .await
-        .map_err(file_err(&part))?;
-    let have = f.metadata().await.map_err(file_err(&part))?.len();
+    let actual = hex(ctx.finish().as_ref());
+    let ok = actual == req.sha256;
+    let path = dir.path().join(t.name());
+    if ok {
+        dir.finish(&t).await?;
+        tracing::debug!(%peer, file = %path.display(), size = req.size, "file received");
+    } else {
+        tracing::debug!(%peer, name = %req.name, expected = %req.sha256, %actual, "file hash mismatch: discarded");
+        let _ = dir.remove_part(&t).await;
+    }
+    drop(claim);
+    shared.report(ServiceReport::FileReceived { peer, path, size: req.size, resumed_from: req.offset, ok });
+    header::write(s, &Response::FileDone { ok, sha256: actual }).await?;
+    Ok(())
+}
+
+/// Truncates the partial file `f` to `req.offset`, hashes what it keeps, answers
+/// [`Response::Ready`] and receives the rest of the file into it. Returns the hash of the
+/// whole file. Stops if `claim` is superseded; the caller flushes `f` in any case.
+async fn receive(
+    s: &mut ByteStream,
+    f: &mut tokio::fs::File,
+    claim: &mut Claim<'_>,
+    t: &Target,
+    req: &FileReq,
+) -> Result<digest::Context, ServiceError> {
+    let have = f.metadata().await.map_err(file_err(t.part()))?.len();
     if req.offset > have {
         return Err(ServiceError::Refused(format!(
             "cannot resume at {}: only {have} bytes were received before",
             req.offset
         )));
     }
-    f.set_len(req.offset).await.map_err(file_err(&part))?;
-    f.seek(SeekFrom::Start(0)).await.map_err(file_err(&part))?;
-    let mut ctx = hash_prefix(&mut f, req.offset, &part).await?;
+    f.set_len(req.offset).await.map_err(file_err(t.part()))?;
+    f.seek(SeekFrom::Start(0)).await.map_err(file_err(t.part()))?;
+    let mut ctx = hash_prefix(f, req.offset, t, claim).await?;
     header::write(s, &Response::Ready { offset: req.offset }).await?;
 
     let mut buf = vec![0u8; IO_CHUNK];
     let mut left = req.size - req.offset;
     while left > 0 {
         let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = s.read(&mut buf[..want]).await.map_err(ServiceError::Stream)?;
+        let n = tokio::select! {
+            biased;
+            () = claim.cancelled() => return Err(superseded(t)),
+            r = s.read(&mut buf[..want]) => r.map_err(ServiceError::Stream)?,
+        };
         if n == 0 {
-            // Keep the partial file: the sender can resume from here.
-            let _ = f.flush().await;
+            // The partial file stays: the sender can resume from here.
             return Err(ServiceError::Stream(std::io::ErrorKind::UnexpectedEof.into()));
         }
-        f.write_all(&buf[..n]).await.map_err(file_err(&part))?;
+        f.write_all(&buf[..n]).await.map_err(file_err(t.part()))?;
         ctx.update(&buf[..n]);
         left -= n as u64;
     }
-    f.flush().await.map_err(file_err(&part))?;
-    f.sync_data().await.map_err(file_err(&part))?;
-    drop(f);
-
-    let actual = hex(ctx.finish().as_ref());
-    let ok = actual == req.sha256;
-    if ok {
-        tokio::fs::rename(&part, &final_path).await.map_err(file_err(&final_path))?;
-        tracing::debug!(%peer, file = %final_path.display(), size = req.size, "file received");
-    } else {
-        tracing::debug!(%peer, name = %req.name, expected = %req.sha256, %actual, "file hash mismatch: discarded");
-        let _ = tokio::fs::remove_file(&part).await;
-    }
-    shared.report(ServiceReport::FileReceived {
-        peer,
-        path: final_path,
-        size: req.size,
-        resumed_from: req.offset,
-        ok,
-    });
-    header::write(s, &Response::FileDone { ok, sha256: actual }).await?;
-    Ok(())
+    Ok(ctx)
 }

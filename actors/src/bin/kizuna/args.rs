@@ -238,6 +238,11 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// Parses a peer id, saying what is expected.
+pub(crate) fn parse_peer_id(s: &str) -> Result<PeerId, String> {
+    s.parse::<PeerId>().map_err(|e| format!("not a peer id: {e} (expected an id as printed by `kizuna id`)"))
+}
+
 /// The default key file: `$KIZUNA_KEY`, else `$XDG_CONFIG_HOME/kizuna/key`, else
 /// `$HOME/.config/kizuna/key`.
 pub(crate) fn default_key_path() -> Result<PathBuf, CliError> {
@@ -335,6 +340,14 @@ mod tests {
         let only_tcp: PeerAddress = format!("{id}@tcp=127.0.0.1:2").parse().unwrap();
         let e = TransportChoice::Quic.restrict(&only_tcp, &RelayArgs::default()).unwrap_err();
         assert!(matches!(&e, CliError::Usage(m) if m.contains("no quic address")), "{e}");
+    }
+
+    #[test]
+    fn peer_ids_parse_and_errors_are_explained() {
+        let id = Keypair::from_seed([3; 32]).peer_id();
+        assert_eq!(parse_peer_id(&id.to_string()), Ok(id));
+        let e = parse_peer_id("nope").unwrap_err();
+        assert!(e.contains("not a peer id") && e.contains("kizuna id"), "{e}");
     }
 
     #[test]

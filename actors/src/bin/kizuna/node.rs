@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use kizuna::{Protocol, TransportAddr};
+use kizuna::{PeerId, Protocol, TransportAddr};
 use kizuna_actors::{
     api::{Event, GetAddress, Listen},
     services::{self, ServeOptions, ServiceReport},
@@ -37,8 +37,16 @@ pub(crate) struct NodeArgs {
     #[arg(long, value_name = "ADDR")]
     listen: Vec<TransportAddr>,
     /// Accept files into this directory (created if missing); without it, files are refused.
+    /// A file is written only as DIR/NAME.part and renamed to DIR/NAME once its SHA-256 is
+    /// verified: it never overwrites an existing entry, and symlinks there are never
+    /// followed.
     #[arg(long, value_name = "DIR")]
     recv_dir: Option<PathBuf>,
+    /// Accept files only from this peer (repeatable; a peer id as printed by `kizuna id`).
+    /// Default: from any authenticated peer, since --recv-dir itself is the opt-in and
+    /// received files never overwrite anything and land only in that directory.
+    #[arg(long = "recv-from", value_name = "PEER_ID", requires = "recv_dir", value_parser = args::parse_peer_id)]
+    recv_from: Vec<PeerId>,
     /// Print JSON lines on stdout (see above) instead of the bare ticket.
     #[arg(long)]
     json: bool,
@@ -123,7 +131,8 @@ pub(crate) async fn run(a: NodeArgs) -> CliResult {
     }
 
     let (tx, mut reports) = mpsc::channel(REPORT_BUFFER);
-    let opts = ServeOptions { recv_dir: a.recv_dir.clone(), reports: Some(tx) };
+    let recv_from = (!a.recv_from.is_empty()).then(|| a.recv_from.iter().copied().collect());
+    let opts = ServeOptions { recv_dir: a.recv_dir.clone(), recv_from, reports: Some(tx) };
     actix::spawn(services::serve_with(node.clone(), service_events, opts));
 
     loop {

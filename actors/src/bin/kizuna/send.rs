@@ -19,11 +19,13 @@ use crate::{
 /// Send a file to a node started with `kizuna node --recv-dir DIR`.
 ///
 /// An interrupted transfer resumes where it stopped when sent again (the receiver keeps
-/// `NAME.part`; only a prefix whose SHA-256 matches is reused). The receiver verifies the
-/// SHA-256 of the whole file; a mismatch exits with code 1. Progress goes to stderr (a bar
-/// on a terminal, a line every second otherwise). With --json, the result is one JSON
-/// object: {"peer", "transport", "path", "name", "size", "resumed_from", "sent", "sha256",
-/// "elapsed_ms", "mbps", "status"}.
+/// `NAME.part`; only a prefix whose SHA-256 matches is reused). Sent again with the same
+/// --key, it takes over at once even from an upload the receiver still thinks is running
+/// (the sender was killed); another identity is refused until that upload ends. The
+/// receiver verifies the SHA-256 of the whole file; a mismatch exits with code 1. Progress
+/// goes to stderr (a bar on a terminal, a line every second otherwise). With --json, the
+/// result is one JSON object: {"peer", "transport", "path", "name", "size",
+/// "resumed_from", "sent", "sha256", "elapsed_ms", "mbps", "status"}.
 #[derive(Debug, clap::Args)]
 pub(crate) struct SendArgs {
     /// The node's ticket (PEERID@quic=IP:PORT,tcp=IP:PORT), or its bare PEERID with --relay.
