@@ -96,6 +96,15 @@ pub enum AddressError {
     /// A URL is not a `ws://` or `wss://` URL.
     #[error("bad URL {0:?}: expected ws://HOST:PORT[/PATH] or wss://HOST:PORT[/PATH]")]
     BadUrl(String),
+    /// A ticket's address has port 0: no listener is there, so it cannot be dialed.
+    #[error(
+        "address {addr} in ticket has port 0, which cannot be dialed (port 0 only means \"any free \
+         port\" when listening): use the port the peer listens on, as printed in its ticket"
+    )]
+    PortZero {
+        /// The address entry, e.g. `tcp=127.0.0.1:0`.
+        addr: String,
+    },
 }
 
 /// An error decoding or encoding wire frames.

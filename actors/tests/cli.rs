@@ -179,6 +179,9 @@ fn bad_arguments_exit_2_and_say_what_is_wrong() {
         (vec!["ping".into(), "garbage".into()], "not a valid ticket"),
         (vec!["ping".into(), format!("{id}@sctp=1.2.3.4:5")], "unknown protocol"),
         (vec!["perf".into(), format!("{id}@tcp=localhost")], "HOST:PORT"),
+        (vec!["ping".into(), format!("{id}@tcp=127.0.0.1:0")], "port 0, which cannot be dialed"),
+        (vec!["send".into(), format!("{id}@quic=127.0.0.1:0"), "f".into()], "port 0"),
+        (vec!["perf".into(), format!("{id}@ws=ws://127.0.0.1:0/")], "port 0"),
         (vec!["send".into(), format!("x{id}@tcp=127.0.0.1:1"), "f".into()], "not a valid ticket"),
         (vec!["ping".into(), id.clone()], "no address"),
         (
