@@ -36,6 +36,19 @@ pub enum IdentityError {
         /// The file that was looked for.
         path: String,
     },
+    /// The key file is a symbolic link to a file that does not exist, so it can be neither
+    /// read nor created (creating a key never follows a link).
+    #[error(
+        "key file {path} is a symbolic link to {target}, which does not exist: create the key \
+         there (`kizuna id --key {target}`), point the link at an existing key file, or remove \
+         the link"
+    )]
+    KeyFileDanglingLink {
+        /// The link.
+        path: String,
+        /// Where it points, resolved against the link's directory (the end of a chain).
+        target: String,
+    },
     /// The key file is readable by other users.
     #[error("key file {path} has permissions {mode:o}; it must be 0600 (run `chmod 600 {path}`)")]
     KeyFilePermissions {
