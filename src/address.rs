@@ -10,7 +10,9 @@
 //! value   = HOST:PORT (tcp, quic) / ws-url (ws, relay) / "1" (webrtc)
 //! ```
 //!
-//! Entry order is the peer's preference order (its transport hints).
+//! Entry order is the peer's preference order (its transport hints). A ticket names dial
+//! targets, so an entry with port 0 is refused ([`AddressError::PortZero`]); a
+//! [`TransportAddr`] on its own may have port 0 (a listen address: any free port).
 
 use std::{
     collections::BTreeMap,
@@ -21,6 +23,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::http::Uri;
 
 use crate::{error::AddressError, identity::PeerId};
 
@@ -128,6 +131,17 @@ impl TransportAddr {
         match self {
             TransportAddr::Tcp(a) | TransportAddr::Quic(a) => Some(*a),
             _ => None,
+        }
+    }
+
+    /// Whether a dialer of this address would connect to port 0 (explicit in a URL).
+    fn dials_port_zero(&self) -> bool {
+        match self {
+            TransportAddr::Tcp(a) | TransportAddr::Quic(a) => a.port() == 0,
+            TransportAddr::Ws(u) | TransportAddr::Relay(u) => {
+                u.parse::<Uri>().ok().and_then(|u| u.port_u16()) == Some(0)
+            }
+            TransportAddr::WebRtc => false,
         }
     }
 
@@ -260,7 +274,11 @@ impl FromStr for PeerAddress {
         let mut addrs = Vec::new();
         if let Some(rest) = rest {
             for entry in rest.split(',') {
-                addrs.push(entry.parse()?);
+                let addr: TransportAddr = entry.parse()?;
+                if addr.dials_port_zero() {
+                    return Err(AddressError::PortZero { addr: addr.to_string() });
+                }
+                addrs.push(addr);
             }
         }
         Ok(Self::new(peer_id, addrs))
@@ -359,6 +377,28 @@ mod tests {
             let e = input.parse::<PeerAddress>().unwrap_err().to_string();
             assert!(e.contains(needle), "{input:?} → {e}");
         }
+    }
+
+    #[test]
+    fn ticket_with_port_zero_is_refused_but_listen_addresses_keep_it() {
+        let p = id().to_string();
+        for entry in [
+            "tcp=127.0.0.1:0",
+            "quic=[::1]:0",
+            "ws=ws://127.0.0.1:0/kizuna",
+            "ws=wss://[::1]:0",
+            "relay=ws://relay.example:0/relay",
+        ] {
+            let e = format!("{p}@quic=127.0.0.1:1,{entry}").parse::<PeerAddress>().unwrap_err();
+            assert!(matches!(&e, AddressError::PortZero { addr } if addr == entry), "{entry}: {e:?}");
+            assert!(e.to_string().contains("port 0, which cannot be dialed"), "{e}");
+            // The same text as a listen address is fine.
+            let listen: TransportAddr = entry.parse().unwrap();
+            assert_eq!(listen.to_string(), entry);
+        }
+        // Default ports of URLs and ports that merely contain a 0 are dialable.
+        let ok = format!("{p}@ws=ws://host,ws=wss://host/x,tcp=1.2.3.4:10,relay=ws://r:8080/0");
+        assert_eq!(ok.parse::<PeerAddress>().unwrap().addrs.len(), 4);
     }
 
     #[test]

@@ -36,6 +36,19 @@ pub enum IdentityError {
         /// The file that was looked for.
         path: String,
     },
+    /// The key file is a symbolic link to a file that does not exist, so it can be neither
+    /// read nor created (creating a key never follows a link).
+    #[error(
+        "key file {path} is a symbolic link to {target}, which does not exist: create the key \
+         there (`kizuna id --key {target}`), point the link at an existing key file, or remove \
+         the link"
+    )]
+    KeyFileDanglingLink {
+        /// The link.
+        path: String,
+        /// Where it points, resolved against the link's directory (the end of a chain).
+        target: String,
+    },
     /// The key file is readable by other users.
     #[error("key file {path} has permissions {mode:o}; it must be 0600 (run `chmod 600 {path}`)")]
     KeyFilePermissions {
@@ -96,6 +109,15 @@ pub enum AddressError {
     /// A URL is not a `ws://` or `wss://` URL.
     #[error("bad URL {0:?}: expected ws://HOST:PORT[/PATH] or wss://HOST:PORT[/PATH]")]
     BadUrl(String),
+    /// A ticket's address has port 0: no listener is there, so it cannot be dialed.
+    #[error(
+        "address {addr} in ticket has port 0, which cannot be dialed (port 0 only means \"any free \
+         port\" when listening): use the port the peer listens on, as printed in its ticket"
+    )]
+    PortZero {
+        /// The address entry, e.g. `tcp=127.0.0.1:0`.
+        addr: String,
+    },
 }
 
 /// An error decoding or encoding wire frames.

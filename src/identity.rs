@@ -6,9 +6,17 @@
 //! mistyped id is caught before anyone dials it.
 //!
 //! Key files hold the 32-byte secret seed as text (`kizuna-secret-key-v1` on the first
-//! line, the base32 seed plus checksum on the second) and must have mode 0600.
+//! line, the base32 seed plus checksum on the second) and must have mode 0600. A key file
+//! is never created through a symbolic link: a link to a missing file is an error naming
+//! both ([`IdentityError::KeyFileDanglingLink`]).
 
-use std::{fmt, fs, io::Write, path::Path, str::FromStr, sync::Arc};
+use std::{
+    fmt, fs,
+    io::Write,
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Arc,
+};
 
 use data_encoding::BASE32_NOPAD;
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
@@ -20,6 +28,9 @@ use crate::error::IdentityError;
 pub const PEER_ID_TEXT_LEN: usize = 55;
 const CHECKSUM_DOMAIN: &[u8] = b"kizuna-peer-id";
 const KEY_FILE_HEADER: &str = "kizuna-secret-key-v1";
+/// Links followed when naming the target of a dangling key-file link: Linux's own limit
+/// for path resolution (`MAXSYMLINKS`), past which the system reports a loop anyway.
+const MAX_LINK_HOPS: usize = 40;
 
 /// The identity of a node: its Ed25519 public key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -180,7 +191,12 @@ impl Keypair {
         let meta = match fs::metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(IdentityError::KeyFileMissing { path: p })
+                return Err(match dangling_link_target(path) {
+                    Some(target) => {
+                        IdentityError::KeyFileDanglingLink { path: p, target: target.display().to_string() }
+                    }
+                    None => IdentityError::KeyFileMissing { path: p },
+                });
             }
             Err(e) => return Err(IdentityError::KeyFileIo { path: p, source: e }),
         };
@@ -255,6 +271,17 @@ impl Keypair {
     }
 }
 
+/// Where `path` ends up if it is a symbolic link (following a chain of links, each target
+/// taken relative to its link's directory); `None` if `path` is not a link.
+fn dangling_link_target(path: &Path) -> Option<PathBuf> {
+    let mut at = path.to_path_buf();
+    for _ in 0..MAX_LINK_HOPS {
+        let Ok(target) = fs::read_link(&at) else { break };
+        at = at.parent().map_or_else(|| target.clone(), |dir| dir.join(&target));
+    }
+    (at != path).then_some(at)
+}
+
 impl fmt::Debug for Keypair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Keypair({})", self.id.short())
@@ -315,5 +342,37 @@ mod tests {
         let err = Keypair::load(&path).unwrap_err();
         assert!(matches!(err, IdentityError::KeyFilePermissions { mode: 0o644, .. }));
         assert!(err.to_string().contains("chmod 600"));
+    }
+
+    #[test]
+    fn dangling_key_link_names_link_and_target_and_is_not_created_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("key");
+        std::os::unix::fs::symlink("gone/real.key", &link).unwrap();
+        let want = dir.path().join("gone/real.key").display().to_string();
+        for err in [Keypair::load(&link).unwrap_err(), Keypair::load_or_create(&link).unwrap_err()] {
+            let IdentityError::KeyFileDanglingLink { path, target } = &err else { panic!("{err:?}") };
+            assert_eq!(
+                (path.as_str(), target.as_str()),
+                (link.display().to_string().as_str(), want.as_str())
+            );
+            let msg = err.to_string();
+            assert!(msg.contains("symbolic link") && msg.contains("does not exist"), "{msg}");
+            assert!(msg.contains(&format!("kizuna id --key {want}")), "{msg}");
+        }
+        assert!(!dir.path().join("gone").exists(), "nothing is created through the link");
+        // A chain of links names its last, missing, target; an absolute target as written.
+        let chain = dir.path().join("chain");
+        std::os::unix::fs::symlink(&link, &chain).unwrap();
+        assert!(matches!(Keypair::load(&chain),
+            Err(IdentityError::KeyFileDanglingLink { target, .. }) if target == want));
+        let abs = dir.path().join("abs");
+        std::os::unix::fs::symlink("/nonexistent-kizuna/k", &abs).unwrap();
+        assert!(matches!(Keypair::load(&abs),
+            Err(IdentityError::KeyFileDanglingLink { target, .. }) if target == "/nonexistent-kizuna/k"));
+        // Once the target exists, the link works.
+        fs::create_dir(dir.path().join("gone")).unwrap();
+        let k = Keypair::load_or_create(&dir.path().join("gone/real.key")).unwrap();
+        assert_eq!(Keypair::load(&link).unwrap().peer_id(), k.peer_id());
     }
 }

@@ -171,6 +171,27 @@ fn id_refuses_a_world_readable_key() {
 }
 
 #[test]
+fn id_refuses_a_dangling_key_link_and_its_advice_works() {
+    let home = tempfile::tempdir().unwrap();
+    let link = home.path().join("k");
+    let target = home.path().join("keys/real.key");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let o = run(kizuna(home.path()).args(["id", "--key"]).arg(&link));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("symbolic link") && !err.contains("os error"), "{err}");
+    assert!(
+        err.contains(&link.display().to_string()) && err.contains(&target.display().to_string()),
+        "{err}"
+    );
+    // Doing what it says: create the key at the target; the link then works.
+    let made = run(kizuna(home.path()).args(["id", "--key"]).arg(&target));
+    assert!(made.status.success(), "{}", stderr(&made));
+    let via_link = run(kizuna(home.path()).args(["id", "--key"]).arg(&link));
+    assert_eq!(stdout(&via_link), stdout(&made));
+}
+
+#[test]
 fn bad_arguments_exit_2_and_say_what_is_wrong() {
     let home = tempfile::tempdir().unwrap();
     let id =
@@ -179,6 +200,9 @@ fn bad_arguments_exit_2_and_say_what_is_wrong() {
         (vec!["ping".into(), "garbage".into()], "not a valid ticket"),
         (vec!["ping".into(), format!("{id}@sctp=1.2.3.4:5")], "unknown protocol"),
         (vec!["perf".into(), format!("{id}@tcp=localhost")], "HOST:PORT"),
+        (vec!["ping".into(), format!("{id}@tcp=127.0.0.1:0")], "port 0, which cannot be dialed"),
+        (vec!["send".into(), format!("{id}@quic=127.0.0.1:0"), "f".into()], "port 0"),
+        (vec!["perf".into(), format!("{id}@ws=ws://127.0.0.1:0/")], "port 0"),
         (vec!["send".into(), format!("x{id}@tcp=127.0.0.1:1"), "f".into()], "not a valid ticket"),
         (vec!["ping".into(), id.clone()], "no address"),
         (

@@ -19,7 +19,7 @@ use std::{
 use stun_rs::{
     attributes::{
         discovery::{ChangeRequest, ChangeRequestFlags, OtherAddress, ResponseOrigin},
-        stun::{ErrorCode, MappedAddress, XorMappedAddress},
+        stun::{ErrorCode, MappedAddress, Software, XorMappedAddress},
     },
     methods::BINDING,
     MessageClass, MessageDecoderBuilder, MessageEncoderBuilder, StunAttribute, StunMessageBuilder,
@@ -38,6 +38,15 @@ const MAX_DATAGRAM: usize = 1500;
 
 /// Size of the STUN header (RFC 8489 §5).
 const HEADER_LEN: usize = 20;
+
+/// The SOFTWARE attribute of every request (RFC 8489 §14.14). Besides naming the client,
+/// it makes the smallest request 36 bytes: a server that answers with at most 3× the
+/// request (as the Kizuna relay does, against reflection amplification) then has room
+/// (108 bytes) for everything discovery needs even over IPv6 — XOR-MAPPED-ADDRESS,
+/// OTHER-ADDRESS and RESPONSE-ORIGIN, 92 bytes — which a bare 20-byte request (60 bytes)
+/// would not get. SOFTWARE rather than PADDING (RFC 5780 §7.6) because it is
+/// comprehension-optional: a server that does not know PADDING must refuse it with 420.
+const SOFTWARE: &str = concat!("kizuna ", env!("CARGO_PKG_VERSION"));
 
 /// Consecutive receive errors after which a transaction gives up with
 /// [`NatError::Io`]: a few are normal (ICMP errors of earlier sends surface on receive on
@@ -90,8 +99,9 @@ impl ProbeConfig {
     }
 }
 
-/// Encodes a Binding request with transaction id `tid` and, if either flag is set, a
-/// CHANGE-REQUEST attribute.
+/// Encodes a Binding request with transaction id `tid`, a CHANGE-REQUEST attribute if
+/// either flag is set, and SOFTWARE (`kizuna VERSION`, which also sizes the request so
+/// that amplification-bounded servers answer in full; see the constant's doc).
 pub fn encode_request(tid: [u8; 12], change_ip: bool, change_port: bool) -> Vec<u8> {
     let mut b =
         StunMessageBuilder::new(BINDING, MessageClass::Request).with_transaction_id(TransactionId::from(tid));
@@ -103,11 +113,14 @@ pub fn encode_request(tid: [u8; 12], change_ip: bool, change_port: bool) -> Vec<
         };
         b = b.with_attribute(ChangeRequest::new(Some(flags)));
     }
+    if let Ok(software) = Software::new(SOFTWARE) {
+        b = b.with_attribute(software);
+    }
     let msg = b.build();
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    // A Binding request with at most one 4-byte attribute is 28 bytes: it always fits, so
-    // encoding cannot fail; an empty datagram (dropped by any server) would be the result
-    // if it somehow did.
+    // A Binding request with a 4-byte attribute and a short SOFTWARE is under 100 bytes: it
+    // always fits, so encoding cannot fail; an empty datagram (dropped by any server) would
+    // be the result if it somehow did.
     let n = MessageEncoderBuilder::default().build().encode(&mut buf, &msg).unwrap_or(0);
     buf.truncate(n);
     buf
@@ -354,13 +367,32 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn requests_carry_change_request_only_when_asked() {
-        assert_eq!(encode_request([1; 12], false, false).len(), HEADER_LEN);
+    fn requests_carry_change_request_only_when_asked_and_software_always() {
+        let software = 4 + SOFTWARE.len().next_multiple_of(4);
+        let plain = encode_request([1; 12], false, false);
+        assert_eq!(plain.len(), HEADER_LEN + software);
+        assert_eq!(&plain[HEADER_LEN..HEADER_LEN + 2], &[0x80, 0x22]); // SOFTWARE
         let r = encode_request([1; 12], true, false);
-        assert_eq!(r.len(), HEADER_LEN + 8);
-        assert_eq!(&r[HEADER_LEN..], &[0, 3, 0, 4, 0, 0, 0, 4]);
-        assert_eq!(&encode_request([1; 12], false, true)[HEADER_LEN + 4..], &[0, 0, 0, 2]);
-        assert_eq!(&encode_request([1; 12], true, true)[HEADER_LEN + 4..], &[0, 0, 0, 6]);
+        assert_eq!(r.len(), HEADER_LEN + 8 + software);
+        assert_eq!(&r[HEADER_LEN..HEADER_LEN + 8], &[0, 3, 0, 4, 0, 0, 0, 4]);
+        assert_eq!(&encode_request([1; 12], false, true)[HEADER_LEN + 4..HEADER_LEN + 8], &[0, 0, 0, 2]);
+        assert_eq!(&encode_request([1; 12], true, true)[HEADER_LEN + 4..HEADER_LEN + 8], &[0, 0, 0, 6]);
+    }
+
+    #[test]
+    fn requests_leave_room_for_a_full_ipv6_answer_within_three_times() {
+        let v6 = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let needed = response(
+            [1; 12],
+            MessageClass::SuccessResponse,
+            vec![
+                XorMappedAddress::from(v6("[2001:db8::1]:1")).into(),
+                OtherAddress::from(v6("[2001:db8::2]:2")).into(),
+                ResponseOrigin::from(v6("[2001:db8::3]:3")).into(),
+            ],
+        );
+        assert_eq!(needed.len(), 92);
+        assert!(3 * encode_request([1; 12], false, false).len() >= needed.len());
     }
 
     #[tokio::test]
@@ -382,7 +414,7 @@ pub(super) mod tests {
         let mut buf = [0u8; 64];
         for _ in 0..3 {
             let (n, _) = silent.try_recv_from(&mut buf).unwrap();
-            assert_eq!(n, HEADER_LEN);
+            assert_eq!(n, encode_request([0; 12], false, false).len());
         }
         assert!(silent.try_recv_from(&mut buf).is_err());
         let r = discover(&sock, &[t.dest], &cfg).await.unwrap();

@@ -14,7 +14,12 @@
 //! * the client accepts only the key of the peer it dialed, and fails with
 //!   [`TransportError::AuthenticationFailed`] naming who answered instead;
 //! * the server requires a client certificate and learns the client's identity from it;
-//! * only TLS 1.3 and the Ed25519 signature scheme are offered or accepted.
+//! * only TLS 1.3 and the Ed25519 signature scheme are offered or accepted;
+//! * ALPN is mandatory: a stream server reads the ClientHello first and, unless it offers
+//!   `kizuna/1`, answers with a fatal `no_application_protocol` alert and closes, before
+//!   any certificate is sent (rustls alone does so only for a client that offers other
+//!   protocols, not for one that offers none); QUIC's rustls enforces `kizuna-quic/1`
+//!   itself (RFC 9001 §8.1).
 //!
 //! The client addresses the server by a DNS name equal to the expected peer id's text (55
 //! lowercase base32 characters are a valid DNS label), so session tickets are cached per
@@ -43,8 +48,8 @@ use rustls::{
     sign::SingleCertAndKey,
     CertificateError,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::{LazyConfigAcceptor, TlsConnector, TlsStream};
 
 pub use cert::{peer_id_from_cert, peer_id_from_certs, CertError};
 use verify::{AnyPeerVerifier, ExpectedPeerVerifier, WrongPeer};
@@ -58,6 +63,17 @@ use crate::{
 pub const ALPN_STREAM: &[u8] = b"kizuna/1";
 /// ALPN protocol of Kizuna over QUIC.
 pub const ALPN_QUIC: &[u8] = b"kizuna-quic/1";
+
+/// A fatal `no_application_protocol` alert (RFC 7301 §3.2) as the plaintext TLS record a
+/// server sends before its ServerHello (RFC 8446 §5.1, §6): content type alert (21), legacy
+/// record version 0x0303, length 2, level fatal (2), description 120. rustls has no API
+/// to send an alert of one's choosing, hence the bytes.
+const NO_APPLICATION_PROTOCOL_ALERT: [u8; 7] = [21, 3, 3, 0, 2, 2, 120];
+
+/// ALPN names quoted in the error about a client that did not offer Kizuna's: a handful
+/// shows what the client is (a browser offers `h2` and `http/1.1`), while a ClientHello
+/// can carry thousands.
+const MAX_QUOTED_ALPN: usize = 4;
 
 /// Resumable sessions a client store keeps. rustls keeps up to this many server names
 /// (peers), each with a few tickets; 1024 peers of a few hundred bytes each is well under
@@ -265,6 +281,9 @@ impl SecureConfig {
     }
 
     /// Runs the server side over `io`, returning the authenticated client identity.
+    ///
+    /// A client that does not offer ALPN `kizuna/1` gets a fatal `no_application_protocol`
+    /// alert in answer to its ClientHello, and this fails with [`TransportError::Tls`].
     pub async fn accept<IO>(&self, io: IO, timeout: Duration) -> Result<(TlsStream<IO>, PeerId)>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send,
@@ -282,11 +301,26 @@ impl SecureConfig {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let handshake = TlsAcceptor::from(self.server.clone()).accept(io);
+        let failed =
+            |e: io::Error| TransportError::Tls(format!("handshake with {remote} failed: {}", io_detail(&e)));
+        let handshake = async {
+            let start =
+                LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await.map_err(failed)?;
+            if let Some(offered) = lacks_alpn(start.client_hello().alpn(), ALPN_STREAM) {
+                let mut io = start.io;
+                // Best effort: the client may already be gone.
+                let _ = io.write_all(&NO_APPLICATION_PROTOCOL_ALERT).await;
+                let _ = io.shutdown().await;
+                return Err(TransportError::Tls(format!(
+                    "{remote} did not offer ALPN {:?} (offered {offered}): refused with no_application_protocol",
+                    String::from_utf8_lossy(ALPN_STREAM)
+                )));
+            }
+            start.into_stream(self.server.clone()).await.map_err(failed)
+        };
         let stream = tokio::time::timeout(timeout, handshake)
             .await
-            .map_err(|_| handshake_timeout(remote, timeout))?
-            .map_err(|e| TransportError::Tls(format!("handshake with {remote} failed: {}", io_detail(&e))))?;
+            .map_err(|_| handshake_timeout(remote, timeout))??;
         let (_, conn) = stream.get_ref();
         check_alpn(conn.alpn_protocol(), ALPN_STREAM, remote)?;
         let id = peer_id_from_certs(conn.peer_certificates().unwrap_or_default())
@@ -319,6 +353,25 @@ fn check_alpn(got: Option<&[u8]>, want: &[u8], remote: &str) -> Result<()> {
         String::from_utf8_lossy(want),
         got.map(String::from_utf8_lossy)
     )))
+}
+
+/// `None` if a ClientHello's ALPN list (`offered`, `None` without the extension) contains
+/// `want`; otherwise what it offered, for an error message.
+fn lacks_alpn<'a>(offered: Option<impl Iterator<Item = &'a [u8]>>, want: &[u8]) -> Option<String> {
+    let Some(offered) = offered else { return Some("none".into()) };
+    let mut names = Vec::new();
+    let mut more = false;
+    for name in offered {
+        if name == want {
+            return None;
+        }
+        if names.len() < MAX_QUOTED_ALPN {
+            names.push(String::from_utf8_lossy(name).into_owned());
+        } else {
+            more = true;
+        }
+    }
+    Some(format!("{names:?}{}", if more { " and more" } else { "" }))
 }
 
 /// The rustls error inside a tokio-rustls I/O error, or the I/O error itself.
@@ -473,6 +526,69 @@ mod tests {
             other => panic!("expected Tls error, got {other:?}"),
         }
         assert!(c.is_err());
+    }
+
+    /// A client config offering `alpn` and presenting `client`'s certificate.
+    fn client_offering(client: &SecureConfig, server_id: PeerId, alpn: &[&[u8]]) -> TlsConnector {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(client.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(client.verifier(server_id))
+            .with_client_cert_resolver(client.resolver.clone());
+        cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        TlsConnector::from(Arc::new(cfg))
+    }
+
+    #[tokio::test]
+    async fn client_without_kizuna_alpn_is_refused_with_no_application_protocol() {
+        let (server, server_id) = node(2);
+        let (client, _) = node(1);
+        let many: Vec<&[u8]> = vec![b"a", b"b", b"c", b"d", b"e"];
+        for (alpn, offered) in [
+            (vec![], "offered none"),
+            (vec![&b"h2"[..]], r#"offered ["h2"]"#),
+            (vec![&b"kizuna/2"[..], b"http/1.1"], r#"offered ["kizuna/2", "http/1.1"]"#),
+            (many, r#"offered ["a", "b", "c", "d"] and more"#),
+        ] {
+            let (a, b) = duplex(64 * 1024);
+            let connector = client_offering(&client, server_id, &alpn);
+            let (c, s) =
+                tokio::join!(connector.connect(server_name(server_id).unwrap(), a), server.accept(b, T));
+            // The client's handshake fails with the alert, not later.
+            let e = c.unwrap_err();
+            let tls = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+            assert_eq!(
+                tls,
+                Some(&rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)),
+                "{alpn:?}: {e:?}"
+            );
+            match s {
+                Err(TransportError::Tls(m)) => {
+                    assert!(m.contains(r#"did not offer ALPN "kizuna/1""#) && m.contains(offered), "{m}")
+                }
+                other => panic!("{alpn:?}: expected a Tls error, got {other:?}"),
+            }
+        }
+        // Offering kizuna/1 among others is fine: the server selects it.
+        let (a, b) = duplex(64 * 1024);
+        let connector = client_offering(&client, server_id, &[b"h2", ALPN_STREAM]);
+        let (c, s) = tokio::join!(connector.connect(server_name(server_id).unwrap(), a), server.accept(b, T));
+        assert_eq!(c.unwrap().get_ref().1.alpn_protocol(), Some(ALPN_STREAM));
+        assert!(s.is_ok(), "{s:?}");
+    }
+
+    #[test]
+    fn alert_record_is_rustls_no_application_protocol() {
+        let [content, v1, v2, l1, l2, level, desc] = NO_APPLICATION_PROTOCOL_ALERT;
+        assert_eq!(rustls::ContentType::from(content), rustls::ContentType::Alert);
+        assert_eq!(
+            rustls::ProtocolVersion::from(u16::from_be_bytes([v1, v2])),
+            rustls::ProtocolVersion::TLSv1_2
+        );
+        assert_eq!(u16::from_be_bytes([l1, l2]), 2);
+        assert_eq!(level, 2, "fatal");
+        assert_eq!(rustls::AlertDescription::from(desc), rustls::AlertDescription::NoApplicationProtocol);
     }
 
     #[tokio::test]

@@ -4,18 +4,30 @@
 //! A Binding request gets a success response carrying XOR-MAPPED-ADDRESS (the source
 //! address the request came from) and SOFTWARE. Anything that is not a STUN message
 //! (RFC 8489 §5: top two bits zero, the magic cookie) is ignored; a request that cannot be
-//! decoded, or of another method, gets a `400 Bad Request` error response; responses and
-//! indications are ignored. Nothing here panics on any input.
+//! decoded, or of another method, gets a `400 Bad Request` error response; a Binding
+//! request with a comprehension-required attribute the responder does not understand
+//! (RFC 8489 §14: type below 0x8000; see `UNDERSTOOD`) gets `420 Unknown Attribute`
+//! listing them in UNKNOWN-ATTRIBUTES (RFC 8489 §6.3.1.1); responses and indications are
+//! ignored. Nothing here panics on any input.
+//!
+//! **Amplification.** No answer is larger than [`MAX_AMPLIFICATION`] times the datagram
+//! that caused it, so the responder cannot be used to reflect more traffic at a spoofed
+//! source than was sent. What does not fit is left out, least needed first: in a success
+//! response SOFTWARE, then RESPONSE-ORIGIN, then OTHER-ADDRESS (XOR-MAPPED-ADDRESS always
+//! fits: 44 bytes at most, 2.2 × the smallest request); in an error response the reason
+//! phrase, then the tail of UNKNOWN-ATTRIBUTES. Error responses never carry SOFTWARE. An
+//! answer that cannot fit even so is not sent. A client that wants the full answer sends a
+//! larger request (Kizuna's own carry SOFTWARE, see `kizuna::nat::probe`).
 //!
 //! **RFC 5780.** Given exactly two `--stun` addresses on different IPs of one family and
 //! with the same port `P` (`P < 65535`; `0` for both picks a free one), the relay answers
 //! on the four addresses of an [`Rfc5780Grid`]: both IPs × ports `P` and `P + 1` (the
 //! *companion port*). Every answer then carries OTHER-ADDRESS (the address differing in
 //! both IP and port from the one the request arrived on) and RESPONSE-ORIGIN (the address
-//! the answer is sent from), and CHANGE-REQUEST is honoured: change IP and/or port picks
-//! which of the four sockets answers. Without a grid, a request whose CHANGE-REQUEST asks
-//! for a change gets `420 Unknown Attribute` (RFC 5780 §6.1: the server cannot honour it),
-//! as a client expects from a server without RFC 5780.
+//! the answer is sent from) when they fit the bound, and CHANGE-REQUEST is honoured:
+//! change IP and/or port picks which of the four sockets answers. Without a grid, a request
+//! whose CHANGE-REQUEST asks for a change gets `420 Unknown Attribute` (RFC 5780 §6.1: the
+//! server cannot honour it), as a client expects from a server without RFC 5780.
 //!
 //! [`StunResponder::answer`] and [`StunResponder::answer_at`] are pure (a datagram, its
 //! source and the address it arrived on in; a datagram and the address to send it from
@@ -32,8 +44,8 @@ use stun_rs::{
         stun::{ErrorCode as ErrorCodeAttr, Software, UnknownAttributes, XorMappedAddress},
     },
     methods::BINDING,
-    MessageClass, MessageDecoderBuilder, MessageEncoderBuilder, StunAttribute, StunMessage,
-    StunMessageBuilder, TransactionId, MAGIC_COOKIE,
+    MessageClass, MessageDecoderBuilder, MessageEncoderBuilder, MessageMethod, MessageType, StunAttribute,
+    StunMessage, StunMessageBuilder, TransactionId, MAGIC_COOKIE,
 };
 use tokio::net::UdpSocket;
 
@@ -50,9 +62,37 @@ const MAX_DATAGRAM: usize = 1500;
 /// Size of the STUN header (RFC 8489 §5).
 const HEADER_LEN: usize = 20;
 
+/// Largest answer, as a multiple of the size of the datagram it answers. 3: the factor
+/// QUIC allows towards an address it has not validated (RFC 9000 §8.1), the usual bound
+/// for a UDP service that answers unauthenticated requests; it still fits a full RFC 5780
+/// answer over IPv4 (56 bytes) for the smallest request (20 bytes).
+pub const MAX_AMPLIFICATION: usize = 3;
+
 /// The CHANGE-REQUEST attribute type (RFC 5780 §7.2), listed in UNKNOWN-ATTRIBUTES when
 /// it cannot be honoured.
 const CHANGE_REQUEST: u16 = 0x0003;
+
+/// The comprehension-required attribute types (below 0x8000) a Binding request may carry
+/// without a 420: RFC 8489's own, which a server without credentials knows and has no use
+/// for in a request, and RFC 5780's CHANGE-REQUEST (honoured or refused on its own terms)
+/// and PADDING (which only makes a request larger, §7.6). Not RESPONSE-PORT (0x0027): the
+/// responder always answers the source port, so RFC 5780 §7.5 wants a 420. Numbers rather
+/// than "what `stun-rs` decodes", so the answer does not change with the crate's features.
+const UNDERSTOOD: [u16; 13] = [
+    0x0001, // MAPPED-ADDRESS
+    CHANGE_REQUEST,
+    0x0006, // USERNAME
+    0x0008, // MESSAGE-INTEGRITY
+    0x0009, // ERROR-CODE
+    0x000A, // UNKNOWN-ATTRIBUTES
+    0x0014, // REALM
+    0x0015, // NONCE
+    0x001C, // MESSAGE-INTEGRITY-SHA256
+    0x001D, // PASSWORD-ALGORITHM
+    0x001E, // USERHASH
+    0x0020, // XOR-MAPPED-ADDRESS
+    0x0026, // PADDING
+];
 
 /// Attempts at finding a free port `P` with `P + 1` also free on both IPs when the grid
 /// is configured with port 0. Each attempt binds a fresh ephemeral port, so a clash is
@@ -175,17 +215,17 @@ impl StunResponder {
         local: Option<SocketAddr>,
     ) -> Option<(Vec<u8>, Option<SocketAddr>)> {
         let tid = stun_header(packet)?;
-        let request_class = class_bits(packet) == 0b00;
+        let bound = packet.len().saturating_mul(MAX_AMPLIFICATION);
+        let kind = MessageType::from(u16::from_be_bytes([packet[0], packet[1]]));
+        if kind.class() != MessageClass::Request {
+            return None;
+        }
         match MessageDecoderBuilder::default().build().decode(packet) {
-            Ok((msg, _)) if msg.class() == MessageClass::Request && msg.method() == BINDING => {
-                self.binding(&msg, from, local)
+            Ok((msg, _)) if msg.method() == BINDING => self.binding(&msg, from, local, bound),
+            Ok(_) => {
+                error(tid, kind.method(), 400, "Only Binding is supported", &[], bound).map(|p| (p, None))
             }
-            Ok((msg, _)) if msg.class() == MessageClass::Request => {
-                self.error(*msg.transaction_id(), 400, "Only Binding is supported", None).map(|p| (p, None))
-            }
-            Ok(_) => None,
-            Err(_) if request_class => self.error(tid, 400, "Bad Request", None).map(|p| (p, None)),
-            Err(_) => None,
+            Err(_) => error(tid, kind.method(), 400, "Bad Request", &[], bound).map(|p| (p, None)),
         }
     }
 
@@ -194,7 +234,13 @@ impl StunResponder {
         req: &StunMessage,
         from: SocketAddr,
         local: Option<SocketAddr>,
+        bound: usize,
     ) -> Option<(Vec<u8>, Option<SocketAddr>)> {
+        let tid = *req.transaction_id();
+        let unknown = unknown_required(req);
+        if !unknown.is_empty() {
+            return Some((error(tid, BINDING, 420, "Unknown Attribute", &unknown, bound)?, None));
+        }
         let (change_ip, change_port) = match req.get::<ChangeRequest>() {
             Some(StunAttribute::ChangeRequest(c)) => (
                 c.flags().contains(ChangeRequestFlags::ChangeIp),
@@ -202,47 +248,79 @@ impl StunResponder {
             ),
             _ => (false, false),
         };
-        let tid = *req.transaction_id();
         let grid = self.grid.zip(local).filter(|(g, l)| g.addrs().contains(l));
-        let mut b = StunMessageBuilder::new(BINDING, MessageClass::SuccessResponse)
-            .with_transaction_id(tid)
-            .with_attribute(XorMappedAddress::from(from));
+        // Optional attributes, most needed first: the tail is dropped to fit the bound.
+        let mut optional: Vec<StunAttribute> = Vec::with_capacity(3);
         let send_from = match grid {
             Some((g, local)) => {
                 let send_from = g.changed(local, change_ip, change_port)?;
                 let other = g.changed(local, true, true)?;
-                b = b
-                    .with_attribute(OtherAddress::from(other))
-                    .with_attribute(ResponseOrigin::from(send_from));
+                optional.push(OtherAddress::from(other).into());
+                optional.push(ResponseOrigin::from(send_from).into());
                 Some(send_from)
             }
             None if change_ip || change_port => {
-                let p = self.error(tid, 420, "Unknown Attribute", Some(CHANGE_REQUEST))?;
+                let p = error(tid, BINDING, 420, "Unknown Attribute", &[CHANGE_REQUEST], bound)?;
                 return Some((p, None));
             }
             None => None,
         };
         if let Ok(s) = Software::new(self.software.as_str()) {
-            b = b.with_attribute(s);
+            optional.push(s.into());
         }
-        Some((encode(&b.build())?, send_from))
+        let candidates = (0..=optional.len()).rev().map(|n| {
+            let b = StunMessageBuilder::new(BINDING, MessageClass::SuccessResponse)
+                .with_transaction_id(tid)
+                .with_attribute(XorMappedAddress::from(from));
+            optional[..n].iter().fold(b, |b, a| b.with_attribute(a.clone())).build()
+        });
+        Some((first_within(bound, candidates)?, send_from))
     }
+}
 
-    fn error(&self, tid: TransactionId, code: u16, reason: &str, unknown: Option<u16>) -> Option<Vec<u8>> {
+/// The comprehension-required attribute types of `req` that are not [`UNDERSTOOD`], each
+/// once, in order of appearance.
+fn unknown_required(req: &StunMessage) -> Vec<u16> {
+    let mut out: Vec<u16> = Vec::new();
+    for t in req.attributes().iter().map(|a| a.attribute_type()) {
+        let t = t.as_u16();
+        if t < 0x8000 && !UNDERSTOOD.contains(&t) && !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out
+}
+
+/// An error response to request `tid` of `method` within `bound` bytes: with `reason` and
+/// every `unknown` attribute type in UNKNOWN-ATTRIBUTES (none: no such attribute) if that
+/// fits, else without the reason phrase, then with the list halved until one entry is
+/// left; `None` if nothing fits.
+fn error(
+    tid: TransactionId,
+    method: MessageMethod,
+    code: u16,
+    reason: &str,
+    unknown: &[u16],
+    bound: usize,
+) -> Option<Vec<u8>> {
+    let message = |reason: &str, count: usize| {
         let code = stun_rs::ErrorCode::new(code, reason).ok()?;
-        let mut b = StunMessageBuilder::new(BINDING, MessageClass::ErrorResponse)
+        let mut b = StunMessageBuilder::new(method, MessageClass::ErrorResponse)
             .with_transaction_id(tid)
             .with_attribute(ErrorCodeAttr::from(code));
-        if let Some(attr) = unknown {
-            let mut u = UnknownAttributes::default();
-            u.add(attr);
-            b = b.with_attribute(u);
+        if count > 0 {
+            b = b.with_attribute(UnknownAttributes::from(&unknown[..count]));
         }
-        if let Ok(s) = Software::new(self.software.as_str()) {
-            b = b.with_attribute(s);
-        }
-        encode(&b.build())
-    }
+        Some(b.build())
+    };
+    let shorter = std::iter::successors(Some(unknown.len()), |n| (*n > 1).then_some(n / 2));
+    let candidates = std::iter::once((reason, unknown.len())).chain(shorter.map(|n| ("", n)));
+    first_within(bound, candidates.filter_map(|(r, n)| message(r, n)))
+}
+
+/// The first of `candidates` whose encoding is at most `bound` bytes.
+fn first_within(bound: usize, candidates: impl IntoIterator<Item = StunMessage>) -> Option<Vec<u8>> {
+    candidates.into_iter().filter_map(|m| encode(&m)).find(|p| p.len() <= bound)
 }
 
 fn encode(msg: &StunMessage) -> Option<Vec<u8>> {
@@ -264,12 +342,6 @@ fn stun_header(packet: &[u8]) -> Option<TransactionId> {
     let mut tid = [0u8; 12];
     tid.copy_from_slice(&packet[8..HEADER_LEN]);
     Some(TransactionId::from(tid))
-}
-
-/// The two class bits of the message type (C1 at bit 8, C0 at bit 4).
-fn class_bits(packet: &[u8]) -> u8 {
-    let t = u16::from_be_bytes([packet[0], packet[1]]);
-    (((t >> 7) & 0b10) | ((t >> 4) & 0b01)) as u8
 }
 
 /// The relay's bound STUN sockets: one per `--stun` address, or the four of a grid.
@@ -521,5 +593,147 @@ mod tests {
         let (msg, _) = MessageDecoderBuilder::default().build().decode(&reply.packet).unwrap();
         assert_eq!(msg.class(), MessageClass::SuccessResponse);
         assert!(msg.get::<OtherAddress>().is_none());
+    }
+
+    /// A STUN message built byte by byte: `msg_type` (class and method bits), transaction
+    /// id `[5; 12]`, and `attrs` as (type, value) with zero padding. Lets tests send what
+    /// `stun-rs` cannot encode (unknown attributes, any method).
+    fn raw(msg_type: u16, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (t, v) in attrs {
+            body.extend_from_slice(&t.to_be_bytes());
+            body.extend_from_slice(&(v.len() as u16).to_be_bytes());
+            body.extend_from_slice(v);
+            body.resize(body.len().next_multiple_of(4), 0);
+        }
+        let mut m = msg_type.to_be_bytes().to_vec();
+        m.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        m.extend_from_slice(&MAGIC_COOKIE.as_u32().to_be_bytes());
+        m.extend_from_slice(&[5; 12]);
+        m.extend_from_slice(&body);
+        m
+    }
+
+    /// Size of an attribute whose value is `len` bytes (RFC 8489 §14: 4-byte header, padded).
+    fn attr(len: usize) -> usize {
+        4 + len.next_multiple_of(4)
+    }
+
+    #[test]
+    fn every_answer_is_at_most_three_times_its_request() {
+        let p = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let g = Rfc5780Grid::from_config(&[p("192.0.2.1:3478"), p("192.0.2.2:3478")]).unwrap();
+        let g6 = Rfc5780Grid::from_config(&[p("[2001:db8::1]:3478"), p("[2001:db8::2]:3478")]).unwrap();
+        let plain = StunResponder::new(SOFTWARE);
+        let (v4, v6) = (p("198.51.100.7:40000"), p("[2001:db8:1::7]:40000"));
+        let (on4, on6, off) = (g.addrs()[0], g6.addrs()[0], p("192.0.2.9:3478"));
+        let gridded = StunResponder::new(SOFTWARE).with_grid(g);
+        let gridded6 = StunResponder::new(SOFTWARE).with_grid(g6);
+        let sw = attr(SOFTWARE.len());
+        let (a4, a6) = (attr(8), attr(20)); // An IPv4 / IPv6 address attribute.
+        let binding = raw(0x0001, &[]);
+        let change = change_request([5; 12], true, true);
+        let kizuna_probe = kizuna::nat::probe::encode_request([5; 12], false, false);
+        let kizuna_change = kizuna::nat::probe::encode_request([5; 12], true, true);
+        let padded = raw(0x0001, &[(0x0026, &[0; 36])]);
+        let unknown_req = raw(0x0001, &[(0x7777, &[])]);
+        let many_unknown: Vec<(u16, &[u8])> = (0x4000..0x4064).map(|t| (t, &[][..])).collect();
+        let many_unknown = raw(0x0001, &many_unknown);
+        let unknown_opt = raw(0x0001, &[(0x8777, &[1, 2, 3, 4])]);
+        let response_port = raw(0x0001, &[(0x0027, &[0x12, 0x34, 0, 0])]);
+        let mut truncated = binding.clone();
+        truncated[3] = 40; // Claims 40 bytes of attributes that are not there.
+        let allocate = raw(0x0003, &[]);
+        let indication = raw(0x0011, &[]);
+        let success = raw(0x0101, &[(0x0020, &[0, 1, 0, 0, 0, 0, 0, 0])]);
+        let error_response = raw(0x0111, &[]);
+        let not_stun = [0x80; 40];
+        let reason = |r: &str| attr(4 + r.len());
+        /// Kind, responder, request, from, arrived on, expected answer size (None: no answer).
+        type Case<'a> = (&'a str, &'a StunResponder, &'a [u8], SocketAddr, SocketAddr, Option<usize>);
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            ("Binding, plain, IPv4", &plain, &binding, v4, off, Some(20 + a4 + sw)),
+            ("Binding, plain, IPv6 (SOFTWARE left out)", &plain, &binding, v6, off, Some(20 + a6)),
+            ("Binding, grid, IPv4 (SOFTWARE left out)", &gridded, &binding, v4, on4, Some(20 + 3 * a4)),
+            ("Binding, grid, IPv6 (only XOR-MAPPED-ADDRESS fits)", &gridded6, &binding, v6, on6, Some(20 + a6)),
+            ("Binding + CHANGE-REQUEST, grid, IPv4", &gridded, &change, v4, on4, Some(20 + 3 * a4 + sw)),
+            ("Binding + CHANGE-REQUEST, grid, IPv6 (no RESPONSE-ORIGIN)", &gridded6, &change, v6, on6, Some(20 + 2 * a6)),
+            ("Binding + CHANGE-REQUEST, no grid: 420", &plain, &change, v4, off, Some(20 + reason("Unknown Attribute") + attr(2))),
+            ("Kizuna probe (SOFTWARE), grid, IPv4", &gridded, &kizuna_probe, v4, on4, Some(20 + 3 * a4 + sw)),
+            ("Kizuna probe (SOFTWARE), grid, IPv6", &gridded6, &kizuna_probe, v6, on6, Some(20 + 3 * a6)),
+            ("Kizuna probe + CHANGE-REQUEST, grid, IPv6", &gridded6, &kizuna_change, v6, on6, Some(20 + 3 * a6 + sw)),
+            ("Binding + PADDING (60 bytes), grid, IPv6", &gridded6, &padded, v6, on6, Some(20 + 3 * a6 + sw)),
+            ("Binding + unknown comprehension-required: 420", &plain, &unknown_req, v4, off, Some(20 + reason("Unknown Attribute") + attr(2))),
+            ("Binding + 100 unknown comprehension-required: 420", &plain, &many_unknown, v4, off, Some(20 + reason("Unknown Attribute") + attr(200))),
+            ("Binding + RESPONSE-PORT (not honoured): 420", &plain, &response_port, v4, off, Some(20 + reason("Unknown Attribute") + attr(2))),
+            ("Binding + unknown comprehension-optional", &plain, &unknown_opt, v4, off, Some(20 + a4 + sw)),
+            ("Allocate request (other method): 400", &plain, &allocate, v4, off, Some(20 + reason("Only Binding is supported"))),
+            ("Malformed Binding request: 400", &plain, &truncated, v4, off, Some(20 + reason("Bad Request"))),
+            ("Binding indication", &plain, &indication, v4, off, None),
+            ("Binding success response", &plain, &success, v4, off, None),
+            ("Binding error response", &plain, &error_response, v4, off, None),
+            ("Not STUN", &plain, &not_stun, v4, off, None),
+        ];
+        for (kind, responder, req, from, local, want) in cases {
+            let got = responder.answer_at(req, from, local);
+            let ratio = got.as_ref().map(|r| r.packet.len() as f64 / req.len() as f64);
+            eprintln!(
+                "{kind}: {} → {:?} bytes, ratio {ratio:.2?}",
+                req.len(),
+                got.as_ref().map(|r| r.packet.len())
+            );
+            assert_eq!(got.as_ref().map(|r| r.packet.len()), want, "{kind}");
+            let Some(reply) = got else { continue };
+            assert!(reply.packet.len() <= MAX_AMPLIFICATION * req.len(), "{kind}");
+            let (msg, _) = MessageDecoderBuilder::default().build().decode(&reply.packet).unwrap();
+            assert_eq!(msg.transaction_id().as_ref(), &req[8..20], "{kind}");
+            assert_eq!(
+                msg.method(),
+                MessageType::from(u16::from_be_bytes([req[0], req[1]])).method(),
+                "{kind}"
+            );
+            assert!(
+                msg.get::<XorMappedAddress>().is_some() || msg.class() == MessageClass::ErrorResponse,
+                "{kind}"
+            );
+            if msg.class() == MessageClass::ErrorResponse {
+                assert!(msg.get::<Software>().is_none(), "{kind}: error responses carry no SOFTWARE");
+            }
+        }
+        // The 420s list exactly what was not understood.
+        let listed = |req: &[u8]| {
+            let reply = plain.answer(req, v4).unwrap();
+            let (msg, _) = MessageDecoderBuilder::default().build().decode(&reply).unwrap();
+            let Some(StunAttribute::UnknownAttributes(u)) = msg.get::<UnknownAttributes>() else { panic!() };
+            u.attributes().to_vec()
+        };
+        assert_eq!(listed(&unknown_req), [0x7777]);
+        assert_eq!(listed(&response_port), [0x0027]);
+        assert_eq!(listed(&many_unknown), (0x4000..0x4064).collect::<Vec<u16>>());
+    }
+
+    #[test]
+    fn error_responses_shed_the_reason_then_unknown_attributes_to_fit() {
+        let tid = TransactionId::from([1; 12]);
+        let types: Vec<u16> = (0x4000..0x400a).collect();
+        let full = error(tid, BINDING, 420, "Unknown Attribute", &types, usize::MAX).unwrap();
+        assert_eq!(full.len(), 20 + attr(4 + 17) + attr(20));
+        let decode = |p: &[u8]| MessageDecoderBuilder::default().build().decode(p).unwrap().0;
+        // No room for the reason phrase: dropped, every type kept.
+        let p = error(tid, BINDING, 420, "Unknown Attribute", &types, full.len() - 1).unwrap();
+        assert_eq!(p.len(), 20 + attr(4) + attr(20));
+        let Some(StunAttribute::ErrorCode(e)) = decode(&p).get::<ErrorCodeAttr>().cloned() else { panic!() };
+        assert_eq!((e.error_code().error_code(), e.error_code().reason()), (420, ""));
+        // 40 bytes: the list is halved until it fits (10 → 5 → 2 entries).
+        let p = error(tid, BINDING, 420, "Unknown Attribute", &types, 40).unwrap();
+        let Some(StunAttribute::UnknownAttributes(u)) = decode(&p).get::<UnknownAttributes>().cloned() else {
+            panic!()
+        };
+        assert_eq!(u.attributes(), &types[..2]);
+        // Not even a 420 with one entry fits: nothing is sent.
+        assert_eq!(error(tid, BINDING, 420, "Unknown Attribute", &types, 35), None);
+        assert_eq!(error(tid, BINDING, 400, "Bad Request", &[], 27), None);
+        assert_eq!(error(tid, BINDING, 400, "Bad Request", &[], 28).map(|p| p.len()), Some(28));
     }
 }
