@@ -5,6 +5,7 @@
 //! cargo run --release --example bench -- core     # TLS/TCP, QUIC, handshakes
 //! cargo run --release --example bench -- actors   # the actor API vs core vs raw
 //! cargo run --release --example bench -- webrtc   # WebRTC vs raw webrtc-rs data channels
+//! cargo run --release --example bench -- crowd    # connect times beside a hostile crowd
 //! cargo run --release --example bench -- all
 //! ```
 //!
@@ -18,6 +19,8 @@
 mod actors;
 #[path = "bench/core.rs"]
 mod core_bench;
+#[path = "bench/crowd.rs"]
+mod crowd;
 #[path = "bench/relay.rs"]
 mod relay;
 #[path = "bench/util.rs"]
@@ -42,6 +45,10 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     if opts.suite == "relay" || opts.suite == "all" {
         relay::run(&opts)?;
+    }
+    if opts.suite == "crowd" || opts.suite == "all" {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        rt.block_on(crowd::run(&opts))?;
     }
     Ok(())
 }

@@ -168,7 +168,7 @@ async fn ws_pair() -> Result<(Connection, Connection), BoxError> {
 // A relay target with the core only: one control connection holding a reservation,
 // accepting every announced circuit.
 
-struct Target {
+pub(crate) struct Target {
     node: Arc<LocalNode>,
     incoming: mpsc::UnboundedReceiver<Connection>,
     task: tokio::task::JoinHandle<()>,
@@ -180,7 +180,7 @@ impl Drop for Target {
     }
 }
 
-async fn reserve(node: Arc<LocalNode>, url: &str) -> Result<Target, BoxError> {
+pub(crate) async fn reserve(node: Arc<LocalNode>, url: &str) -> Result<Target, BoxError> {
     let opts = ws_options(&node);
     let mut ctl = relay_client::open(&node, url, None, Purpose::Control, &opts).await?;
     relay_client::send(&mut ctl, url, &RelayMessage::Reserve { ttl_secs: 3600 }).await?;
@@ -209,7 +209,7 @@ async fn reserve(node: Arc<LocalNode>, url: &str) -> Result<Target, BoxError> {
 }
 
 /// Dials `target` through `url` from `from`; returns (target's end, dialer's end).
-async fn relayed_pair(
+pub(crate) async fn relayed_pair(
     from: &LocalNode,
     target: &mut Target,
     url: &str,
@@ -224,10 +224,10 @@ async fn relayed_pair(
 // ---------------------------------------------------------------------------------------
 // The relay as a child process.
 
-struct ChildRelay {
+pub(crate) struct ChildRelay {
     child: tokio::process::Child,
     pid: u32,
-    url: String,
+    pub(crate) url: String,
     stats: String,
 }
 
@@ -263,15 +263,23 @@ fn json_u64(text: &str, key: &str) -> Option<u64> {
 }
 
 impl ChildRelay {
-    async fn start() -> Result<Self, BoxError> {
+    /// A relay with bandwidth and count limits lifted; `crowd_caps` keeps the per-address
+    /// and per-target caps at their defaults (else they are lifted too: the circuit bench
+    /// opens every circuit from one host to one target, many at a time).
+    pub(crate) async fn start(crowd_caps: bool) -> Result<Self, BoxError> {
         let circuits = (2 * CIRCUITS).to_string();
-        let mut child = tokio::process::Command::new(kizuna_bin()?)
-            .args(["relay", "--listen", "ws://127.0.0.1:0", "--open", "--json"])
+        let mut cmd = tokio::process::Command::new(kizuna_bin()?);
+        cmd.args(["relay", "--listen", "ws://127.0.0.1:0", "--open", "--json"])
             .args(["--stats-addr", "127.0.0.1:0"])
             .args(["--circuit-bandwidth", "64GiB", "--total-bandwidth", "64GiB"])
             .args(["--max-circuit-bytes", "1TiB"])
             .args(["--max-circuits", &circuits, "--max-circuits-per-peer", &circuits])
-            .args(["--max-reservations", &circuits])
+            .args(["--max-reservations", &circuits]);
+        if !crowd_caps {
+            cmd.args(["--max-pending-per-address", "256", "--max-unconfirmed-per-address", "256"])
+                .args(["--max-unconfirmed-per-target", "256"]);
+        }
+        let mut child = cmd
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -298,7 +306,7 @@ impl ChildRelay {
         Ok(ticks as f64 / clock_ticks() as f64)
     }
 
-    fn rss_bytes(&self) -> Result<u64, BoxError> {
+    pub(crate) fn rss_bytes(&self) -> Result<u64, BoxError> {
         let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid))?;
         let pages: u64 = statm.split_whitespace().nth(1).ok_or("bad statm")?.parse()?;
         Ok(pages * 4096)
@@ -314,7 +322,7 @@ impl ChildRelay {
         Ok(body)
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
@@ -376,7 +384,7 @@ async fn relay_cpu(opts: &Opts) -> Result<(), BoxError> {
     let runs = opts.runs;
     let (relay_cpu, self_cpu, rate) = io_runtime()
         .spawn(async move {
-            let relay = ChildRelay::start().await?;
+            let relay = ChildRelay::start(false).await?;
             let mut target = reserve(node(25)?, &relay.url).await?;
             let dialer = node(26)?;
             let (mut relay_cpu, mut self_cpu, mut rate) = (vec![], vec![], vec![]);
@@ -404,7 +412,7 @@ async fn relay_cpu(opts: &Opts) -> Result<(), BoxError> {
 async fn circuits(opts: &Opts) -> Result<(), BoxError> {
     let (reached, open, echoed, per_circuit, secs, first_err) = io_runtime()
         .spawn(async move {
-            let relay = ChildRelay::start().await?;
+            let relay = ChildRelay::start(false).await?;
             let url = relay.url.clone();
             let mut target = reserve(node(27)?, &url).await?;
             let target_peer = target.node.peer_id();

@@ -17,7 +17,7 @@ impl Opts {
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
-                "core" | "actors" | "relay" | "webrtc" | "all" => o.suite = a,
+                "core" | "actors" | "relay" | "webrtc" | "crowd" | "all" => o.suite = a,
                 "--json" => o.json = true,
                 "--bytes" => {
                     o.bytes = args.next().and_then(|v| v.parse().ok()).ok_or("--bytes needs a number")?
@@ -28,7 +28,7 @@ impl Opts {
                 }
                 other => {
                     return Err(format!(
-                        "unknown argument {other:?} (use core|actors|relay|webrtc|all, --bytes N, --runs N, --filter NAME, --json)"
+                        "unknown argument {other:?} (use core|actors|relay|webrtc|crowd|all, --bytes N, --runs N, --filter NAME, --json)"
                     ))
                 }
             }

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use kizuna::{
     identity::PeerId,
     relay::client::RelayEndpoint,
-    transport::webrtc::{IceServer, WebRtcConfig},
+    transport::{
+        admission::AdmissionLimits,
+        webrtc::{IceServer, WebRtcConfig},
+    },
     Keypair, PeerAddress, Protocol, TransportAddr,
 };
 
@@ -53,8 +56,45 @@ pub(crate) struct RelayArgs {
     pub(crate) stun: Vec<String>,
 }
 
+/// Admission of unauthenticated inbound connections on a node's or relay's listeners
+/// (`kizuna::transport::admission`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct AdmissionArgs {
+    /// Inbound handshakes in progress at once per listener (default 256).
+    #[arg(long, value_name = "N")]
+    pub(crate) max_pending_handshakes: Option<usize>,
+    /// Inbound handshakes in progress at once from one address, an IPv4 address or an IPv6
+    /// /64 (default 16): a newcomer replaces that address's oldest silent connection, and
+    /// is refused when none is silent.
+    #[arg(long, value_name = "N")]
+    pub(crate) max_pending_per_address: Option<usize>,
+    /// How long a new connection may stay silent before its first byte, e.g. 3s (default 3s).
+    #[arg(long, value_name = "DUR", value_parser = crate::relay::parse_duration)]
+    pub(crate) first_byte_timeout: Option<std::time::Duration>,
+}
+
+impl AdmissionArgs {
+    /// The limits these flags give, or a usage error naming the flag to fix.
+    pub(crate) fn limits(&self) -> Result<AdmissionLimits, CliError> {
+        let d = AdmissionLimits::default();
+        let l = AdmissionLimits {
+            max_pending: self.max_pending_handshakes.unwrap_or(d.max_pending),
+            max_pending_per_address: self.max_pending_per_address.unwrap_or(d.max_pending_per_address),
+            first_byte_timeout: self.first_byte_timeout.unwrap_or(d.first_byte_timeout),
+        };
+        l.validate().map_err(|e| {
+            CliError::Usage(
+                e.replace("max_pending_handshakes_per_address", "--max-pending-per-address")
+                    .replace("max_pending_handshakes", "--max-pending-handshakes")
+                    .replace("first_byte_timeout", "--first-byte-timeout"),
+            )
+        })?;
+        Ok(l)
+    }
+}
+
 /// How a CLI node reaches the network beyond direct dials: relays, STUN servers, and
-/// WebRTC's ICE configuration.
+/// WebRTC's ICE configuration; and how it admits inbound handshakes.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct NetConfig {
     /// Relays, in failover order.
@@ -63,13 +103,20 @@ pub(crate) struct NetConfig {
     pub(crate) stun: Vec<std::net::SocketAddr>,
     /// WebRTC (used when WebRTC is among the node's protocols).
     pub(crate) webrtc: WebRtcConfig,
+    /// Admission of inbound handshakes on the node's TCP and WebSocket listeners.
+    pub(crate) handshakes: AdmissionLimits,
 }
 
 /// The node's network configuration from `--relay`, `--relay-token`, `--stun` and the
 /// ICE flags: one `--stun` list serves hole punching, NAT detection and WebRTC's ICE.
 pub(crate) fn net(relay: &RelayArgs, ice: &IceArgs) -> Result<NetConfig, CliError> {
     let stun = relay.stun.iter().map(|s| crate::nat::resolve(s)).collect::<Result<_, _>>()?;
-    Ok(NetConfig { relays: relay.endpoints(), stun, webrtc: ice.config(&relay.stun)? })
+    Ok(NetConfig {
+        relays: relay.endpoints(),
+        stun,
+        webrtc: ice.config(&relay.stun)?,
+        handshakes: AdmissionLimits::default(),
+    })
 }
 
 impl RelayArgs {

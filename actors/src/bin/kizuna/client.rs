@@ -34,6 +34,9 @@ pub(crate) fn start_node(
     config.relays = net.relays;
     config.stun = net.stun;
     config.webrtc = net.webrtc;
+    config.node.max_pending_handshakes = net.handshakes.max_pending;
+    config.node.max_pending_handshakes_per_address = net.handshakes.max_pending_per_address;
+    config.node.first_byte_timeout = net.handshakes.first_byte_timeout;
     Supervisor::start(config).map_err(|e| CliError::Failed(format!("cannot start the node: {e}")))
 }
 

@@ -135,6 +135,7 @@ impl Demo {
             relays: vec![RelayEndpoint { url: relay.url.clone(), token: None }],
             stun: vec![],
             webrtc: WebRtcConfig::loopback(),
+            ..NetConfig::default()
         };
         let mut server_protocols = protocols.clone();
         server_protocols.push(Protocol::WebRtc);
@@ -193,7 +194,8 @@ impl Demo {
             }
             Setup::Direct(_) => Vec::new(),
         };
-        let net = NetConfig { relays, stun: vec![], webrtc: WebRtcConfig::loopback() };
+        let net =
+            NetConfig { relays, stun: vec![], webrtc: WebRtcConfig::loopback(), ..NetConfig::default() };
         let mut session =
             client::connect(Keypair::generate(), ticket, protocols, net).await.map_err(|e| e.to_string())?;
         row.path = Some(session.info.path);

@@ -58,6 +58,10 @@ pub(crate) struct NodeArgs {
     /// --turn-pass, --ice-relay-only, --webrtc-bind (--stun, above, serves ICE too).
     #[command(flatten)]
     ice: args::IceArgs,
+    /// Admission of inbound handshakes: --max-pending-handshakes, --max-pending-per-address,
+    /// --first-byte-timeout.
+    #[command(flatten)]
+    admission: args::AdmissionArgs,
 }
 
 /// Reports buffered between the service and the output loop; beyond that they are dropped
@@ -99,7 +103,9 @@ pub(crate) async fn run(a: NodeArgs) -> CliResult {
         })?;
     }
 
-    let node = client::start_node(key, protocols, args::net(&a.relay, &a.ice)?)?;
+    let mut net = args::net(&a.relay, &a.ice)?;
+    net.handshakes = a.admission.limits()?;
+    let node = client::start_node(key, protocols, net)?;
     let service_events = node.send(Subscribe::default()).await?;
     let mut log_events = node.send(Subscribe::default()).await?;
     // The WebRTC listener starts with the node (it answers offers through the relay).

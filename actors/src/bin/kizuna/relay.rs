@@ -77,6 +77,26 @@ pub(crate) struct RelayArgs {
     /// Bytes one circuit may carry, both directions, e.g. 64MiB (default 1GiB).
     #[arg(long, value_name = "SIZE", value_parser = args::parse_size)]
     max_circuit_bytes: Option<u64>,
+    /// Time an open circuit has to carry the three flights of its ends' end-to-end
+    /// handshake before it is closed, e.g. 5s (default 5s).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    circuit_handshake_timeout: Option<Duration>,
+    /// Circuits without a completed end-to-end handshake one key may have initiated at
+    /// once (default 8).
+    #[arg(long, value_name = "N")]
+    max_unconfirmed_per_key: Option<usize>,
+    /// Circuits without a completed end-to-end handshake initiated from one address at
+    /// once (default 16).
+    #[arg(long, value_name = "N")]
+    max_unconfirmed_per_address: Option<usize>,
+    /// Circuits without a completed end-to-end handshake to one target at once, one
+    /// initiating address at most half (default 16).
+    #[arg(long, value_name = "N")]
+    max_unconfirmed_per_target: Option<usize>,
+    /// Admission of WebSocket clients before they authenticate: --max-pending-handshakes,
+    /// --max-pending-per-address, --first-byte-timeout.
+    #[command(flatten)]
+    admission: args::AdmissionArgs,
     /// Serve the metrics as JSON over HTTP on this address (GET / or /stats).
     #[arg(long, value_name = "ADDR")]
     stats_addr: Option<SocketAddr>,
@@ -208,6 +228,10 @@ fn limits(a: &RelayArgs) -> RelayLimits {
         total_bandwidth: a.total_bandwidth.unwrap_or(d.total_bandwidth),
         max_circuit_duration: a.max_circuit_duration.unwrap_or(d.max_circuit_duration),
         max_circuit_bytes: a.max_circuit_bytes.unwrap_or(d.max_circuit_bytes),
+        circuit_handshake_timeout: a.circuit_handshake_timeout.unwrap_or(d.circuit_handshake_timeout),
+        max_unconfirmed_per_initiator: a.max_unconfirmed_per_key.unwrap_or(d.max_unconfirmed_per_initiator),
+        max_unconfirmed_per_address: a.max_unconfirmed_per_address.unwrap_or(d.max_unconfirmed_per_address),
+        max_unconfirmed_per_target: a.max_unconfirmed_per_target.unwrap_or(d.max_unconfirmed_per_target),
         ..d
     }
 }
@@ -241,6 +265,7 @@ async fn serve(a: RelayArgs) -> CliResult {
     let mut config = RelayServerConfig::new(listen, admission(&a)?);
     config.public_url = a.public_url.clone();
     config.limits = limits(&a);
+    config.handshake_limits = a.admission.limits()?;
     config.stun = stun;
     config.stats_addr = a.stats_addr;
     let relay = RelayServer::start(config).await.map_err(|e| match e {
