@@ -20,7 +20,7 @@ use tokio::{
 use crate::{
     core_bench::node,
     relay::{relayed_pair, reserve, ChildRelay},
-    util::{figure, median, report, Opts},
+    util::{figure, median, Opts},
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -132,10 +132,15 @@ async fn relayed() -> Result<[f64; 4], BoxError> {
 
 pub(crate) async fn run(opts: &Opts) -> Result<(), BoxError> {
     let [alone, idle, truncated] = io_runtime().spawn(node_tcp()).await??;
-    report(opts, "connect: node TCP beside 400 idle sockets", "ms", idle, alone, false);
-    report(opts, "connect: node TCP beside 400 truncated ClientHellos", "ms", truncated, alone, false);
+    figure(opts, "connect: node TCP, no crowd", "ms", alone);
+    figure(opts, "connect: node TCP beside 400 idle sockets", "ms", idle);
+    figure(opts, "connect: node TCP beside 400 truncated ClientHellos", "ms", truncated);
+    figure(opts, "  … slowdown beside the idle crowd", "x", idle / alone);
+    figure(opts, "  … slowdown beside the truncated crowd", "x", truncated / alone);
     let [alone, beside, rss0, rss1] = io_runtime().spawn(relayed()).await??;
-    report(opts, "connect: relayed beside 700 idle/unfinished", "ms", beside, alone, false);
+    figure(opts, "connect: relayed circuit, no crowd", "ms", alone);
+    figure(opts, "connect: relayed beside 400 idle + 300 unfinished", "ms", beside);
+    figure(opts, "  … slowdown beside the crowd", "x", beside / alone);
     figure(opts, "relay RSS without the crowd", "MiB", rss0 / (1 << 20) as f64);
     figure(opts, "relay RSS with 700 idle/unfinished sockets", "MiB", rss1 / (1 << 20) as f64);
     Ok(())
