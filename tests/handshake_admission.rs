@@ -16,11 +16,7 @@ use kizuna::{
     transport::{tcp::TcpTransport, ws::WsTransport},
     Incoming, Listener, LocalNode, NodeConfig, Transport, TransportAddr,
 };
-use tokio::{
-    io::AsyncWriteExt,
-    net::{TcpSocket, TcpStream},
-    task::JoinHandle,
-};
+use tokio::{net::TcpStream, task::JoinHandle};
 
 use common::*;
 
@@ -32,21 +28,17 @@ fn patient_server() -> Arc<LocalNode> {
     node_with(|c: &mut NodeConfig| c.first_byte_timeout = Duration::from_secs(60))
 }
 
-/// Opens `n` connections to `to` from 127.0.0.2, writing `first` on each (nothing if
-/// empty), and keeps them open.
+/// `n` connections to `to` from 127.0.0.2, each writing `first`, kept open.
 async fn crowd(to: SocketAddr, n: usize, first: &[u8]) -> Vec<TcpStream> {
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let s = TcpSocket::new_v4().unwrap();
-        s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-        // A refused connection may be reset before `connect` returns: the crowd goes on.
-        let Ok(mut c) = s.connect(to).await else { continue };
-        if !first.is_empty() {
-            let _ = c.write_all(first).await;
-        }
-        v.push(c);
-    }
-    v
+    kizuna_actors::testing::crowd([127, 0, 0, 2].into(), to, n, first).await
+}
+
+/// A listener of transport `t` on `on`, served by [`serve`] until the test ends; its address.
+async fn serving(t: impl Transport, on: &str) -> TransportAddr {
+    let l = t.listen(&on.parse().unwrap()).await.unwrap();
+    let addr = l.local_addr();
+    drop(serve(l)); // detached
+    addr
 }
 
 /// Accepts and drops whatever the listener yields, forever (a node that serves).
@@ -77,11 +69,7 @@ const TRUNCATED_CLIENT_HELLO: &[u8] =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_crowd_from_one_address_does_not_delay_a_tcp_client_from_another() {
     let server = patient_server();
-    let l =
-        TcpTransport::new(server.clone()).listen(&TransportAddr::Tcp("127.0.0.1:0".parse().unwrap())).await;
-    let l = l.unwrap();
-    let addr = l.local_addr();
-    let _serving = serve(l);
+    let addr = serving(TcpTransport::new(server.clone()), "tcp=127.0.0.1:0").await;
     let _crowd = within(crowd(sock(&addr), CROWD, b"")).await;
 
     let client = node();
@@ -103,11 +91,7 @@ async fn an_idle_crowd_from_one_address_does_not_delay_a_tcp_client_from_another
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_client_hello_crowd_is_refused_beyond_its_share() {
     let server = patient_server();
-    let l =
-        TcpTransport::new(server.clone()).listen(&TransportAddr::Tcp("127.0.0.1:0".parse().unwrap())).await;
-    let l = l.unwrap();
-    let addr = l.local_addr();
-    let _serving = serve(l);
+    let addr = serving(TcpTransport::new(server.clone()), "tcp=127.0.0.1:0").await;
     let _crowd = within(crowd(sock(&addr), CROWD, TRUNCATED_CLIENT_HELLO)).await;
     // Give the listener time to read the crowd's bytes (so its handshakes are "talking").
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -121,10 +105,7 @@ async fn a_truncated_client_hello_crowd_is_refused_beyond_its_share() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_websocket_upgrades_do_not_delay_a_websocket_client() {
     let server = patient_server();
-    let l = WsTransport::new(server.clone()).listen(&TransportAddr::Ws("ws://127.0.0.1:0".into())).await;
-    let l = l.unwrap();
-    let addr = l.local_addr();
-    let _serving = serve(l);
+    let addr = serving(WsTransport::new(server.clone()), "ws=ws://127.0.0.1:0").await;
     let upgrade = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
     let _crowd = within(crowd(sock(&addr), CROWD, upgrade)).await;
 

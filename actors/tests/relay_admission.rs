@@ -15,27 +15,16 @@ use kizuna_actors::relay::GetRelayMetrics;
 use relay_client::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpSocket, TcpStream},
+    net::TcpStream,
 };
 use tokio_tungstenite::tungstenite::Message;
 
 /// Connections in each crowd: more than the relay's 256 handshake slots.
 const CROWD: usize = 400;
 
-/// Opens `n` connections to `to` from `from`, writing `first` on each, and keeps them.
+/// `n` connections to `to` from `from`, each writing `first`, kept open.
 async fn crowd(from: &str, to: SocketAddr, n: usize, first: &[u8]) -> Vec<TcpStream> {
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let s = TcpSocket::new_v4().unwrap();
-        s.bind(format!("{from}:0").parse().unwrap()).unwrap();
-        // A refused connection may be reset before `connect` returns: the crowd goes on.
-        let Ok(mut c) = s.connect(to).await else { continue };
-        if !first.is_empty() {
-            let _ = c.write_all(first).await;
-        }
-        v.push(c);
-    }
-    v
+    kizuna_actors::testing::crowd(from.parse().unwrap(), to, n, first).await
 }
 
 fn sock(url: &str) -> SocketAddr {

@@ -12,10 +12,7 @@ use std::{net::SocketAddr, time::Instant};
 
 use kizuna::{transport::tcp::TcpTransport, Transport, TransportAddr};
 use kizuna_actors::runtime::io_runtime;
-use tokio::{
-    io::AsyncWriteExt,
-    net::{TcpSocket, TcpStream},
-};
+use tokio::net::TcpStream;
 
 use crate::{
     core_bench::node,
@@ -42,20 +39,7 @@ const UNFINISHED_UPGRADE: &[u8] =
 
 /// `n` connections to `to` from 127.0.0.2, each sending `first`, kept open.
 async fn crowd(to: SocketAddr, n: usize, first: &[u8]) -> Vec<TcpStream> {
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let Ok(s) = TcpSocket::new_v4() else { continue };
-        if s.bind(([127, 0, 0, 2], 0).into()).is_err() {
-            continue;
-        }
-        // Refused connections are reset, possibly before `connect` returns.
-        let Ok(mut c) = s.connect(to).await else { continue };
-        if !first.is_empty() {
-            let _ = c.write_all(first).await;
-        }
-        v.push(c);
-    }
-    v
+    kizuna_actors::testing::crowd([127, 0, 0, 2].into(), to, n, first).await
 }
 
 async fn time_ms<F, Fut>(mut f: F) -> Result<f64, BoxError>
