@@ -28,6 +28,7 @@ pub mod mux;
 pub mod nat;
 pub mod negotiate;
 pub mod node;
+pub mod peer;
 pub mod pool;
 pub mod punch;
 pub mod relay;
