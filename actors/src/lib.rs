@@ -2,33 +2,32 @@
 //!
 //! Kizuna's actor runtime on actix. An application starts one [`Supervisor`], sends it the
 //! typed messages of [`api`] and subscribes to [`Event`]s.
+//!
+//! The crate has four rooms: the node runtime (`node/`: the supervisor and its actors),
+//! the relay server ([`relay`]), the application services `kizuna node` serves
+//! ([`services`]), and the `kizuna` command-line program (`src/bin/kizuna/`); beside them
+//! the public interface ([`api`]), the test harness ([`testing`]) and the I/O runtime
+//! ([`runtime`]).
 
 pub mod api;
-mod child;
-mod connection;
-mod early_signals;
-pub mod events;
-mod hole_punch;
-mod listener;
-mod negotiator;
+mod node;
 pub mod relay;
-mod relay_client;
 pub mod runtime;
 pub mod services;
-pub mod supervision;
-mod supervisor;
 pub mod testing;
-mod transports;
-mod webrtc_signal;
+
+pub use node::{events, supervision};
 
 pub use api::{
     Connect, Disconnect, Event, GetStats, Listen, NodeError, OpenStream, Send, SendDatagram, Shutdown,
     Subscribe,
 };
-pub use child::Fault;
-pub use connection::ConnectionActor;
 pub use events::EventStream;
-pub use listener::ListenerActor;
-pub use negotiator::NegotiatorActor;
-pub use relay_client::RelayClientActor;
-pub use supervisor::{GetChildren, InjectFault, Supervisor, SupervisorConfig, PUNCH_RETRY};
+pub use node::{
+    child::Fault,
+    connection::ConnectionActor,
+    listener::ListenerActor,
+    negotiator::NegotiatorActor,
+    relay_client::RelayClientActor,
+    supervisor::{GetChildren, InjectFault, Supervisor, SupervisorConfig, PUNCH_RETRY},
+};

@@ -24,10 +24,10 @@ use tokio::sync::Notify;
 
 use crate::{
     api::{Connect, Event, GetAddress, GetStats, Listen, NodeError, NodeStats, Shutdown, Subscribe},
-    child::Fault,
     events::EventStream,
+    node::child::Fault,
+    node::supervisor::{GetChildren, InjectFault, Supervisor, SupervisorConfig},
     supervision::RestartLimits,
-    supervisor::{GetChildren, InjectFault, Supervisor, SupervisorConfig},
 };
 
 /// `Duration::from_secs`, for terse timeouts in tests.

@@ -23,9 +23,9 @@ use kizuna::{wire::CloseCode, ByteStream, Connection};
 
 use crate::{
     api::{Event, IncomingStream, NodeError},
-    child::{ChildExited, ChildId, ExitGuard, Fault},
-    events::EventBus,
-    supervision::ExitReason,
+    node::child::{ChildExited, ChildId, ExitGuard, Fault},
+    node::events::EventBus,
+    node::supervision::ExitReason,
 };
 
 /// Queue one message on the connection.

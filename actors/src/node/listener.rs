@@ -18,9 +18,9 @@ use actix::{
 use kizuna::{transport::Listener, Incoming, Transport, TransportAddr};
 
 use crate::{
-    child::{ChildExited, ChildId, ExitGuard, Fault},
+    node::child::{ChildExited, ChildId, ExitGuard, Fault},
+    node::supervision::ExitReason,
     runtime::on_io,
-    supervision::ExitReason,
 };
 
 /// A listener is bound (sent to the supervisor).

@@ -47,21 +47,21 @@ use tokio::sync::oneshot;
 
 use crate::{
     api::*,
-    child::{ChildExited, ChildId, Fault},
-    connection::{CloseConnection, ConnectionActor, OpenStreamTo, SendMessage},
-    early_signals::EarlySignals,
-    events::EventBus,
-    hole_punch::{
+    node::child::{ChildExited, ChildId, Fault},
+    node::connection::{CloseConnection, ConnectionActor, OpenStreamTo, SendMessage},
+    node::early_signals::EarlySignals,
+    node::events::EventBus,
+    node::hole_punch::{
         spawn_side_reader, HolePunchActor, PunchEnv, PunchFinished, PunchInboxes, PunchPorts, PunchSignal,
         SendSignal,
     },
-    listener::{Inbound, ListenerActor, ListenerPorts, ListenerReady, StopListener},
-    negotiator::{Negotiated, NegotiatorActor},
-    relay_client::{RelayAddrs, RelayClientActor, RelayClientPorts, StopRelayClient},
+    node::listener::{Inbound, ListenerActor, ListenerPorts, ListenerReady, StopListener},
+    node::negotiator::{Negotiated, NegotiatorActor},
+    node::relay_client::{RelayAddrs, RelayClientActor, RelayClientPorts, StopRelayClient},
+    node::supervision::{Decision, ExitReason, RestartLimits, RestartPolicy, RestartTracker},
+    node::transports::build_transports,
+    node::webrtc_signal::{RelaySignaler, WebRtcSignal},
     runtime::io_runtime,
-    supervision::{Decision, ExitReason, RestartLimits, RestartPolicy, RestartTracker},
-    transports::build_transports,
-    webrtc_signal::{RelaySignaler, WebRtcSignal},
 };
 
 /// Configuration of a node's supervisor.

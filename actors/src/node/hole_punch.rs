@@ -40,10 +40,10 @@ use ring::rand::SecureRandom;
 use tokio::{net::TcpStream, sync::mpsc};
 
 use crate::{
-    child::{ChildExited, ChildId, ExitGuard, Fault},
-    listener::Inbound,
+    node::child::{ChildExited, ChildId, ExitGuard, Fault},
+    node::listener::Inbound,
+    node::supervision::ExitReason,
     runtime::io_runtime,
-    supervision::ExitReason,
 };
 
 /// First byte of a relay signal that carries a punch message (the rest is the encoded

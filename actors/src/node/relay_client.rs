@@ -33,13 +33,13 @@ use tokio::sync::mpsc;
 
 use crate::{
     api::Event,
-    child::{ChildExited, ChildId, ExitGuard, Fault},
-    events::EventBus,
-    hole_punch::{PunchSignal, SendSignal, PUNCH_SIGNAL_TAG},
-    listener::Inbound,
+    node::child::{ChildExited, ChildId, ExitGuard, Fault},
+    node::events::EventBus,
+    node::hole_punch::{PunchSignal, SendSignal, PUNCH_SIGNAL_TAG},
+    node::listener::Inbound,
+    node::supervision::ExitReason,
+    node::webrtc_signal::{WebRtcSignal, WEBRTC_SIGNAL_TAG},
     runtime::io_runtime,
-    supervision::ExitReason,
-    webrtc_signal::{WebRtcSignal, WEBRTC_SIGNAL_TAG},
 };
 
 /// Control messages queued for the relay before the writer waits. 64: control traffic

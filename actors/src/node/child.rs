@@ -3,7 +3,7 @@
 
 use actix::{Message, Recipient};
 
-use crate::supervision::ExitReason;
+use super::supervision::ExitReason;
 
 /// Identifies a supervised child within its supervisor.
 pub(crate) type ChildId = u64;

@@ -18,7 +18,7 @@ use kizuna::{
 
 pub(crate) use kizuna::transport::webrtc::WEBRTC_SIGNAL_TAG;
 
-use crate::hole_punch::SendSignal;
+use super::hole_punch::SendSignal;
 
 /// A WebRTC signaling payload from `peer` (tag byte included), through the relay.
 #[derive(Debug, Clone, Message)]

@@ -23,9 +23,9 @@ use kizuna::{
 
 use crate::{
     api::NodeError,
-    child::{ChildExited, ChildId, ExitGuard, Fault},
+    node::child::{ChildExited, ChildId, ExitGuard, Fault},
+    node::supervision::ExitReason,
     runtime::io_runtime,
-    supervision::ExitReason,
 };
 
 /// Outcome of a negotiation (sent to the supervisor).
