@@ -40,4 +40,4 @@ pub use address::{ConnectionInfo, PathKind, PeerAddress, Protocol, TransportAddr
 pub use error::{Result, TransportError};
 pub use identity::{Keypair, PeerId};
 pub use node::{Congestion, LocalNode, NodeConfig};
-pub use transport::{ByteStream, Connection, Incoming, Listener, Transport};
+pub use transport::{ByteStream, Connection, Incoming, Listener, StreamAbort, Transport};

@@ -15,6 +15,9 @@ use crate::{
     wire::{Hello, HelloPurpose},
 };
 
+/// The version of the session layer (`docs/protocol.md` §11) a node announces in its hello.
+pub const SESSION_VERSION: u32 = 1;
+
 /// QUIC congestion controller choice.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Congestion {
@@ -191,6 +194,7 @@ impl LocalNode {
             capabilities: Protocol::ALL.iter().map(|p| (*p, p.capabilities())).collect::<BTreeMap<_, _>>(),
             listen_addrs: self.listen_addrs(),
             observed_addr: observed,
+            session: Some(SESSION_VERSION),
         }
     }
 }

@@ -48,14 +48,15 @@ async fn relayed_connection_upgrades_to_direct_quic_by_itself() {
 
     // No further application call: the punch runs and the supervisor upgrades the path.
     let ev = a
-        .wait_for(|e| matches!(e, Event::PathUpgraded { .. } | Event::HolePunchFailed { .. }), secs(15))
+        .wait_for(|e| matches!(e, Event::PathChanged { .. } | Event::HolePunchFailed { .. }), secs(15))
         .await
         .unwrap();
-    let Event::PathUpgraded { peer, from, to } = ev else { panic!("no upgrade: {}", describe(&ev)) };
+    let Event::PathChanged { peer, from, to, reason } = ev else { panic!("no upgrade: {}", describe(&ev)) };
+    assert_eq!(reason, kizuna::peer::ChangeReason::Upgrade);
     assert_eq!(peer, b.peer);
     assert_eq!((from.path, to.path), (PathKind::Relayed, PathKind::Direct));
     assert_eq!(to.protocol, Protocol::Quic);
-    b.wait_for(|e| matches!(e, Event::PathUpgraded { .. }), secs(15)).await.unwrap();
+    b.wait_for(|e| matches!(e, Event::PathChanged { .. }), secs(15)).await.unwrap();
 
     // Messages keep flowing, now on the direct path; each arrives exactly once.
     for n in 5u32..10 {
@@ -101,7 +102,7 @@ async fn failed_punch_keeps_the_relayed_connection_and_reports_why() {
     assert_eq!(info.path, PathKind::Relayed);
 
     let ev = a
-        .wait_for(|e| matches!(e, Event::PathUpgraded { .. } | Event::HolePunchFailed { .. }), secs(30))
+        .wait_for(|e| matches!(e, Event::PathChanged { .. } | Event::HolePunchFailed { .. }), secs(30))
         .await
         .unwrap();
     let Event::HolePunchFailed { peer, reason } = ev else { panic!("unexpected: {}", describe(&ev)) };

@@ -136,8 +136,9 @@ async fn direct_connection_replaces_the_relayed_one_without_loss_or_duplicates()
     let direct = b.ticket_for(Protocol::Tcp).await.unwrap();
     let up = a.addr.send(Connect { addr: direct }).await.unwrap().unwrap();
     assert_eq!(up.path, PathKind::Direct);
-    let ev = a.wait_for(|e| matches!(e, Event::PathUpgraded { .. }), secs(10)).await.unwrap();
-    let Event::PathUpgraded { from, to, .. } = ev else { unreachable!() };
+    let ev = a.wait_for(|e| matches!(e, Event::PathChanged { .. }), secs(10)).await.unwrap();
+    let Event::PathChanged { from, to, reason, .. } = ev else { unreachable!() };
+    assert_eq!(reason, kizuna::peer::ChangeReason::Upgrade);
     assert_eq!((from.path, to.path), (PathKind::Relayed, PathKind::Direct));
     pump.await.unwrap();
 

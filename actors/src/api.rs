@@ -13,7 +13,7 @@ use std::{
 
 use actix::Message;
 use bytes::Bytes;
-use kizuna::{ByteStream, Connection, ConnectionInfo, PeerAddress, PeerId, TransportAddr, TransportError};
+use kizuna::{ByteStream, ConnectionInfo, PeerAddress, PeerId, TransportAddr, TransportError};
 
 use crate::events::EventStream;
 
@@ -98,14 +98,16 @@ pub struct Connect {
     pub addr: PeerAddress,
 }
 
-/// Send one message to a connected peer. Replies once the message is queued on the
-/// connection (ordered, reliable). Waits while the peer is slow (backpressure).
+/// Send one message to a connected peer. Replies once the message is taken by the peer's
+/// session (ordered, reliable, exactly once across path changes: it is kept until the peer
+/// acknowledges it and sent again on a new path if the old one dies). Waits while the
+/// peer is slow or the session's window is full (backpressure).
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<(), NodeError>")]
 pub struct Send {
     /// The recipient.
     pub peer: PeerId,
-    /// The message (at most 4 MiB).
+    /// The message (at most 4 MiB minus 9 bytes of session header).
     pub data: Bytes,
 }
 
@@ -183,8 +185,12 @@ pub struct Shutdown;
 /// Statistics of a node.
 #[derive(Debug, Clone, Default)]
 pub struct NodeStats {
-    /// Live connections.
+    /// One entry per connected peer: the connection carrying its traffic.
     pub connections: Vec<ConnectionInfo>,
+    /// Every path to every peer (the active one and standbys), with their health.
+    pub paths: Vec<PathStats>,
+    /// Times a peer's traffic moved to another path, all peers together.
+    pub path_changes: u64,
     /// Active listeners.
     pub listeners: Vec<TransportAddr>,
     /// Children restarted so far.
@@ -201,37 +207,59 @@ pub struct NodeStats {
     pub handshakes: kizuna::transport::admission::HandshakeStats,
 }
 
-/// A direct handle for sending messages to one connected peer (see [`GetSender`]).
+/// A direct handle for sending messages to one connected peer (see [`GetSender`]): no
+/// mailbox between the caller and the peer's session. It follows path changes.
 #[derive(Clone)]
 pub struct PeerSender {
-    pub(crate) conn: Connection,
+    pub(crate) link: Arc<crate::node::link::PeerLink>,
 }
 
 impl fmt::Debug for PeerSender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PeerSender({})", self.conn.peer().short())
+        write!(f, "PeerSender({})", self.link.peer().short())
     }
 }
 
 impl PeerSender {
     /// The peer.
     pub fn peer(&self) -> PeerId {
-        self.conn.peer()
+        self.link.peer()
     }
 
-    /// Sends one message; waits while the peer is slow.
+    /// Sends one message, exactly once and in order (as [`Send`]); waits while the peer is
+    /// slow. Large messages are written by the calling task.
     pub async fn send(&self, data: Bytes) -> Result<(), NodeError> {
-        self.conn.send(data).await.map_err(NodeError::from)
+        self.link.send(data, false).await
     }
 
-    /// Sends one unreliable datagram (see [`SendDatagram`]).
+    /// Sends one unreliable datagram on the current path (see [`SendDatagram`]).
     pub fn send_datagram(&self, data: Bytes) -> Result<(), NodeError> {
-        self.conn.send_datagram(data).map_err(NodeError::from)
+        self.link.send_datagram(data)
     }
+}
+
+/// One path to a peer, as reported by [`GetStats`].
+#[derive(Debug, Clone)]
+pub struct PathStats {
+    /// The connection under it.
+    pub info: ConnectionInfo,
+    /// It carries the peer's traffic now.
+    pub active: bool,
+    /// It answers (not declared dead).
+    pub alive: bool,
+    /// Smoothed round-trip time of its probes.
+    pub rtt: Option<Duration>,
+    /// Estimated share of probes lost (0 to 1).
+    pub loss: f64,
+    /// Recent throughput, bytes per second.
+    pub throughput: f64,
 }
 
 // ---------------------------------------------------------------------------------------
 // Events
+
+/// Why a peer's traffic moved to another path ([`Event::PathChanged`]).
+pub type PathChangeReason = kizuna::peer::ChangeReason;
 
 /// Why a peer disconnected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,16 +377,32 @@ pub enum Event {
         /// Its last failure.
         last_error: String,
     },
-    /// A relayed connection to `peer` was replaced by a direct one (the upgrade hook).
-    /// Messages in flight on the relayed path are still delivered; nothing is lost or
-    /// duplicated. No `PeerConnected`/`PeerDisconnected` pair accompanies it.
-    PathUpgraded {
+    /// The traffic to `peer` moved to another path. Messages sent around the change still
+    /// arrive exactly once and in order; no `PeerConnected`/`PeerDisconnected` pair
+    /// accompanies it. (Replaces the former `PathUpgraded`: an upgrade is
+    /// `reason: Upgrade`.)
+    PathChanged {
         /// The peer.
         peer: PeerId,
-        /// The relayed connection being retired.
+        /// The path the traffic left.
         from: Box<ConnectionInfo>,
-        /// The direct connection now in use.
+        /// The path now carrying it.
         to: Box<ConnectionInfo>,
+        /// Why.
+        reason: PathChangeReason,
+    },
+    /// A path's loss or round-trip time crossed its threshold (10 % loss, or an RTT of 3×
+    /// its lowest and 100 ms more; see `kizuna::peer::manager`). Reported once per
+    /// crossing.
+    PathDegraded {
+        /// The peer.
+        peer: PeerId,
+        /// The path.
+        path: Box<ConnectionInfo>,
+        /// Its smoothed round-trip time.
+        rtt: Option<Duration>,
+        /// Its estimated loss (0 to 1).
+        loss: f64,
     },
     /// An automatic hole-punch attempt with `peer` (started because the connection to it
     /// is relayed) found no direct path; the relayed connection stays, and the attempt is

@@ -30,6 +30,18 @@ use crate::{
     supervision::RestartLimits,
 };
 
+/// Sends the node's logs to the test's output, filtered by `RUST_LOG` (nothing when it is
+/// unset). Called by [`TestNode::start_with`]; calling it again is harmless.
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_none() {
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 /// `Duration::from_secs`, for terse timeouts in tests.
 pub fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -93,6 +105,7 @@ impl TestNode {
         seed: u8,
         configure: impl FnOnce(&mut SupervisorConfig),
     ) -> Result<Self, HarnessError> {
+        init_tracing();
         let mut config = SupervisorConfig::new(seeded_keypair(seed));
         config.restart = RestartLimits::default();
         configure(&mut config);
@@ -224,15 +237,19 @@ pub fn describe(e: &Event) -> String {
         Event::ActorRestarted { child, attempt, .. } => format!("ActorRestarted({child} #{attempt})"),
         Event::ChildGivenUp { child, .. } => format!("ChildGivenUp({child})"),
         Event::LimitHit { limit, .. } => format!("LimitHit({limit})"),
-        Event::PathUpgraded { peer, from, to } => {
+        Event::PathChanged { peer, from, to, reason } => {
             format!(
-                "PathUpgraded({}, {} {} -> {} {})",
+                "PathChanged({}, {} {} -> {} {}, {})",
                 peer.short(),
                 from.protocol,
                 from.path,
                 to.protocol,
-                to.path
+                to.path,
+                reason.name()
             )
+        }
+        Event::PathDegraded { peer, path, loss, .. } => {
+            format!("PathDegraded({}, {} {}, loss {loss:.2})", peer.short(), path.protocol, path.path)
         }
         Event::HolePunchFailed { peer, reason } => format!("HolePunchFailed({}: {reason})", peer.short()),
         Event::RelayReserved { url } => format!("RelayReserved({url})"),

@@ -526,6 +526,12 @@ impl Mux {
     }
 
     async fn send(&self, msg: Bytes) -> Result<()> {
+        self.send_with(msg, true).await
+    }
+
+    /// Sends `msg`; `direct`: a large message may be written (and encrypted) by the calling
+    /// task when the writer is idle, else it is always handed to the writer task.
+    async fn send_with(&self, msg: Bytes, direct: bool) -> Result<()> {
         if msg.len() > MAX_MESSAGE_LEN {
             return Err(TransportError::LimitExceeded {
                 limit: "message size",
@@ -539,7 +545,7 @@ impl Mux {
             let len = msg.as_ref().map_or(0, Bytes::len);
             // Large messages are written by this task when nobody else is writing, like
             // large stream writes (see `MuxStream::poll_write`): no hand-off, no copy.
-            let mut io = if len >= DIRECT_WRITE_MIN { inner.io.try_lock().ok() } else { None };
+            let mut io = if direct && len >= DIRECT_WRITE_MIN { inner.io.try_lock().ok() } else { None };
             let mut sh = inner.lock();
             if sh.cause.is_some() {
                 return Poll::Ready(Err(inner.closed_error(&sh)));
@@ -627,6 +633,10 @@ impl Mux {
 impl ConnectionBackend for Mux {
     fn send_message(&self, msg: Bytes) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.send(msg))
+    }
+
+    fn send_message_queued(&self, msg: Bytes) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.send_with(msg, false))
     }
 
     fn recv_message(&self) -> BoxFuture<'_, Result<Option<Bytes>>> {

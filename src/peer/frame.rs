@@ -7,7 +7,7 @@
 //! ```text
 //! DATA        0x00  seq: u64                         payload…   an application message
 //! ACK         0x01  delivered: u64                              cumulative acknowledgement
-//! HELLO       0x02  epoch: u64  seen: u64  delivered: u64       first frame on each path
+//! HELLO       0x02  epoch: u64  seen: u64  delivered: u64  base: u64   first on each path
 //! PROBE       0x03  nonce: u64                                  path health probe
 //! PROBE_REPLY 0x04  nonce: u64                                  its answer, on the same path
 //! SIGNAL      0x05  tag: u8                          payload…   signaling (punch, WebRTC)
@@ -21,6 +21,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 /// Bytes a `DATA` frame adds in front of the application's message.
 pub const DATA_HEADER_LEN: usize = 9;
+
+/// Largest application message a `DATA` frame carries: the wire's message limit minus the
+/// header.
+pub const MAX_PAYLOAD: usize = crate::wire::MAX_MESSAGE_LEN - DATA_HEADER_LEN;
 
 const DATA: u8 = 0x00;
 const ACK: u8 = 0x01;
@@ -45,7 +49,9 @@ pub enum SessionFrame {
         delivered: u64,
     },
     /// Sent first on every path: the sender's epoch (a random id of its session state), the
-    /// epoch it last received from the peer (`0`: none) and what it delivered of it.
+    /// epoch it last received from the peer (`0`: none), what it delivered of it, and the
+    /// number of the oldest message it still holds for the peer (where a receiver that
+    /// does not know `epoch` yet starts).
     Hello {
         /// The sender's epoch.
         epoch: u64,
@@ -53,6 +59,8 @@ pub enum SessionFrame {
         seen: u64,
         /// Highest sequence number of `seen` delivered to the application.
         delivered: u64,
+        /// The sender's oldest unacknowledged number (1 for a fresh session).
+        base: u64,
     },
     /// A probe; the receiver answers with [`SessionFrame::ProbeReply`] on the same path.
     Probe {
@@ -117,7 +125,7 @@ impl SessionFrame {
         let Some(&kind) = msg.first() else { return Err(FrameError::Empty) };
         let need = match kind {
             DATA | ACK | PROBE | PROBE_REPLY => 9,
-            HELLO => 25,
+            HELLO => 33,
             SIGNAL => 2,
             other => return Err(FrameError::UnknownKind(other)),
         };
@@ -140,6 +148,7 @@ impl SessionFrame {
                 epoch: u64_at(msg, 1),
                 seen: u64_at(msg, 9),
                 delivered: u64_at(msg, 17),
+                base: u64_at(msg, 25),
             },
             PROBE => SessionFrame::Probe { nonce: u64_at(msg, 1) },
             PROBE_REPLY => SessionFrame::ProbeReply { nonce: u64_at(msg, 1) },
@@ -152,7 +161,9 @@ impl SessionFrame {
         match self {
             SessionFrame::Data { seq, payload } => encode_data(*seq, payload),
             SessionFrame::Ack { delivered } => fixed(ACK, &[*delivered]),
-            SessionFrame::Hello { epoch, seen, delivered } => fixed(HELLO, &[*epoch, *seen, *delivered]),
+            SessionFrame::Hello { epoch, seen, delivered, base } => {
+                fixed(HELLO, &[*epoch, *seen, *delivered, *base])
+            }
             SessionFrame::Probe { nonce } => fixed(PROBE, &[*nonce]),
             SessionFrame::ProbeReply { nonce } => fixed(PROBE_REPLY, &[*nonce]),
             SessionFrame::Signal { tag, payload } => {
@@ -195,8 +206,8 @@ mod tests {
     fn snapshots() {
         let data = SessionFrame::Data { seq: 0x0102, payload: Bytes::from_static(b"hi") }.encode();
         assert_eq!(&data[..], &[0, 0, 0, 0, 0, 0, 0, 1, 2, b'h', b'i']);
-        let hello = SessionFrame::Hello { epoch: 7, seen: 8, delivered: 9 }.encode();
-        assert_eq!(hello.len(), 25);
+        let hello = SessionFrame::Hello { epoch: 7, seen: 8, delivered: 9, base: 1 }.encode();
+        assert_eq!(hello.len(), 33);
         assert_eq!(&hello[..10], &[2, 0, 0, 0, 0, 0, 0, 0, 7, 0]);
         assert_eq!(&SessionFrame::Ack { delivered: 1 }.encode()[..], &[1, 0, 0, 0, 0, 0, 0, 0, 1]);
         let sig = SessionFrame::Signal { tag: 0x13, payload: Bytes::from_static(b"x") }.encode();
@@ -210,7 +221,7 @@ mod tests {
         assert_eq!(d(&[0, 1, 2]), Err(FrameError::Truncated { kind: 0, len: 3, need: 9 }));
         assert_eq!(d(&[0; 9]), Err(FrameError::ZeroSeq));
         assert_eq!(d(&[1; 10]), Err(FrameError::Trailing { kind: 1, extra: 1 }));
-        assert_eq!(d(&[2; 24]), Err(FrameError::Truncated { kind: 2, len: 24, need: 25 }));
+        assert_eq!(d(&[2; 32]), Err(FrameError::Truncated { kind: 2, len: 32, need: 33 }));
         assert_eq!(d(&[5]), Err(FrameError::Truncated { kind: 5, len: 1, need: 2 }));
         assert_eq!(d(&[0x42, 1]), Err(FrameError::UnknownKind(0x42)));
     }
@@ -220,8 +231,9 @@ mod tests {
         prop_oneof![
             (1u64.., bytes.clone()).prop_map(|(seq, payload)| SessionFrame::Data { seq, payload }),
             any::<u64>().prop_map(|delivered| SessionFrame::Ack { delivered }),
-            (any::<u64>(), any::<u64>(), any::<u64>())
-                .prop_map(|(epoch, seen, delivered)| SessionFrame::Hello { epoch, seen, delivered }),
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(epoch, seen, delivered, base)| SessionFrame::Hello { epoch, seen, delivered, base }
+            ),
             any::<u64>().prop_map(|nonce| SessionFrame::Probe { nonce }),
             any::<u64>().prop_map(|nonce| SessionFrame::ProbeReply { nonce }),
             (any::<u8>(), bytes).prop_map(|(tag, payload)| SessionFrame::Signal { tag, payload }),

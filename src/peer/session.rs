@@ -108,6 +108,11 @@ impl SessionSender {
         self.acked + self.unacked.len() as u64
     }
 
+    /// The oldest unacknowledged number (what a receiver new to this epoch starts at).
+    pub fn base(&self) -> u64 {
+        self.acked + 1
+    }
+
     /// The last number handed out (0: none).
     pub fn last_sent(&self) -> u64 {
         self.acked + self.unacked.len() as u64
@@ -187,13 +192,16 @@ impl SessionReceiver {
         (self.epoch, self.delivered)
     }
 
-    /// A path announced the peer's `epoch`. A new epoch means the peer's session state is
-    /// new (it restarted): numbering starts over. Returns whether it did.
-    pub fn on_hello(&mut self, epoch: u64) -> bool {
+    /// A path announced the peer's `epoch` and `base`, its oldest unacknowledged number.
+    /// A new epoch means new session state on one side (the peer's, or ours after a
+    /// restart): delivery continues from `base` (what came before it was acknowledged to a
+    /// previous instance, or never existed). Returns whether the epoch was new.
+    pub fn on_hello(&mut self, epoch: u64, base: u64) -> bool {
         if epoch == self.epoch {
             return false;
         }
-        *self = Self { epoch, ..Self::default() };
+        let delivered = base.saturating_sub(1);
+        *self = Self { epoch, delivered, acked: delivered, ack_due: None };
         true
     }
 

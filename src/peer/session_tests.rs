@@ -42,24 +42,30 @@ fn a_hello_acknowledges_only_for_our_epoch() {
 fn receiver_delivers_in_order_drops_copies_and_flags_gaps() {
     let now = Instant::now();
     let mut r = SessionReceiver::new();
-    assert!(r.on_hello(5));
-    assert!(!r.on_hello(5));
+    assert!(r.on_hello(5, 1));
+    assert!(!r.on_hello(5, 1));
     assert_eq!(r.on_data(5, 1, now), Verdict::Deliver);
     assert_eq!(r.on_data(5, 1, now), Verdict::Duplicate);
     assert_eq!(r.on_data(4, 2, now), Verdict::Duplicate, "another epoch");
     assert_eq!(r.on_data(5, 3, now), Verdict::Gap { expected: 2 });
     assert_eq!(r.on_data(5, 2, now), Verdict::Deliver);
     assert_eq!(r.state(), (5, 2));
-    // A new epoch (the peer restarted) starts over.
-    assert!(r.on_hello(6));
+    // A new epoch (the peer restarted) starts over, at its base.
+    assert!(r.on_hello(6, 1));
     assert_eq!(r.on_data(6, 1, now), Verdict::Deliver);
+    // A receiver that restarted meets a sender whose first 40 messages were acknowledged
+    // to its previous instance: it starts at the sender's base.
+    let mut fresh = SessionReceiver::new();
+    assert!(fresh.on_hello(6, 41));
+    assert_eq!(fresh.on_data(6, 40, now), Verdict::Duplicate);
+    assert_eq!(fresh.on_data(6, 41, now), Verdict::Deliver);
 }
 
 #[test]
 fn acks_come_after_a_count_or_a_delay() {
     let t0 = Instant::now();
     let mut r = SessionReceiver::new();
-    r.on_hello(1);
+    r.on_hello(1, 1);
     r.on_data(1, 1, t0);
     assert_eq!(r.poll_ack(t0), None);
     assert_eq!(r.poll_timeout(), Some(t0 + ACK_DELAY));
@@ -117,7 +123,7 @@ proptest! {
         let limits = WindowLimits { max_messages: 16, max_bytes: 1 << 20 };
         let mut tx = SessionSender::new(42, limits);
         let mut rx = SessionReceiver::new();
-        rx.on_hello(42);
+        rx.on_hello(42, 1);
         let mut paths: Vec<Path> = (0..3).map(|_| Path::default()).collect();
         let mut active = 0usize;
         let mut now = Instant::now();

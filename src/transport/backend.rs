@@ -22,6 +22,8 @@ pub struct ConnStats {
     pub rtt_micros: AtomicU64,
     /// Bandwidth estimate in bytes per second; 0 until measured.
     pub bandwidth: AtomicU64,
+    /// Streams of this connection alive now (counted by [`ByteStream`](super::ByteStream)).
+    pub streams_open: AtomicU64,
 }
 
 impl ConnStats {
@@ -40,6 +42,11 @@ impl ConnStats {
         self.rtt_micros.store(rtt.as_micros().max(1) as u64, Ordering::Relaxed);
     }
 
+    /// Streams of the connection alive now.
+    pub fn open_streams(&self) -> u64 {
+        self.streams_open.load(Ordering::Relaxed)
+    }
+
     /// The smoothed RTT, once measured.
     pub fn rtt(&self) -> Option<Duration> {
         match self.rtt_micros.load(Ordering::Relaxed) {
@@ -56,6 +63,14 @@ impl ConnStats {
 pub trait ConnectionBackend: Send + Sync + 'static {
     /// Sends one message (reliable, ordered). Waits while the send buffer is full.
     fn send_message(&self, msg: Bytes) -> BoxFuture<'_, Result<()>>;
+
+    /// Like [`send_message`](Self::send_message), but the message is never written (or
+    /// encrypted) by the calling task: it is handed to the transport's own tasks. For
+    /// callers running on threads that must not do bulk work (actor arbiters). By default
+    /// the same as `send_message` (transports whose sends only enqueue).
+    fn send_message_queued(&self, msg: Bytes) -> BoxFuture<'_, Result<()>> {
+        self.send_message(msg)
+    }
 
     /// Receives the next message; `Ok(None)` when the peer closed cleanly.
     fn recv_message(&self) -> BoxFuture<'_, Result<Option<Bytes>>>;

@@ -129,14 +129,16 @@ impl Connection {
     /// Sends one message (at most [`MAX_MESSAGE_LEN`] bytes). Waits while the peer is
     /// slow: this is where backpressure reaches the sender.
     pub async fn send(&self, msg: Bytes) -> Result<()> {
-        if msg.len() > MAX_MESSAGE_LEN {
-            return Err(TransportError::LimitExceeded {
-                limit: "message size",
-                max: MAX_MESSAGE_LEN as u64,
-                attempted: msg.len() as u64,
-            });
-        }
+        check_len(&msg)?;
         self.backend.send_message(msg).await
+    }
+
+    /// [`send`](Self::send), but the message is always handed to the transport's own tasks
+    /// (on the I/O runtime) rather than written and encrypted by the caller: for callers on
+    /// actor arbiter threads.
+    pub async fn send_queued(&self, msg: Bytes) -> Result<()> {
+        check_len(&msg)?;
+        self.backend.send_message_queued(msg).await
     }
 
     /// Receives the next message; `Ok(None)` once the peer closed. Cancel safe.
@@ -168,4 +170,15 @@ impl Connection {
     pub async fn close(&self, code: CloseCode, reason: &str) {
         self.backend.close(code, reason).await
     }
+}
+
+fn check_len(msg: &Bytes) -> Result<()> {
+    if msg.len() > MAX_MESSAGE_LEN {
+        return Err(TransportError::LimitExceeded {
+            limit: "message size",
+            max: MAX_MESSAGE_LEN as u64,
+            attempted: msg.len() as u64,
+        });
+    }
+    Ok(())
 }

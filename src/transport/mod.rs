@@ -32,7 +32,7 @@ use std::{future::Future, pin::Pin};
 
 pub use backend::{ConnStats, ConnectionBackend};
 pub use connection::{Connection, ConnectionParts};
-pub use stream::{AsyncStream, ByteStream};
+pub use stream::{AsyncStream, ByteStream, StreamAbort};
 
 use crate::{
     address::{Protocol, TransportAddr, TransportCapabilities},

@@ -50,6 +50,10 @@ pub struct Hello {
     /// The address the sender sees the receiver at (for NAT discovery), if known.
     #[serde(with = "observed_codec")]
     pub observed_addr: Option<TransportAddr>,
+    /// The version of the per-peer session layer the sender speaks on this connection
+    /// (`docs/protocol.md` §11); absent: none (messages are the application's as they are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<u32>,
 }
 
 impl Hello {

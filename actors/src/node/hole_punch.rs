@@ -10,7 +10,7 @@
 //! * **Out:** punch messages as [`SendSignal`] to the relay client, punch datagrams from
 //!   the side channel, and one [`PunchFinished`] to the supervisor: on success the
 //!   initiator's QUIC connection to the punched address (the supervisor adopts it, which
-//!   upgrades the relayed connection and emits `PathUpgraded`); the responder just
+//!   upgrades the path: `PathChanged` with reason `upgrade`); the responder just
 //!   reports success (its QUIC listener accepts the initiator's dial).
 //! * **Supervised** as a child with restart policy *never*: the supervisor itself retries
 //!   a failed attempt later.

@@ -5,18 +5,21 @@
 //! ```text
 //! Supervisor ─┬─ ListenerActor     (permanent: one per listen address)
 //!             ├─ RelayClientActor  (permanent: with relays configured)
-//!             ├─ NegotiatorActor   (never restarted: one per outbound connect)
-//!             ├─ ConnectionActor   (transient: one per live connection)
-//!             └─ HolePunchActor    (never restarted: one per punch attempt and peer)
+//!             └─ PeerActor         (transient: one per remote peer; owns its PeerLink)
+//!                 ├─ ConnectionActor   (one per path)
+//!                 ├─ NegotiatorActor   (one-shot: the pending dial)
+//!                 └─ HolePunchActor    (one-shot: the punch attempt)
 //! ```
 
 pub(crate) mod child;
 pub(crate) mod connection;
-mod early_signals;
 pub mod events;
 pub(crate) mod hole_punch;
+pub(crate) mod link;
 pub(crate) mod listener;
 pub(crate) mod negotiator;
+pub(crate) mod peer;
+mod punching;
 pub(crate) mod relay_client;
 pub mod supervision;
 pub(crate) mod supervisor;

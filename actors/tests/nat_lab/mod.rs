@@ -293,12 +293,13 @@ pub(crate) fn run_pair(lab: &Lab, a: &Site, b: &Site, count: u32) -> PairResult 
         }
     }
     r.direct = direct_at.is_some();
-    // Prefer the node's own events (connected → path_upgraded); fall back to ping lines.
+    // Prefer the node's own events (connected → path_changed to direct); fall back to ping
+    // lines.
     while let Some((t, v)) = node.json(Duration::from_millis(200)) {
         node_lines.push((t, v));
     }
     let connected = node_lines.iter().find(|(_, v)| v["event"] == "connected").map(|(t, _)| *t);
-    let upgraded = node_lines.iter().find(|(_, v)| v["event"] == "path_upgraded").map(|(t, _)| *t);
+    let upgraded = node_lines.iter().find(|(_, v)| is_upgrade(v)).map(|(t, _)| *t);
     r.punch_failed = node_lines
         .iter()
         .find(|(_, v)| v["event"] == "hole_punch_failed")
@@ -407,4 +408,9 @@ pub(crate) fn matrix_json(results: &[PairResult]) -> Value {
             })
             .collect(),
     )
+}
+
+/// Whether a `kizuna node --json` line reports the traffic moving to a direct path.
+pub(crate) fn is_upgrade(v: &serde_json::Value) -> bool {
+    v["event"] == "path_changed" && v["to"]["path"] == "direct"
 }

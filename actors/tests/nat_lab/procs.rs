@@ -68,10 +68,20 @@ impl Proc {
         timeout: Duration,
         seen: &mut Vec<(Instant, Value)>,
     ) -> Option<(Instant, Value)> {
+        self.wait_line(|v| v["event"] == event, timeout, seen)
+    }
+
+    /// Waits for a JSON line `pred` accepts; the lines before it go to `seen`.
+    pub(crate) fn wait_line(
+        &self,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+        seen: &mut Vec<(Instant, Value)>,
+    ) -> Option<(Instant, Value)> {
         let deadline = Instant::now() + timeout;
         loop {
             let (t, v) = self.json(deadline.saturating_duration_since(Instant::now()))?;
-            if v["event"] == event {
+            if pred(&v) {
                 return Some((t, v));
             }
             seen.push((t, v));

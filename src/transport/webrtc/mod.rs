@@ -246,6 +246,8 @@ async fn connection(peer: PeerId, est: peer::Established, dialer: bool) -> Conne
         capabilities: [(Protocol::WebRtc, Protocol::WebRtc.capabilities())].into_iter().collect(),
         listen_addrs: Vec::new(),
         observed_addr: None,
+        // Without a hello there is no session layer: messages are sent as they are.
+        session: None,
     };
     let parts = ConnectionParts {
         peer,

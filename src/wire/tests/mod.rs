@@ -29,5 +29,6 @@ pub(super) fn sample_hello() -> Hello {
             TransportAddr::Relay("ws://relay.example:7000".into()),
         ],
         observed_addr: Some(TransportAddr::Tcp("198.51.100.7:51000".parse().unwrap())),
+        session: None,
     }
 }

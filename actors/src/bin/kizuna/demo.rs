@@ -235,7 +235,11 @@ async fn wait_upgraded(events: &mut kizuna_actors::EventStream, peer: PeerId) ->
     let wait = async {
         while let Some(ev) = events.recv().await {
             match ev {
-                kizuna_actors::Event::PathUpgraded { peer: p, .. } if p == peer => return Ok(()),
+                kizuna_actors::Event::PathChanged {
+                    peer: p,
+                    reason: kizuna::peer::ChangeReason::Upgrade,
+                    ..
+                } if p == peer => return Ok(()),
                 kizuna_actors::Event::HolePunchFailed { peer: p, reason } if p == peer => {
                     return Err(format!("hole punch failed: {reason}"))
                 }

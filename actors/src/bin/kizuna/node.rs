@@ -216,16 +216,42 @@ fn log_event(ev: &Event, json: bool) {
             tracing::warn!(%child, %last_error, "gave up restarting")
         }
         Event::LimitHit { limit, detail } => tracing::warn!(%limit, %detail, "limit hit"),
-        Event::PathUpgraded { peer, to, .. } => {
+        Event::PathChanged { peer, from, to, reason } => {
             if json {
                 output::json_line(&json!({
-                    "event": "path_upgraded",
+                    "event": "path_changed",
                     "peer": peer.to_string(),
+                    "from": path_json(&from),
+                    "to": path_json(&to),
+                    "reason": reason.name(),
+                    // As before this event existed (`path_upgraded`): where traffic goes now.
                     "transport": to.protocol.name(),
                     "path": to.path.name(),
                 }));
             } else {
-                tracing::info!(%peer, transport = %to.protocol, "path upgraded: relayed -> direct");
+                tracing::info!(
+                    %peer,
+                    reason = reason.name(),
+                    "path changed: {} {} -> {} {}",
+                    from.protocol,
+                    from.path,
+                    to.protocol,
+                    to.path
+                );
+            }
+        }
+        Event::PathDegraded { peer, path, rtt, loss } => {
+            let rtt_ms = rtt.map(|r| r.as_secs_f64() * 1e3);
+            if json {
+                output::json_line(&json!({
+                    "event": "path_degraded",
+                    "peer": peer.to_string(),
+                    "path": path_json(&path),
+                    "rtt_ms": rtt_ms,
+                    "loss": loss,
+                }));
+            } else {
+                tracing::warn!(%peer, transport = %path.protocol, path = %path.path, ?rtt_ms, loss, "path degraded");
             }
         }
         Event::HolePunchFailed { peer, reason } => {
@@ -255,6 +281,15 @@ fn log_event(ev: &Event, json: bool) {
         }
         _ => {}
     }
+}
+
+/// A path in JSON lines: `{"transport", "path", "remote"}`.
+fn path_json(info: &kizuna::ConnectionInfo) -> serde_json::Value {
+    json!({
+        "transport": info.protocol.name(),
+        "path": info.path.name(),
+        "remote": info.remote_addr.to_string(),
+    })
 }
 
 fn log_report(r: &ServiceReport, json: bool) {

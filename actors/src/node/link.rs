@@ -1,0 +1,346 @@
+//! `PeerLink`: one peer's data plane, shared by the supervisor (`Send`, `GetSender`,
+//! `OpenStream`), the peer's [`PeerActor`](super::peer::PeerActor) (which path carries the
+//! traffic) and its [`ConnectionActor`](super::connection::ConnectionActor)s (what arrives).
+//!
+//! Not an actor: a `Send` goes from the supervisor's mailbox straight to the carrying
+//! connection's bounded writer queue (one mailbox between the application and the
+//! socket), and encryption happens in the transport's tasks on the I/O runtime
+//! ([`Connection::send_queued`]).
+//!
+//! With a peer that speaks the session layer (`docs/protocol.md` §11) every message is
+//! numbered by the sans-IO [`SessionSender`] and kept in its bounded window until
+//! acknowledged; a full window makes senders wait. Sends are handed to the carrying path
+//! in number order (the *gate*); switching paths ([`PeerLink::carry`]) first releases a
+//! sender stuck on the old path, then sends everything unacknowledged on the new one,
+//! oldest first, before anything new. Received `DATA` goes through the
+//! [`SessionReceiver`], under a lock held until the event is published, so the
+//! application sees each message once and in order whichever path delivered it.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use kizuna::{
+    peer::{
+        frame::{encode_data, MAX_PAYLOAD},
+        PathId, SessionFrame, SessionReceiver, SessionSender, Verdict, WindowLimits,
+    },
+    ByteStream, Connection, PeerId, StreamAbort,
+};
+use tokio::sync::{watch, Notify};
+
+use super::events::EventBus;
+use crate::api::{Event, NodeError};
+
+/// The path carrying the traffic.
+#[derive(Clone)]
+pub(crate) struct Carrier {
+    pub(crate) id: PathId,
+    pub(crate) conn: Connection,
+    /// The peer speaks the session layer on it.
+    pub(crate) session: bool,
+    /// Set when the traffic moves away from it (a sender stuck on it gives up).
+    released: watch::Receiver<bool>,
+    release: Arc<watch::Sender<bool>>,
+    /// Fails the streams opened on it when the path dies.
+    pub(crate) abort: Arc<StreamAbort>,
+}
+
+impl Carrier {
+    pub(crate) fn new(id: PathId, conn: Connection, session: bool, abort: Arc<StreamAbort>) -> Self {
+        let (release, released) = watch::channel(false);
+        Self { id, conn, session, released, release: Arc::new(release), abort }
+    }
+
+    async fn released(&self) {
+        let mut rx = self.released.clone();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+}
+
+/// Whether the peer can be sent to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LinkState {
+    /// A path carries the traffic (or will: messages wait in the window).
+    Open,
+    /// No path, and none expected: sends fail.
+    Closed,
+}
+
+struct TxState {
+    session: SessionSender,
+    active: Option<Carrier>,
+    state: LinkState,
+}
+
+/// One peer's data plane (see the module docs).
+pub(crate) struct PeerLink {
+    peer: PeerId,
+    tx: Mutex<TxState>,
+    /// Frames reach the carrier in number order: taken around each hand-over.
+    gate: tokio::sync::Mutex<()>,
+    /// Window room or a new carrier.
+    room: Notify,
+    rx: tokio::sync::Mutex<SessionReceiver>,
+    bus: EventBus,
+    /// Set by a send while the peer's actor samples traffic lazily (see `take_traffic`).
+    traffic: std::sync::atomic::AtomicBool,
+    /// Told when traffic starts on an idle link (so silence is watched from the start).
+    waker: std::sync::OnceLock<actix::Recipient<TrafficStarted>>,
+    /// What the peer's actor last reported (read by `GetStats`).
+    status: Mutex<PeerStatus>,
+}
+
+/// Traffic started on an idle link (to the peer's actor).
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
+pub(crate) struct TrafficStarted;
+
+/// A peer's paths as its actor last reported them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PeerStatus {
+    /// The carrying path's connection.
+    pub(crate) active: Option<kizuna::ConnectionInfo>,
+    /// Every path.
+    pub(crate) paths: Vec<crate::api::PathStats>,
+}
+
+impl PeerLink {
+    pub(crate) fn new(peer: PeerId, epoch: u64, window: WindowLimits, bus: EventBus) -> Arc<Self> {
+        Arc::new(Self {
+            peer,
+            tx: Mutex::new(TxState {
+                session: SessionSender::new(epoch, window),
+                active: None,
+                state: LinkState::Open,
+            }),
+            gate: tokio::sync::Mutex::new(()),
+            room: Notify::new(),
+            rx: tokio::sync::Mutex::new(SessionReceiver::new()),
+            bus,
+            traffic: std::sync::atomic::AtomicBool::new(false),
+            waker: std::sync::OnceLock::new(),
+            status: Mutex::new(PeerStatus::default()),
+        })
+    }
+
+    /// Where to report traffic starting on an idle link (set once, by the peer's actor).
+    pub(crate) fn set_waker(&self, w: actix::Recipient<TrafficStarted>) {
+        let _ = self.waker.set(w);
+    }
+
+    /// The peer's paths as last reported.
+    pub(crate) fn status(&self) -> PeerStatus {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records the peer's paths (by its actor).
+    pub(crate) fn set_status(&self, s: PeerStatus) {
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = s;
+    }
+
+    fn tx(&self) -> std::sync::MutexGuard<'_, TxState> {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The peer.
+    pub(crate) fn peer(&self) -> PeerId {
+        self.peer
+    }
+
+    /// The carrying path, if any.
+    pub(crate) fn carrier(&self) -> Option<Carrier> {
+        self.tx().active.clone()
+    }
+
+    /// Opens or closes the link for sending (closed: sends fail with `NotConnected`).
+    pub(crate) fn set_state(&self, state: LinkState) {
+        self.tx().state = state;
+        self.room.notify_waiters();
+    }
+
+    /// Whether a send happened since the last call (the peer's actor samples this).
+    pub(crate) fn take_traffic(&self) -> bool {
+        self.traffic.swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Our hello for a new path: epoch, what we know of the peer's, our base.
+    pub(crate) async fn hello(&self) -> SessionFrame {
+        let (seen, delivered) = self.rx.lock().await.state();
+        let tx = self.tx();
+        SessionFrame::Hello { epoch: tx.session.epoch(), seen, delivered, base: tx.session.base() }
+    }
+
+    /// Sends one application message: numbered and kept until acknowledged (waiting while
+    /// the window is full), or sent as is to a peer without the session layer. `queued`:
+    /// never write on the caller's task (callers on actor threads).
+    pub(crate) async fn send(&self, data: Bytes, queued: bool) -> Result<(), NodeError> {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let ready = {
+                let tx = self.tx();
+                if tx.state == LinkState::Closed {
+                    return Err(NodeError::NotConnected(self.peer));
+                }
+                match &tx.active {
+                    Some(c) if !c.session => true,
+                    _ => {
+                        if data.len() > MAX_PAYLOAD {
+                            return Err(NodeError::from(kizuna::TransportError::LimitExceeded {
+                                limit: "message size",
+                                max: MAX_PAYLOAD as u64,
+                                attempted: data.len() as u64,
+                            }));
+                        }
+                        tx.session.has_room(data.len())
+                    }
+                }
+            };
+            if !ready {
+                notified.await;
+                continue;
+            }
+            let _gate = self.gate.lock().await;
+            let (carrier, seq) = {
+                let mut tx = self.tx();
+                match tx.active.clone() {
+                    Some(c) if !c.session => (Some(c), None),
+                    active => {
+                        if !tx.session.has_room(data.len()) {
+                            continue;
+                        }
+                        (active, Some(tx.session.push(data.clone())))
+                    }
+                }
+            };
+            if !self.traffic.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                if let Some(w) = self.waker.get() {
+                    let _ = w.try_send(TrafficStarted);
+                }
+            }
+            let Some(c) = carrier else { return Ok(()) };
+            let frame = match seq {
+                Some(seq) => encode_data(seq, &data),
+                None => data,
+            };
+            let send = async {
+                if queued {
+                    c.conn.send_queued(frame).await
+                } else {
+                    c.conn.send(frame).await
+                }
+            };
+            tokio::select! {
+                r = send => match (r, seq) {
+                    // Numbered: in the window, carried again by the next path.
+                    (Err(e), Some(_)) => tracing::debug!(peer = %self.peer, path = %c.id, "send failed: {e}"),
+                    (Err(e), None) => return Err(NodeError::from(e)),
+                    (Ok(()), _) => {}
+                },
+                _ = c.released() => {}
+            }
+            return Ok(());
+        }
+    }
+
+    /// Makes `c` the carrying path: releases a sender stuck on the previous one, then
+    /// sends every unacknowledged message on `c`, oldest first, before anything new.
+    pub(crate) async fn carry(&self, c: Carrier) {
+        let old = self.tx().active.take();
+        if let Some(old) = &old {
+            old.release.send_replace(true);
+        }
+        let _gate = self.gate.lock().await;
+        let resend: Vec<(u64, Bytes)> = {
+            let mut tx = self.tx();
+            tx.active = Some(c.clone());
+            if c.session {
+                tx.session.unacked().map(|(n, m)| (n, m.clone())).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        self.room.notify_waiters();
+        for (seq, m) in resend {
+            let sent = tokio::select! {
+                r = c.conn.send_queued(encode_data(seq, &m)) => r.is_ok(),
+                _ = c.released() => false,
+            };
+            if !sent {
+                break;
+            }
+        }
+    }
+
+    /// No path carries the traffic for now (messages wait in the window).
+    pub(crate) fn uncarry(&self, path: PathId) {
+        let mut tx = self.tx();
+        if tx.active.as_ref().is_some_and(|c| c.id == path) {
+            if let Some(old) = tx.active.take() {
+                old.release.send_replace(true);
+            }
+        }
+    }
+
+    /// The peer acknowledged everything up to `delivered`.
+    pub(crate) fn on_ack(&self, delivered: u64) -> Result<(), kizuna::peer::session::AckError> {
+        let freed = self.tx().session.on_ack(delivered)?;
+        if freed > 0 {
+            self.room.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// A path's hello from the peer: registers its epoch (a new one restarts numbering at
+    /// its base) and frees what it says it delivered of ours.
+    pub(crate) async fn on_hello(&self, epoch: u64, seen: u64, delivered: u64, base: u64) {
+        self.rx.lock().await.on_hello(epoch, base);
+        let freed = self.tx().session.on_hello(seen, delivered).unwrap_or(0);
+        if freed > 0 {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// `DATA` number `seq` of the peer's `epoch` arrived: published once and in order.
+    /// Returns an acknowledgement to send now, if one is due, and when the next one is due;
+    /// an error for a gap (the peer broke the protocol).
+    pub(crate) async fn on_data(
+        &self,
+        epoch: u64,
+        seq: u64,
+        payload: Bytes,
+    ) -> Result<(Option<u64>, Option<Instant>), String> {
+        let mut rx = self.rx.lock().await;
+        match rx.on_data(epoch, seq, Instant::now()) {
+            Verdict::Deliver => {
+                self.bus.publish(Event::MessageReceived { peer: self.peer, data: payload }).await;
+                Ok((rx.poll_ack(Instant::now()), rx.poll_timeout()))
+            }
+            Verdict::Duplicate => Ok((None, rx.poll_timeout())),
+            Verdict::Gap { expected } => Err(format!("message {seq} arrived before {expected}")),
+        }
+    }
+
+    /// An acknowledgement due at `now` (delayed ones), and when the next one is due.
+    pub(crate) async fn poll_ack(&self, now: Instant) -> (Option<u64>, Option<Instant>) {
+        let mut rx = self.rx.lock().await;
+        (rx.poll_ack(now), rx.poll_timeout())
+    }
+
+    /// Opens a stream on the carrying path; it fails when that path dies.
+    pub(crate) async fn open_stream(&self) -> Result<ByteStream, NodeError> {
+        let c = self.carrier().ok_or(NodeError::NotConnected(self.peer))?;
+        let s = c.conn.open_stream().await.map_err(NodeError::from)?;
+        Ok(s.abortable(c.abort.clone()))
+    }
+
+    /// Sends an unreliable datagram on the carrying path.
+    pub(crate) fn send_datagram(&self, data: Bytes) -> Result<(), NodeError> {
+        let c = self.carrier().ok_or(NodeError::NotConnected(self.peer))?;
+        c.conn.send_datagram(data).map_err(NodeError::from)
+    }
+}
