@@ -56,7 +56,7 @@ use crate::{
         SendSignal,
     },
     node::listener::{Inbound, ListenerActor, ListenerPorts, ListenerReady, StopListener},
-    node::negotiator::{Negotiated, NegotiatorActor},
+    node::negotiator::{dial_stats, Negotiated, NegotiatorActor, SharedDialHistory},
     node::relay_client::{RelayAddrs, RelayClientActor, RelayClientPorts, StopRelayClient},
     node::supervision::{Decision, ExitReason, RestartLimits, RestartPolicy, RestartTracker},
     node::transports::build_transports,
@@ -172,6 +172,8 @@ pub struct Supervisor {
     listen_waiters: HashMap<ChildId, oneshot::Sender<Result<TransportAddr, NodeError>>>,
     listeners: HashMap<ChildId, TransportAddr>,
     stats: NodeStats,
+    /// What dials measured per peer and transport; negotiators rank by it and record into it.
+    dials: SharedDialHistory,
     shutting_down: bool,
     relays: Vec<RelayEndpoint>,
     /// Hole punching: the QUIC transport, the relay client's signaling port, the live
@@ -214,6 +216,7 @@ impl Supervisor {
             listen_waiters: HashMap::new(),
             listeners: HashMap::new(),
             stats: NodeStats::default(),
+            dials: SharedDialHistory::default(),
             shutting_down: false,
             relays: config.relays,
             quic,
@@ -295,6 +298,7 @@ impl Supervisor {
             id,
             peer,
             self.transports.clone(),
+            self.dials.clone(),
             timeout,
             me.clone().recipient(),
             me.recipient(),
@@ -956,6 +960,7 @@ impl Handler<GetStats> for Supervisor {
         s.connections = self.peers.values().map(|e| e.conn.info()).collect();
         s.listeners = self.listeners.values().cloned().collect();
         s.handshakes = self.node.handshake_stats();
+        s.dials = dial_stats(&self.dials);
         MessageResult(s)
     }
 }
