@@ -29,7 +29,8 @@ use crate::{
 /// Peers a [`DialHistory::new`] remembers. 1024: a node reconnects to far fewer peers
 /// than that (the dial history matters for peers it dials again), and the worst case
 /// stays small — one peer costs about 450 bytes with a record for every protocol (the
-/// `memory_bound_is_documented` test prints it), so a full history is under half a MiB.
+/// `memory_bound_is_documented` test prints it), so a full history is 448 KiB plus the
+/// hash map's spare slots: about half a MiB.
 pub const MAX_PEERS: usize = 1024;
 
 /// Weight of one connect-time sample in the smoothed connect time: the new sample
@@ -69,8 +70,10 @@ struct PeerRecord {
     protocols: Vec<(Protocol, DialStats)>,
 }
 
-/// The dial history of one node: [`DialStats`] per peer and protocol, bounded (see the
-/// [module docs](self)).
+/// The dial history of one node: [`DialStats`] per peer and protocol, bounded to
+/// [`MAX_PEERS`] peers (or [`with_capacity`](Self::with_capacity)'s), the least recently
+/// recorded evicted first. Records are per protocol, not per address; relay routes are
+/// not recorded.
 #[derive(Debug)]
 pub struct DialHistory {
     peers: HashMap<PeerId, PeerRecord>,

@@ -109,7 +109,8 @@ fn memory_bound_is_documented() {
     let records = Protocol::ALL.len() * std::mem::size_of::<(Protocol, DialStats)>();
     let per_peer = entry + records;
     println!("one peer: {per_peer} bytes, a full history: {} KiB", per_peer * MAX_PEERS / 1024);
-    // MAX_PEERS' comment: about 450 bytes a peer (map overhead aside), under half a MiB.
+    // MAX_PEERS' comment: about 450 bytes a peer, 448 KiB for a full history (the hash
+    // map's spare slots aside).
     assert!(per_peer <= 500, "{per_peer}");
     assert!(per_peer * MAX_PEERS < 512 * 1024);
 }
