@@ -13,7 +13,7 @@ use std::{
 
 use actix::Message;
 use bytes::Bytes;
-use kizuna::{ByteStream, ConnectionInfo, PeerAddress, PeerId, TransportAddr, TransportError};
+use kizuna::{ByteStream, ConnectionInfo, PeerAddress, PeerId, Protocol, TransportAddr, TransportError};
 
 use crate::events::EventStream;
 
@@ -205,6 +205,9 @@ pub struct NodeStats {
     /// WebSocket listeners: admitted, refused per address or when full, evicted, silent,
     /// timed out, protocol violations ([`kizuna::transport::admission`]).
     pub handshakes: kizuna::transport::admission::HandshakeStats,
+    /// What this node measured dialing peers, one entry per peer and transport (the
+    /// dial history outgoing connects are ranked by, [`kizuna::negotiate::DialHistory`]).
+    pub dials: Vec<(PeerId, Protocol, kizuna::negotiate::DialStats)>,
 }
 
 /// A direct handle for sending messages to one connected peer (see [`GetSender`]): no

@@ -57,7 +57,7 @@ use crate::{
         hole_punch::{HolePunchActor, PunchFinished, PunchPorts, PunchSignal, SendSignal, PUNCH_SIGNAL_TAG},
         link::{Carrier, LinkState, PeerLink, PeerStatus, TrafficStarted},
         listener::Inbound,
-        negotiator::{Negotiated, NegotiatorActor},
+        negotiator::{Negotiated, NegotiatorActor, SharedDialHistory},
         punching::PunchCtx,
         supervision::{Decision, ExitReason, RestartLimits, RestartPolicy, RestartTracker},
     },
@@ -88,6 +88,8 @@ pub(crate) struct PeerCtx {
     pub(crate) punch: PunchCtx,
     pub(crate) paths: PathConfig,
     pub(crate) window: WindowLimits,
+    /// What dials to each peer measured: how dial orders are ranked.
+    pub(crate) dials: SharedDialHistory,
     next_id: AtomicU64,
 }
 
@@ -113,6 +115,7 @@ impl PeerCtx {
             punch,
             paths,
             window,
+            dials: SharedDialHistory::default(),
             next_id: AtomicU64::new(1),
         }
     }
@@ -640,6 +643,7 @@ impl PeerActor {
             id,
             target,
             self.ctx.transports.clone(),
+            self.ctx.dials.clone(),
             timeout,
             me.clone().recipient(),
             me.recipient(),

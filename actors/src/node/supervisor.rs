@@ -39,6 +39,7 @@ use crate::{
         hole_punch::PunchSignal,
         link::PeerLink,
         listener::{Inbound, ListenerActor, ListenerPorts, ListenerReady, StopListener},
+        negotiator::dial_stats,
         peer::{
             AddPath, GetPeerChildren, InjectPeerFault, NetworkChanged, PeerActor, PeerConnect, PeerCtx,
             PeerDisconnect, PeerShutdown,
@@ -633,6 +634,7 @@ impl Handler<GetStats> for Supervisor {
             path_changes: c.path_changes.load(Relaxed),
             listeners: self.listeners.values().cloned().collect(),
             handshakes: self.node().handshake_stats(),
+            dials: dial_stats(&self.ctx.dials),
             ..NodeStats::default()
         };
         for h in self.peers.values() {

@@ -1,5 +1,35 @@
-//! Negotiation policy (sans-IO): which of a peer's addresses to try in which order, and
-//! which of two connections to the same peer survives.
+//! Negotiation policy (sans-IO): which of a peer's addresses to try in which order
+//! ([`plan`], [`DialHistory::rank`]), and which of two connections to the same peer
+//! survives ([`resolve_duplicate`], [`retire`]).
+//!
+//! # Dial order
+//!
+//! [`DialHistory::rank`] orders a peer's addresses by what this node can dial, by what
+//! the peer prefers, and by what this node measured dialing that peer before (its
+//! [`DialHistory`]: per peer and protocol, successes, failures, smoothed connect time and
+//! RTT). [`plan`] is the same order without a history. The rules, in order:
+//!
+//! 1. **Capabilities.** An address no local transport can dial (`priority` gives `None`)
+//!    is dropped; duplicates are dropped.
+//! 2. **Classes**, first to last: WebRTC for a peer that lists `webrtc=1` first (a browser,
+//!    [`prefers_webrtc`]), whatever its history; direct addresses whose transport did not
+//!    fail recently for this peer; those whose transport did (a failure with no success
+//!    since, less than [`FAILURE_DECAY`] ago — older failures no longer count, so a fixed
+//!    network gets its transport back); relay routes ([`TransportAddr::Relay`]), always
+//!    last.
+//! 3. **Static order** within a class: higher local priority first, then the peer's own
+//!    order (its hints). Without a history this is the whole order.
+//! 4. **Measurements** within a class: the transports with a measured connect time are
+//!    reordered among the positions they hold, a lower expected time-to-useful first —
+//!    the smoothed connect time, then (for comparable connect times) the RTT. A measured
+//!    transport goes ahead of one the static order puts before it only if it is faster
+//!    by more than [`FASTER_MARGIN_PERCENT`] and at least [`FASTER_MIN`] (hysteresis: noise
+//!    never reorders). Unmeasured transports keep their static positions, so a
+//!    transport never tried is still tried where its priority says.
+//!
+//! Happy eyeballs (RFC 8305 §4) asks for the same: use what was measured of past
+//! connections (RTT) to sort destinations, and avoid those that recently failed
+//! (RFC 6724 §6 rule 1, "avoid unusable destinations").
 
 use std::time::Duration;
 
@@ -7,6 +37,12 @@ use crate::{
     address::{PathKind, PeerAddress, TransportAddr},
     identity::PeerId,
 };
+
+mod history;
+mod rank;
+
+pub use history::{DialHistory, DialStats, MAX_PEERS};
+pub use rank::{FAILURE_DECAY, FASTER_MARGIN_PERCENT, FASTER_MIN};
 
 /// Delay before starting the next attempt while the previous one is still pending
 /// (happy eyeballs). 250 ms: RFC 8305's recommended Connection Attempt Delay.
@@ -17,27 +53,17 @@ pub const ATTEMPT_STAGGER: Duration = Duration::from_millis(250);
 /// (10 s bound, but typically milliseconds) racing the other side's.
 pub const SIMULTANEOUS_WINDOW: Duration = Duration::from_secs(5);
 
-/// Orders the peer's addresses for dialing.
+/// Orders the peer's addresses for dialing, without a history: the static order of the
+/// [module docs](self) (what [`DialHistory::rank`] gives for a peer it has no record of).
 ///
 /// `priority` gives this node's preference for an address (`None`: no transport of this
 /// node can dial it, and it is dropped). Higher priority first; among equals, the peer's
-/// own order (its hints). Duplicates are removed.
+/// own order (its hints). Duplicates are removed. Relay routes come last.
 ///
 /// One exception to the local preference: a peer whose ticket lists `webrtc=1` first is
 /// a browser (or says it prefers WebRTC like one), and WebRTC is tried first for it.
 pub fn plan(peer: &PeerAddress, priority: impl Fn(&TransportAddr) -> Option<u8>) -> Vec<TransportAddr> {
-    let browser = prefers_webrtc(peer);
-    let mut out: Vec<(u8, usize, TransportAddr)> = Vec::new();
-    for (i, a) in peer.addrs.iter().enumerate() {
-        if let Some(p) = priority(a) {
-            let p = if browser && *a == TransportAddr::WebRtc { u8::MAX } else { p };
-            if !out.iter().any(|(_, _, b)| b == a) {
-                out.push((p, i, a.clone()));
-            }
-        }
-    }
-    out.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
-    out.into_iter().map(|(_, _, a)| a).collect()
+    rank::order(peer, priority, None)
 }
 
 /// Whether `peer` prefers WebRTC: its first address is `webrtc=1`, as a browser's ticket
