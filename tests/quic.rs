@@ -369,27 +369,78 @@ async fn migration_to_a_new_socket_keeps_the_connection() {
     echo.await.unwrap();
 }
 
+/// A QUIC v1 long-header Initial (RFC 9000 §17.2.2) of `len` bytes (at least 64) with
+/// random connection IDs and a random, so undecryptable, payload: what a spoofed flood of
+/// connection attempts looks like.
+fn fake_initial(g: &mut Gen, len: usize) -> Vec<u8> {
+    let mut pkt = vec![0u8; len];
+    g.fill(&mut pkt);
+    // Long header, fixed bit, type Initial, a random packet number length; version 1.
+    pkt[0] = 0xc0 | (pkt[0] & 0x03);
+    pkt[1..5].copy_from_slice(&1u32.to_be_bytes());
+    // Destination connection ID of 8 to 20 bytes, source one of 0 to 20, no token.
+    let dcid = 8 + pkt[5] % 13;
+    pkt[5] = dcid;
+    let scid_at = 6 + dcid as usize;
+    let scid = pkt[scid_at] % 21;
+    pkt[scid_at] = scid;
+    let token_at = scid_at + 1 + scid as usize;
+    pkt[token_at] = 0;
+    // Length (a 2-byte varint): the rest of the datagram.
+    let rest = (len - token_at - 3) as u16;
+    pkt[token_at + 1..token_at + 3].copy_from_slice(&(0x4000 | rest).to_be_bytes());
+    pkt
+}
+
 #[tokio::test]
 async fn udp_garbage_does_not_disturb_the_listener() {
     let mut s = server(1, |_| {}).await;
-    let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut g = Gen(99);
-    for i in 0..200usize {
-        let mut pkt = vec![0u8; [1, 20, 1200, 1500][i % 4]];
-        g.fill(&mut pkt);
-        if i % 3 == 0 {
-            // Looks like a QUIC v1 long-header Initial.
-            pkt[0] = 0xc0;
-            if pkt.len() > 5 {
-                pkt[1..5].copy_from_slice(&1u32.to_be_bytes());
-            }
-        }
-        junk.send_to(&pkt, s.addr).unwrap();
-    }
+    let junk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let junk_addr = junk.local_addr().unwrap();
     let client = QuicTransport::new(node(2, |_| {}));
     let target = TransportAddr::Quic(s.addr);
-    let (c, a) = tokio::join!(client.connect(&target, s.id), accept(&mut s.listener));
+    // The forged Initials that quinn takes for connection attempts fail their handshake
+    // at once and are reported as rejections; the application (here this loop) takes
+    // them as they come, as every application must.
+    let listener = &mut s.listener;
+    let accepted = async move {
+        loop {
+            match tokio::time::timeout(WAIT, listener.accept()).await.unwrap() {
+                Some(Incoming::Connection(c)) => return c,
+                Some(Incoming::Rejected { remote, error }) => {
+                    assert_eq!(remote, junk_addr.to_string(), "{error}");
+                }
+                None => panic!("the listener stopped"),
+            }
+        }
+    };
+    let attack_then_dial = async {
+        let mut g = Gen(99);
+        let mut size = [0u8; 2];
+        for i in 0..5_000usize {
+            g.fill(&mut size);
+            let pkt = if i % 3 == 0 {
+                // Mostly full-size Initials (servers ignore smaller ones), some not.
+                fake_initial(&mut g, [1200, 1200, 1500, 64 + size[0] as usize][i / 3 % 4])
+            } else {
+                // Anything from empty to 1500 bytes, QUIC-looking or not.
+                let len = [0, 1, 20, 1200, 1500, u16::from_le_bytes(size) as usize % 1501][i % 6];
+                let mut pkt = vec![0u8; len];
+                g.fill(&mut pkt);
+                pkt
+            };
+            junk.send_to(&pkt, s.addr).await.unwrap();
+            if i % 16 == 0 {
+                // Lets the listener read its socket during the burst, so that the
+                // datagrams reach it rather than overflow its receive buffer.
+                tokio::task::yield_now().await;
+            }
+        }
+        client.connect(&target, s.id).await
+    };
+    let (a, c) = tokio::join!(accepted, attack_then_dial);
     let c = c.unwrap();
+    assert_eq!(a.peer(), Keypair::from_seed([2; 32]).peer_id());
     c.send(Bytes::from_static(b"still here")).await.unwrap();
     assert_eq!(&a.recv().await.unwrap().unwrap()[..], b"still here");
 }
