@@ -288,6 +288,17 @@ async fn tcp_listener_refuses_tls12_during_the_handshake() {
     kizuna_dial_works(&TcpTransport::new(node()), &server, &mut l, &addr).await;
 }
 
+/// A client certificate the listener must refuse.
+struct BadCert {
+    what: &'static str,
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<dyn SigningKey>,
+    /// The alert the client receives.
+    alert: AlertDescription,
+    /// What the listener's rejection names.
+    reason: &'static str,
+}
+
 #[tokio::test]
 async fn tcp_listener_refuses_client_certificates_that_are_not_one_ed25519_key() {
     let server = node();
@@ -297,39 +308,38 @@ async fn tcp_listener_refuses_client_certificates_that_are_not_one_ed25519_key()
     let (ed, ed_signing) = rcgen_key(&rcgen::PKCS_ED25519);
     let (other, _) = rcgen_key(&rcgen::PKCS_ED25519);
     let claimed = |k: &Arc<dyn SigningKey>| -> Arc<dyn SigningKey> { Arc::new(ClaimsEd25519(k.clone())) };
-    // (what, chain, key, the alert the client receives, the listener's reason)
-    let cases: [(&str, Vec<CertificateDer<'static>>, Arc<dyn SigningKey>, AlertDescription, &str); 4] = [
-        (
-            "an ECDSA P-256 certificate",
-            vec![self_signed(&ecdsa)],
-            claimed(&ecdsa_signing),
-            AlertDescription::CertificateUnknown,
-            "NotEd25519",
-        ),
-        (
-            "bytes that are not X.509",
-            vec![CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])],
-            ed_signing.clone(),
-            AlertDescription::BadCertificate,
-            "BadEncoding",
-        ),
-        (
-            "a chain of two",
-            vec![self_signed(&ed), self_signed(&other)],
-            ed_signing.clone(),
-            AlertDescription::CertificateUnknown,
-            "ChainLength(2)",
-        ),
+    let cases = [
+        BadCert {
+            what: "an ECDSA P-256 certificate",
+            chain: vec![self_signed(&ecdsa)],
+            key: claimed(&ecdsa_signing),
+            alert: AlertDescription::CertificateUnknown,
+            reason: "NotEd25519",
+        },
+        BadCert {
+            what: "bytes that are not X.509",
+            chain: vec![CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])],
+            key: ed_signing.clone(),
+            alert: AlertDescription::BadCertificate,
+            reason: "BadEncoding",
+        },
+        BadCert {
+            what: "a chain of two",
+            chain: vec![self_signed(&ed), self_signed(&other)],
+            key: ed_signing.clone(),
+            alert: AlertDescription::CertificateUnknown,
+            reason: "ChainLength(2)",
+        },
         // Somebody else's identity without its key: the signature over the handshake fails.
-        (
-            "another key's certificate",
-            vec![self_signed(&other)],
-            ed_signing.clone(),
-            AlertDescription::DecryptError,
-            "BadSignature",
-        ),
+        BadCert {
+            what: "another key's certificate",
+            chain: vec![self_signed(&other)],
+            key: ed_signing.clone(),
+            alert: AlertDescription::DecryptError,
+            reason: "BadSignature",
+        },
     ];
-    for (what, chain, key, alert, reason) in cases {
+    for BadCert { what, chain, key, alert, reason } in cases {
         let e = server_refusal(&addr, client_presenting(&rustls::version::TLS13, chain, key)).await;
         assert_eq!(e, rustls::Error::AlertReceived(alert), "{what}");
         match next_rejection(&mut l).await {
