@@ -1,4 +1,6 @@
-//! QUIC transport over real loopback sockets.
+//! QUIC transport over real loopback sockets, including hostile UDP to the listening
+//! socket: garbage, forged Initials, and STUN (the socket is shared with STUN and hole
+//! punching, see `kizuna::transport::quic::demux`).
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -369,27 +371,78 @@ async fn migration_to_a_new_socket_keeps_the_connection() {
     echo.await.unwrap();
 }
 
+/// A QUIC v1 long-header Initial (RFC 9000 §17.2.2) of `len` bytes (at least 64) with
+/// random connection IDs and a random, so undecryptable, payload: what a spoofed flood of
+/// connection attempts looks like.
+fn fake_initial(g: &mut Gen, len: usize) -> Vec<u8> {
+    let mut pkt = vec![0u8; len];
+    g.fill(&mut pkt);
+    // Long header, fixed bit, type Initial, a random packet number length; version 1.
+    pkt[0] = 0xc0 | (pkt[0] & 0x03);
+    pkt[1..5].copy_from_slice(&1u32.to_be_bytes());
+    // Destination connection ID of 8 to 20 bytes, source one of 0 to 20, no token.
+    let dcid = 8 + pkt[5] % 13;
+    pkt[5] = dcid;
+    let scid_at = 6 + dcid as usize;
+    let scid = pkt[scid_at] % 21;
+    pkt[scid_at] = scid;
+    let token_at = scid_at + 1 + scid as usize;
+    pkt[token_at] = 0;
+    // Length (a 2-byte varint): the rest of the datagram.
+    let rest = (len - token_at - 3) as u16;
+    pkt[token_at + 1..token_at + 3].copy_from_slice(&(0x4000 | rest).to_be_bytes());
+    pkt
+}
+
 #[tokio::test]
 async fn udp_garbage_does_not_disturb_the_listener() {
     let mut s = server(1, |_| {}).await;
-    let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut g = Gen(99);
-    for i in 0..200usize {
-        let mut pkt = vec![0u8; [1, 20, 1200, 1500][i % 4]];
-        g.fill(&mut pkt);
-        if i % 3 == 0 {
-            // Looks like a QUIC v1 long-header Initial.
-            pkt[0] = 0xc0;
-            if pkt.len() > 5 {
-                pkt[1..5].copy_from_slice(&1u32.to_be_bytes());
-            }
-        }
-        junk.send_to(&pkt, s.addr).unwrap();
-    }
+    let junk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let junk_addr = junk.local_addr().unwrap();
     let client = QuicTransport::new(node(2, |_| {}));
     let target = TransportAddr::Quic(s.addr);
-    let (c, a) = tokio::join!(client.connect(&target, s.id), accept(&mut s.listener));
+    // The forged Initials that quinn takes for connection attempts fail their handshake
+    // at once and are reported as rejections; the application (here this loop) takes
+    // them as they come, as every application must.
+    let listener = &mut s.listener;
+    let accepted = async move {
+        loop {
+            match tokio::time::timeout(WAIT, listener.accept()).await.unwrap() {
+                Some(Incoming::Connection(c)) => return c,
+                Some(Incoming::Rejected { remote, error }) => {
+                    assert_eq!(remote, junk_addr.to_string(), "{error}");
+                }
+                None => panic!("the listener stopped"),
+            }
+        }
+    };
+    let attack_then_dial = async {
+        let mut g = Gen(99);
+        let mut size = [0u8; 2];
+        for i in 0..5_000usize {
+            g.fill(&mut size);
+            let pkt = if i % 3 == 0 {
+                // Mostly full-size Initials (servers ignore smaller ones), some not.
+                fake_initial(&mut g, [1200, 1200, 1500, 64 + size[0] as usize][i / 3 % 4])
+            } else {
+                // Anything from empty to 1500 bytes, QUIC-looking or not.
+                let len = [0, 1, 20, 1200, 1500, u16::from_le_bytes(size) as usize % 1501][i % 6];
+                let mut pkt = vec![0u8; len];
+                g.fill(&mut pkt);
+                pkt
+            };
+            junk.send_to(&pkt, s.addr).await.unwrap();
+            if i % 16 == 0 {
+                // Lets the listener read its socket during the burst, so that the
+                // datagrams reach it rather than overflow its receive buffer.
+                tokio::task::yield_now().await;
+            }
+        }
+        client.connect(&target, s.id).await
+    };
+    let (a, c) = tokio::join!(accepted, attack_then_dial);
     let c = c.unwrap();
+    assert_eq!(a.peer(), Keypair::from_seed([2; 32]).peer_id());
     c.send(Bytes::from_static(b"still here")).await.unwrap();
     assert_eq!(&a.recv().await.unwrap().unwrap()[..], b"still here");
 }
@@ -445,4 +498,148 @@ async fn stun_and_punch_datagrams_share_the_quic_socket() {
     c.send(Bytes::from_static(b"after stun")).await.unwrap();
     assert_eq!(&a.recv().await.unwrap().unwrap()[..], b"after stun");
     drop(client);
+}
+
+/// The magic cookie of STUN (RFC 8489 §5).
+const STUN_COOKIE: u32 = 0x2112_a442;
+
+/// A STUN message (RFC 8489 §5): `ty` (class and method), a length field of `len`,
+/// `cookie` in place of the magic cookie, a transaction ID from `g`, then `body`.
+fn stun_msg(g: &mut Gen, ty: u16, len: u16, cookie: u32, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(20 + body.len());
+    m.extend_from_slice(&ty.to_be_bytes());
+    m.extend_from_slice(&len.to_be_bytes());
+    m.extend_from_slice(&cookie.to_be_bytes());
+    let mut tid = [0u8; 12];
+    g.fill(&mut tid);
+    m.extend_from_slice(&tid);
+    m.extend_from_slice(body);
+    m
+}
+
+/// STUN Binding requests, malformed STUN and STUN-looking garbage, all with a first byte
+/// that the QUIC socket's demultiplexer diverts to its side channel.
+fn stun_datagrams(g: &mut Gen, count: usize) -> Vec<Vec<u8>> {
+    use stun_rs::{
+        attributes::stun::{Fingerprint, Software},
+        methods::BINDING,
+        MessageClass, MessageEncoderBuilder, StunMessageBuilder,
+    };
+    let full = StunMessageBuilder::new(BINDING, MessageClass::Request)
+        .with_attribute(Software::new("kizuna-test").unwrap())
+        .with_attribute(Fingerprint::default())
+        .build();
+    let mut buf = [0u8; 256];
+    let n = MessageEncoderBuilder::default().build().encode(&mut buf, &full).unwrap();
+    let mut out = vec![
+        // Binding requests: bare, and with SOFTWARE and FINGERPRINT.
+        stun_msg(g, 0x0001, 0, STUN_COOKIE, &[]),
+        buf[..n].to_vec(),
+        // A length field announcing 64 KiB of attributes that never come.
+        stun_msg(g, 0x0001, 0xfffc, STUN_COOKIE, &[]),
+        // A length that is not a multiple of 4.
+        stun_msg(g, 0x0001, 3, STUN_COOKIE, &[1, 2, 3]),
+        // RFC 3489 (no magic cookie).
+        stun_msg(g, 0x0001, 0, 0x0102_0304, &[]),
+        // XOR-MAPPED-ADDRESS whose length runs far past the datagram.
+        stun_msg(g, 0x0001, 8, STUN_COOKIE, &[0x00, 0x20, 0xff, 0xff, 0, 1, 2, 3]),
+        // A Binding success response and a Binding indication nobody asked for.
+        stun_msg(
+            g,
+            0x0101,
+            12,
+            STUN_COOKIE,
+            &[0x00, 0x20, 0x00, 0x08, 0x00, 0x01, 0x5e, 0x12, 0x5e, 0x12, 0xa4, 0x4b],
+        ),
+        stun_msg(g, 0x0011, 0, STUN_COOKIE, &[]),
+        // An unknown method, and a request padded to a full datagram with an unknown
+        // comprehension-required attribute.
+        stun_msg(g, 0x3eef, 0, STUN_COOKIE, &[]),
+        stun_msg(
+            g,
+            0x0001,
+            1480,
+            STUN_COOKIE,
+            &[[0x00, 0x77, 0x05, 0xc4].as_slice(), &[0xab; 1476]].concat(),
+        ),
+        // Truncated headers.
+        vec![0x00],
+        stun_msg(g, 0x0001, 0, STUN_COOKIE, &[])[..10].to_vec(),
+    ];
+    // The rest: random bytes behind a first byte with both top bits clear, 1 to 1500 long.
+    let mut len = [0u8; 2];
+    while out.len() < count {
+        g.fill(&mut len);
+        let mut d = vec![0u8; 1 + u16::from_le_bytes(len) as usize % 1500];
+        g.fill(&mut d);
+        d[0] &= 0x3f;
+        out.push(d);
+    }
+    out
+}
+
+/// Reads everything `sock` receives for `quiet` after the last datagram; returns the sizes.
+async fn answers(sock: &tokio::net::UdpSocket, quiet: Duration) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Ok(r) = tokio::time::timeout(quiet, sock.recv_from(&mut buf)).await {
+        sizes.push(r.unwrap().0);
+    }
+    sizes
+}
+
+#[tokio::test]
+async fn stun_to_the_quic_port_is_never_answered_nor_amplified() {
+    let mut s = server(1, |_| {}).await;
+    let side = s.transport.side_channel().unwrap();
+    let mut g = Gen(7);
+    // The node has no STUN responder: what its QUIC socket diverts (the STUN-like traffic
+    // here) is only for its own STUN client and hole punching, and nothing here reads
+    // the side channel, so its bounded queue fills and the rest must be dropped without
+    // holding up QUIC.
+    let stun = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // Binding requests with a top bit set reach quinn instead: whatever quinn answers
+    // (version negotiation, a stateless reset) must not amplify.
+    let quicish = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (mut quicish_sent, mut quicish_count) = (0, 0);
+    for (i, d) in stun_datagrams(&mut g, 1_000).iter().enumerate() {
+        stun.send_to(d, s.addr).await.unwrap();
+        if i % 16 == 0 {
+            let mut q = stun_msg(&mut g, 0x0001, 0, STUN_COOKIE, &[]);
+            q.resize([20, 100, 1200][i / 16 % 3], 0);
+            q[0] |= [0x40, 0xc0][i / 16 % 2];
+            quicish.send_to(&q, s.addr).await.unwrap();
+            quicish_sent += q.len();
+            quicish_count += 1;
+            // Lets the listener read its socket during the burst.
+            tokio::task::yield_now().await;
+        }
+    }
+    // A QUIC dial still works, and it is read after every datagram above.
+    let client = QuicTransport::new(node(2, |_| {}));
+    let target = TransportAddr::Quic(s.addr);
+    let (c, a) = tokio::join!(client.connect(&target, s.id), accept(&mut s.listener));
+    let c = c.unwrap();
+    c.send(Bytes::from_static(b"after stun")).await.unwrap();
+    assert_eq!(&a.recv().await.unwrap().unwrap()[..], b"after stun");
+    // No answer to STUN. (A responder would have answered by now; 300 ms of quiet on top.)
+    let quiet = Duration::from_millis(300);
+    assert_eq!(answers(&stun, quiet).await, Vec::<usize>::new(), "the node answered STUN");
+    let answered = answers(&quicish, quiet).await;
+    let bytes: usize = answered.iter().sum();
+    assert!(answered.len() <= quicish_count, "{} answers to {quicish_count} datagrams", answered.len());
+    assert!(bytes <= 3 * quicish_sent, "{bytes} bytes answered to {quicish_sent}");
+    // The side channel holds at most its bound (SIDE_QUEUE in demux.rs), only STUN-like
+    // datagrams, and takes new ones once drained.
+    let mut queued = 0;
+    while let Ok(Some((from, d))) = tokio::time::timeout(quiet, side.recv_from()).await {
+        assert_eq!(from, stun.local_addr().unwrap());
+        assert_eq!(d[0] & 0xc0, 0);
+        queued += 1;
+    }
+    assert!((1..=256).contains(&queued), "{queued} datagrams queued on the side channel");
+    let probe = stun_msg(&mut g, 0x0001, 0, STUN_COOKIE, &[]);
+    stun.send_to(&probe, s.addr).await.unwrap();
+    let (_, d) = tokio::time::timeout(WAIT, side.recv_from()).await.unwrap().unwrap();
+    assert_eq!(&d[..], &probe[..]);
 }
