@@ -62,14 +62,16 @@ fn hello() -> impl Strategy<Value = Hello> {
         ),
         proptest::collection::vec(transport_addr(), 0..8),
         proptest::option::of(transport_addr()),
+        proptest::option::of(any::<u32>()),
     )
-        .prop_map(|(seed, agent, capabilities, listen_addrs, observed_addr)| Hello {
+        .prop_map(|(seed, agent, capabilities, listen_addrs, observed_addr, session)| Hello {
             peer_id: Keypair::from_seed(seed).peer_id(),
             agent,
             purpose: HelloPurpose::Session,
             capabilities: capabilities.into_iter().collect::<BTreeMap<_, _>>(),
             listen_addrs,
             observed_addr,
+            session,
         })
 }
 

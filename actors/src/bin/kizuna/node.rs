@@ -221,8 +221,8 @@ fn log_event(ev: &Event, json: bool) {
                 output::json_line(&json!({
                     "event": "path_changed",
                     "peer": peer.to_string(),
-                    "from": path_json(&from),
-                    "to": path_json(&to),
+                    "from": path_json(from),
+                    "to": path_json(to),
                     "reason": reason.name(),
                     // As before this event existed (`path_upgraded`): where traffic goes now.
                     "transport": to.protocol.name(),
@@ -246,7 +246,7 @@ fn log_event(ev: &Event, json: bool) {
                 output::json_line(&json!({
                     "event": "path_degraded",
                     "peer": peer.to_string(),
-                    "path": path_json(&path),
+                    "path": path_json(path),
                     "rtt_ms": rtt_ms,
                     "loss": loss,
                 }));
