@@ -91,6 +91,9 @@ pub(crate) struct PeerLink {
     waker: std::sync::OnceLock<actix::Recipient<TrafficStarted>>,
     /// What the peer's actor last reported (read by `GetStats`).
     status: Mutex<PeerStatus>,
+    /// Where the peer can be dialed, as its actor learned (kept for an actor restarted
+    /// after a failure).
+    known: Mutex<Vec<kizuna::TransportAddr>>,
 }
 
 /// Traffic started on an idle link (to the peer's actor).
@@ -123,6 +126,7 @@ impl PeerLink {
             traffic: std::sync::atomic::AtomicBool::new(false),
             waker: std::sync::OnceLock::new(),
             status: Mutex::new(PeerStatus::default()),
+            known: Mutex::new(Vec::new()),
         })
     }
 
@@ -134,6 +138,16 @@ impl PeerLink {
     /// The peer's paths as last reported.
     pub(crate) fn status(&self) -> PeerStatus {
         self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Where the peer can be dialed.
+    pub(crate) fn known(&self) -> Vec<kizuna::TransportAddr> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records where the peer can be dialed (by its actor).
+    pub(crate) fn set_known(&self, addrs: Vec<kizuna::TransportAddr>) {
+        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = addrs;
     }
 
     /// Records the peer's paths (by its actor).

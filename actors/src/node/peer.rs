@@ -287,6 +287,7 @@ impl PeerActor {
         }
         // Relay routes last.
         self.known.addrs.sort_by_key(|a| matches!(a, TransportAddr::Relay(_)));
+        self.link.set_known(self.known.addrs.clone());
     }
 
     // ----- paths -----
@@ -795,7 +796,8 @@ impl Actor for PeerActor {
         // Commands queue here; beyond 256 senders wait.
         ctx.set_mailbox_capacity(256);
         self.link.set_waker(ctx.address().recipient());
-        self.learn(Vec::new());
+        // A restarted actor takes over what its predecessor knew.
+        self.learn(self.link.known());
         if self.wanted {
             self.manager.set_wanted(Self::now(), true);
             self.drain(ctx);

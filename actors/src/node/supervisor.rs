@@ -232,13 +232,13 @@ impl Supervisor {
         self.children.insert(id, child);
     }
 
-    /// The peer's actor, started if it has none (`wanted`: it is to be kept connected).
-    fn peer_actor(&mut self, peer: PeerId, wanted: bool, ctx: &mut Context<Self>) -> Addr<PeerActor> {
+    /// The peer's actor, started if it has none (not yet wanted: a `Connect` says so).
+    fn peer_actor(&mut self, peer: PeerId, ctx: &mut Context<Self>) -> Addr<PeerActor> {
         if let Some(h) = self.peers.get(&peer) {
             return h.actor.clone();
         }
         let link = PeerLink::new(peer, random_epoch(), self.ctx.window, self.bus.clone());
-        self.start_peer(peer, link, wanted, ctx)
+        self.start_peer(peer, link, false, ctx)
     }
 
     fn start_peer(
@@ -392,7 +392,7 @@ impl Handler<Inbound> for Supervisor {
                     kizuna_close(conn);
                     return;
                 }
-                self.peer_actor(conn.peer(), false, ctx).do_send(AddPath(conn));
+                self.peer_actor(conn.peer(), ctx).do_send(AddPath(conn));
             }
             Incoming::Rejected { remote, error } => {
                 tracing::debug!(%remote, %error, "inbound handshake rejected");
@@ -418,7 +418,7 @@ impl Handler<Connect> for Supervisor {
         if self.shutting_down {
             return Box::pin(async { Err(NodeError::ShuttingDown) });
         }
-        let actor = self.peer_actor(msg.addr.peer_id, true, ctx);
+        let actor = self.peer_actor(msg.addr.peer_id, ctx);
         Box::pin(async move { actor.send(PeerConnect(msg.addr)).await? })
     }
 }
