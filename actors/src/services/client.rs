@@ -4,7 +4,8 @@
 
 use std::{
     io::SeekFrom,
-    path::Path,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -239,7 +240,7 @@ pub async fn send_file<F>(
     addr: &Addr<Supervisor>,
     peer: PeerId,
     path: &Path,
-    mut progress: F,
+    progress: F,
 ) -> Result<FileReport, ServiceError>
 where
     F: FnMut(Progress) + Send + 'static,
@@ -264,36 +265,140 @@ where
         return Err(err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
     }
     let size = meta.len();
-    let mut s = open(addr, peer).await?;
-    on_io(async move {
-        let start = Instant::now();
-        let sha256 = hash_file(&mut f, size, &path, |done| {
-            progress(Progress { stage: Stage::Hashing, done, total: size })
-        })
-        .await?;
+    let start = Instant::now();
+    let progress = Arc::new(Mutex::new(progress));
+    let (p, hpath) = (progress.clone(), path.clone());
+    let (back, sha256) = on_io(async move {
+        let hashing = |done| {
+            (p.lock().unwrap_or_else(|e| e.into_inner()))(Progress {
+                stage: Stage::Hashing,
+                done,
+                total: size,
+            })
+        };
+        let r = hash_file(&mut f, size, &hpath, hashing).await;
+        (f, r)
+    })
+    .await?;
+    let sha256 = sha256?;
+    let mut f = back;
+    let mut resumes = 0;
+    // Where the first attempt started (what an earlier, interrupted run left).
+    let mut resumed_from: Option<u64> = None;
+    loop {
+        let s = open(addr, peer).await?;
+        let job =
+            Upload { f, path: path.clone(), name: name.clone(), size, sha256: sha256.clone(), offset: None };
+        let p = progress.clone();
+        let report = move |pr: Progress| (p.lock().unwrap_or_else(|e| e.into_inner()))(pr);
+        let (back, offset, result) = on_io(job.run(s, report)).await?;
+        f = back;
+        resumed_from = resumed_from.or(offset);
+        match result {
+            Ok(()) => {
+                let from = resumed_from.unwrap_or(0);
+                return Ok(FileReport {
+                    name,
+                    size,
+                    resumed_from: from,
+                    sent: size - from,
+                    sha256,
+                    elapsed: start.elapsed(),
+                });
+            }
+            // The stream's path died under it: once the peer is reachable again (on its
+            // next path), resume from what the receiver holds.
+            Err(e) if resumable(&e) && resumes < MAX_RESUMES => {
+                resumes += 1;
+                tracing::info!(%peer, attempt = resumes, "file transfer interrupted ({e}); resuming");
+                wait_reachable(addr, peer).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
 
-        header::write(&mut s, &Request::FileStat { name: name.clone(), size, sha256: sha256.clone() })
-            .await?;
-        let (have, prefix_sha256) = match header::expect::<_, Response>(&mut s).await? {
+/// Times a transfer resumes by itself after its stream failed. 8: a path change or two per
+/// transfer is normal on a mobile host; more in one transfer means the peer is not there.
+const MAX_RESUMES: u32 = 8;
+
+/// How long a resuming transfer waits for the peer to be reachable again. 30 s: re-dials
+/// back off up to 10 s, so this covers a few of them.
+const RESUME_WAIT: Duration = Duration::from_secs(30);
+
+/// Whether a failed upload may be resumed on another stream: the stream (or its path)
+/// failed, not the receiver's verdict.
+fn resumable(e: &ServiceError) -> bool {
+    matches!(e, ServiceError::Stream(_) | ServiceError::Header(header::HeaderError::Io(_)))
+}
+
+/// Waits until a stream to `peer` can be opened again (or gives up after [`RESUME_WAIT`]).
+async fn wait_reachable(addr: &Addr<Supervisor>, peer: PeerId) -> Result<(), ServiceError> {
+    let deadline = Instant::now() + RESUME_WAIT;
+    loop {
+        let stats = addr.send(crate::api::GetStats).await?;
+        if stats.connections.iter().any(|c| c.peer == peer) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ServiceError::Timeout(RESUME_WAIT));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One attempt at uploading a file over one stream.
+struct Upload {
+    f: tokio::fs::File,
+    path: PathBuf,
+    name: String,
+    size: u64,
+    sha256: String,
+    /// Where the receiver let this attempt start.
+    offset: Option<u64>,
+}
+
+impl Upload {
+    /// Runs the attempt; gives the file back with where it started and the outcome.
+    async fn run(
+        mut self,
+        mut s: ByteStream,
+        mut progress: impl FnMut(Progress) + Send,
+    ) -> (tokio::fs::File, Option<u64>, Result<(), ServiceError>) {
+        let r = self.attempt(&mut s, &mut progress).await;
+        (self.f, self.offset, r)
+    }
+
+    async fn attempt(
+        &mut self,
+        s: &mut ByteStream,
+        progress: &mut (impl FnMut(Progress) + Send),
+    ) -> Result<(), ServiceError> {
+        let (name, size, sha256) = (self.name.clone(), self.size, self.sha256.clone());
+        let p = self.path.display().to_string();
+        let err = move |source| ServiceError::File { path: p.clone(), source };
+        header::write(s, &Request::FileStat { name: name.clone(), size, sha256: sha256.clone() }).await?;
+        let (have, prefix_sha256) = match header::expect::<_, Response>(s).await? {
             Response::FileStat { have, prefix_sha256 } if have <= size => (have, prefix_sha256),
             other => return Err(unexpected(other)),
         };
-        let offset =
-            if have > 0 && hash_file(&mut f, have, &path, |_| {}).await? == prefix_sha256 { have } else { 0 };
-
-        header::write(&mut s, &Request::File { name: name.clone(), size, sha256: sha256.clone(), offset })
-            .await?;
-        match header::expect::<_, Response>(&mut s).await? {
-            Response::Ready { offset: o } if o == offset => {}
+        let offset = if have > 0 && hash_file(&mut self.f, have, &self.path, |_| {}).await? == prefix_sha256 {
+            have
+        } else {
+            0
+        };
+        header::write(s, &Request::File { name: name.clone(), size, sha256: sha256.clone(), offset }).await?;
+        match header::expect::<_, Response>(s).await? {
+            Response::Ready { offset: o } if o == offset => self.offset = Some(offset),
             other => return Err(unexpected(other)),
         }
-        f.seek(SeekFrom::Start(offset)).await.map_err(err.clone())?;
+        self.f.seek(SeekFrom::Start(offset)).await.map_err(err.clone())?;
         let mut buf = vec![0u8; IO_CHUNK];
         let mut done = offset;
         progress(Progress { stage: Stage::Sending, done, total: size });
         while done < size {
             let want = buf.len().min(usize::try_from(size - done).unwrap_or(usize::MAX));
-            let n = f.read(&mut buf[..want]).await.map_err(err.clone())?;
+            let n = self.f.read(&mut buf[..want]).await.map_err(err.clone())?;
             if n == 0 {
                 return Err(err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
@@ -306,22 +411,14 @@ where
         }
         s.flush().await.map_err(ServiceError::Stream)?;
         progress(Progress { stage: Stage::Verifying, done: size, total: size });
-        let reply = header::expect::<_, Response>(&mut s).await?;
-        finish_stream(&mut s).await;
+        let reply = header::expect::<_, Response>(s).await?;
+        finish_stream(s).await;
         match reply {
-            Response::FileDone { ok: true, sha256: theirs } if theirs == sha256 => Ok(FileReport {
-                name,
-                size,
-                resumed_from: offset,
-                sent: size - offset,
-                sha256,
-                elapsed: start.elapsed(),
-            }),
+            Response::FileDone { ok: true, sha256: theirs } if theirs == sha256 => Ok(()),
             Response::FileDone { sha256: theirs, .. } => {
                 Err(ServiceError::HashMismatch { name, expected: sha256, actual: theirs })
             }
             other => Err(unexpected(other)),
         }
-    })
-    .await?
+    }
 }
