@@ -98,6 +98,17 @@ pub struct Connect {
     pub addr: PeerAddress,
 }
 
+/// Open an additional path to a peer over the given addresses, even while it is connected
+/// (a second transport, a direct path beside a relayed one). Replies with the new path's
+/// connection once it is up (or with the surviving one, if it duplicated a path of the
+/// same transport and kind). The peer's path manager decides whether it carries traffic.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<ConnectionInfo, NodeError>")]
+pub struct DialPath {
+    /// Who and where.
+    pub addr: PeerAddress,
+}
+
 /// Send one message to a connected peer. Replies once the message is taken by the peer's
 /// session (ordered, reliable, exactly once across path changes: it is kept until the peer
 /// acknowledges it and sent again on a new path if the old one dies). Waits while the

@@ -19,8 +19,8 @@ pub mod testing;
 pub use node::{events, supervision};
 
 pub use api::{
-    Connect, Disconnect, Event, GetStats, Listen, NodeError, OpenStream, Send, SendDatagram, Shutdown,
-    Subscribe,
+    Connect, DialPath, Disconnect, Event, GetStats, Listen, NodeError, OpenStream, Send, SendDatagram,
+    Shutdown, Subscribe,
 };
 pub use events::EventStream;
 pub use node::{

@@ -146,6 +146,11 @@ pub(crate) struct AddPath(pub(crate) Connection);
 #[rtype(result = "Result<ConnectionInfo, NodeError>")]
 pub(crate) struct PeerConnect(pub(crate) PeerAddress);
 
+/// Dial `addr` for an additional path ([`crate::api::DialPath`]).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<ConnectionInfo, NodeError>")]
+pub(crate) struct PeerDialPath(pub(crate) PeerAddress);
+
 /// The peer is no longer wanted: close its paths gracefully.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -213,6 +218,8 @@ pub(crate) struct PeerActor {
     known: PeerAddress,
     wanted: bool,
     waiters: Vec<Waiter>,
+    /// Who asked for the dial in progress to add a path ([`PeerDialPath`]).
+    path_waiters: Vec<Waiter>,
     dialing: Option<ChildId>,
     punch: Option<(ChildId, Addr<HolePunchActor>)>,
     tracker: RestartTracker,
@@ -250,6 +257,7 @@ impl PeerActor {
             next_path: 1,
             wanted,
             waiters: Vec::new(),
+            path_waiters: Vec::new(),
             dialing: None,
             punch: None,
             tracker,
@@ -862,16 +870,40 @@ impl Handler<Negotiated> for PeerActor {
         debug_assert_eq!(msg.peer, self.peer);
         self.dialing = None;
         match msg.result {
-            Ok(conn) => self.add_path(conn, ctx),
+            Ok(conn) => {
+                let info = conn.info();
+                for w in self.path_waiters.drain(..) {
+                    let _ = w.send(Ok(info.clone()));
+                }
+                self.add_path(conn, ctx)
+            }
             Err(e) => {
                 self.ctx.counters.connects_failed.fetch_add(1, Ordering::Relaxed);
                 self.ctx.bus.publish_later(Event::ConnectFailed { peer: self.peer, error: e.to_string() });
                 self.manager.handle_dial_failed(Self::now());
+                for w in self.path_waiters.drain(..) {
+                    let _ = w.send(Err(e.clone()));
+                }
                 self.fail_waiters(e);
                 self.drain(ctx);
                 self.maybe_stop(ctx);
             }
         }
+    }
+}
+
+impl Handler<PeerDialPath> for PeerActor {
+    type Result = ResponseActFuture<Self, Result<ConnectionInfo, NodeError>>;
+    fn handle(&mut self, msg: PeerDialPath, ctx: &mut Context<Self>) -> Self::Result {
+        self.learn(msg.0.addrs.clone());
+        let (tx, rx) = oneshot::channel();
+        if self.dialing.is_some() {
+            let _ = tx.send(Err(NodeError::ActorGone("a dial to this peer is in progress".into())));
+        } else {
+            self.path_waiters.push(tx);
+            self.dial(msg.0, ctx);
+        }
+        Box::pin(async move { rx.await.unwrap_or(Err(NodeError::ShuttingDown)) }.into_actor(self))
     }
 }
 

@@ -42,7 +42,7 @@ use crate::{
         negotiator::dial_stats,
         peer::{
             AddPath, GetPeerChildren, InjectPeerFault, NetworkChanged, PeerActor, PeerConnect, PeerCtx,
-            PeerDisconnect, PeerShutdown,
+            PeerDialPath, PeerDisconnect, PeerShutdown,
         },
         punching::PunchCtx,
         relay_client::{RelayAddrs, RelayClientActor, RelayClientPorts, StopRelayClient},
@@ -420,6 +420,17 @@ impl Handler<Connect> for Supervisor {
         }
         let actor = self.peer_actor(msg.addr.peer_id, ctx);
         Box::pin(async move { actor.send(PeerConnect(msg.addr)).await? })
+    }
+}
+
+impl Handler<DialPath> for Supervisor {
+    type Result = ResponseFuture<Result<kizuna::ConnectionInfo, NodeError>>;
+    fn handle(&mut self, msg: DialPath, ctx: &mut Context<Self>) -> Self::Result {
+        if self.shutting_down {
+            return Box::pin(async { Err(NodeError::ShuttingDown) });
+        }
+        let actor = self.peer_actor(msg.addr.peer_id, ctx);
+        Box::pin(async move { actor.send(PeerDialPath(msg.addr)).await? })
     }
 }
 

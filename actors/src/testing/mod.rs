@@ -1,6 +1,8 @@
 //! Test harness for applications and for Kizuna's own tests: start nodes on loopback with
 //! seeded identities, connect them, wait for events with a timeout (no bare sleeps),
-//! record messages with probe actors, inject faults and assert on supervision.
+//! record messages with probe actors, inject faults and assert on supervision, and put
+//! forwarders between nodes that delay a path or make it die silently ([`TcpProxy`],
+//! [`UdpProxy`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,6 +23,14 @@ use std::{
 use actix::{Actor, Addr, Context, Handler, Message};
 use kizuna::{ConnectionInfo, Keypair, PeerAddress, PeerId, Protocol, TransportAddr};
 use tokio::sync::Notify;
+
+mod crowd;
+mod tcp_proxy;
+mod udp_proxy;
+
+pub use crowd::crowd;
+pub use tcp_proxy::TcpProxy;
+pub use udp_proxy::UdpProxy;
 
 use crate::{
     api::{Connect, Event, GetAddress, GetStats, Listen, NodeError, NodeStats, Shutdown, Subscribe},
@@ -317,32 +327,4 @@ impl<M: Message<Result = ()> + Clone + Send + 'static> Handler<M> for Probe<M> {
         self.log.seen.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
         self.log.notify.notify_waiters();
     }
-}
-
-/// Opens `n` TCP connections to `to` from the local address `from` (e.g. `127.0.0.2`,
-/// another host on loopback), writes `first` on each (nothing if empty) and keeps them
-/// open: a crowd of unauthenticated clients, for tests and benchmarks of admission.
-/// Connections the server refuses (reset, possibly before `connect` returns) are skipped.
-pub async fn crowd(
-    from: std::net::IpAddr,
-    to: std::net::SocketAddr,
-    n: usize,
-    first: &[u8],
-) -> Vec<tokio::net::TcpStream> {
-    use tokio::io::AsyncWriteExt;
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let socket =
-            if from.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
-        let Ok(s) = socket else { continue };
-        if s.bind(std::net::SocketAddr::new(from, 0)).is_err() {
-            continue;
-        }
-        let Ok(mut c) = s.connect(to).await else { continue };
-        if !first.is_empty() {
-            let _ = c.write_all(first).await;
-        }
-        v.push(c);
-    }
-    v
 }
