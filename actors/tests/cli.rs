@@ -682,3 +682,57 @@ fn a_send_killed_mid_transfer_resumes_at_once_when_run_again() {
     assert_eq!(sha256_of(&recv.join("big.bin")), sha256_of(&file));
     assert!(!part.exists());
 }
+
+/// A transfer that starts relayed and outlives the upgrade to a direct path finishes (it
+/// failed with "closed locally (Replaced)" when the relayed path was retired 2 s after the
+/// upgrade, although the node had received the whole file).
+#[test]
+fn a_relayed_send_that_outlives_the_upgrade_finishes_verified() {
+    // 48 MiB through a relay shaped to 8 MiB/s: ~6 s relayed, while the hole punch
+    // upgrades the peer to direct QUIC within a second.
+    const SIZE: usize = 48 << 20;
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = kizuna(home.path());
+    cmd.args(["relay", "--listen", "ws://127.0.0.1:0", "--open", "--json"]).args([
+        "--circuit-bandwidth",
+        "8MiB",
+        "--total-bandwidth",
+        "8MiB",
+        "--max-circuit-bytes",
+        "1GiB",
+    ]);
+    let relay = NodeProc::spawn(&mut cmd, "relay");
+    let v: Value = serde_json::from_str(&relay.first).unwrap();
+    let url = v["url"].as_str().unwrap().to_string();
+    let recv = home.path().join("inbox");
+    let node =
+        NodeProc::start(home.path(), &["--relay", &url, "--recv-dir", recv.to_str().unwrap(), "--json"]);
+    let first: Value = serde_json::from_str(&node.first).unwrap();
+    let peer = first["peer"].as_str().unwrap().to_string();
+    let file = home.path().join("big.bin");
+    write_pattern_file(&file, SIZE, 11);
+    // The bare peer id: the relay is the only route, then hole punching takes it direct. A
+    // STUN server that never answers holds the punch back ~1 s (gathering gives up on it),
+    // so the stream starts on the relayed path.
+    let out = run(kizuna(home.path())
+        .args(["send", &peer, file.to_str().unwrap(), "--relay", &url, "--json"])
+        .args(["--stun", "127.0.0.1:9"]));
+    assert!(out.status.success(), "send failed: {}", stderr(&out));
+    let v: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["status"], "ok", "{v}");
+    assert_eq!(sha256_of(&recv.join("big.bin")), sha256_of(&file));
+    // The node saw the upgrade while the transfer ran: before the file was complete.
+    let mut events = Vec::new();
+    while let Some(line) = node.next_line(Duration::from_millis(500)) {
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        events.push(
+            v["event"].as_str().unwrap_or_default().to_string() + "/" + v["reason"].as_str().unwrap_or(""),
+        );
+    }
+    let upgrade = events.iter().position(|e| e == "path_changed/upgrade");
+    let received = events.iter().position(|e| e.starts_with("file_received"));
+    assert!(
+        matches!((upgrade, received), (Some(u), Some(r)) if u < r),
+        "the transfer did not outlive an upgrade: {events:?}"
+    );
+}
