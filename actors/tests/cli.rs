@@ -256,6 +256,7 @@ fn check_ping(home: &Path, ticket: &str, transport: &str) {
         assert_eq!(v["status"], "ok");
         assert!(v["connect_ms"].as_f64().is_some_and(|x| x >= 0.0), "{v}");
         assert!(v["rtt_ms"].as_f64().is_some_and(|x| x >= 0.0), "{v}");
+        assert_eq!(v["switches"], 0, "one direct path, never changed: {v}");
     }
 }
 

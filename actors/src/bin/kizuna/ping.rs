@@ -14,7 +14,8 @@ use crate::{
 /// Measure round-trip times to a node (which must run `kizuna node`).
 ///
 /// Human output follows the Unix ping. With --json, one JSON object per ping on its own
-/// line: {"seq", "peer", "transport", "path" (direct|relayed), "connect_ms", "rtt_ms"
+/// line: {"seq", "peer", "transport", "path" (direct|relayed), "switches" (path changes so
+/// far), "connect_ms", "rtt_ms"
 /// (null when lost), "status" (ok|timeout|error)}. Exits 1 if no reply came back.
 #[derive(Debug, clap::Args)]
 pub(crate) struct PingArgs {
@@ -88,7 +89,8 @@ pub(crate) async fn run(a: PingArgs) -> CliResult {
         }
         // The path can change during a run (a relayed connection upgraded to direct by
         // hole punching): report the connection as it is now, one line per ping.
-        let now = current_info(&session.node, peer).await.unwrap_or_else(|| info.clone());
+        let (now, switches) = current_info(&session.node, peer).await;
+        let now = now.unwrap_or_else(|| info.clone());
         if a.json {
             let mut v = json!({
                 "seq": seq,
@@ -98,6 +100,7 @@ pub(crate) async fn run(a: PingArgs) -> CliResult {
                 "connect_ms": connect_ms,
                 "rtt_ms": rtt.map(output::ms),
                 "status": status,
+                "switches": switches,
             });
             if let Err(e) = &r {
                 v["error"] = json!(e.to_string());
@@ -142,11 +145,12 @@ pub(crate) async fn run(a: PingArgs) -> CliResult {
     Ok(())
 }
 
-/// The live connection to `peer`, if any.
+/// The path carrying `peer`'s traffic now, if any, and how often it changed (this client
+/// node has one peer, so the node's count is the peer's).
 async fn current_info(
     node: &actix::Addr<kizuna_actors::Supervisor>,
     peer: kizuna::PeerId,
-) -> Option<kizuna::ConnectionInfo> {
-    let stats = node.send(kizuna_actors::GetStats).await.ok()?;
-    stats.connections.into_iter().find(|c| c.peer == peer)
+) -> (Option<kizuna::ConnectionInfo>, u64) {
+    let Ok(stats) = node.send(kizuna_actors::GetStats).await else { return (None, 0) };
+    (stats.connections.into_iter().find(|c| c.peer == peer), stats.path_changes)
 }
