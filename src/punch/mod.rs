@@ -17,6 +17,8 @@
 //! * [`session`] — [`PunchSession`], the machine (driven like the relay machines:
 //!   `handle_*(now, …)` in, `poll_output` / `poll_timeout` out);
 //! * [`proto`] — [`PunchMessage`], exchanged over the relayed connection (MessagePack);
+//! * [`signal`] — the tag byte of every signal kind peers exchange (punch, WebRTC) and
+//!   the one decoder, [`Signal::decode`], that tells them apart;
 //! * [`packet`] — the punch datagrams (probe / ack) sent through the NATs;
 //! * [`candidates`] — candidate kinds, priorities, port prediction;
 //! * [`sim`] — a virtual-time network of two hosts behind configurable NAT boxes, a STUN
@@ -29,6 +31,7 @@ pub mod proto;
 pub mod race;
 mod rng;
 pub mod session;
+pub mod signal;
 pub mod sim;
 #[cfg(test)]
 mod tests;
@@ -38,6 +41,7 @@ pub use error::{FailReason, PunchDecodeError, PunchProtocolError};
 pub use proto::PunchMessage;
 pub use race::{PathRace, RaceStep, TcpPhase};
 pub use session::{Event, Output, Phase, PunchConfig, PunchSession, PunchStats, Role};
+pub use signal::{Signal, SignalError, PUNCH_SIGNAL_TAG, WEBRTC_SIGNAL_TAG};
 
 /// Largest encoded punch message, in bytes. An offer with [`MAX_CANDIDATES`] candidates
 /// takes under 1 KiB; 4 KiB leaves room for fields newer versions may add.

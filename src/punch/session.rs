@@ -432,7 +432,8 @@ impl PunchSession {
     }
 
     /// Decodes and handles a message from the peer. An undecodable message ends the
-    /// session (a protocol error, reported to the peer) and is returned as the error.
+    /// session (see [`handle_undecodable`](Self::handle_undecodable)) and is returned as
+    /// the error.
     pub fn handle_message_bytes(&mut self, now: Instant, bytes: &[u8]) -> Result<(), PunchDecodeError> {
         match PunchMessage::decode(bytes) {
             Ok(msg) => {
@@ -440,10 +441,16 @@ impl PunchSession {
                 Ok(())
             }
             Err(e) => {
-                self.fail(now, FailReason::Protocol(PunchProtocolError::Decode(e.clone())));
+                self.handle_undecodable(now, e.clone());
                 Err(e)
             }
         }
+    }
+
+    /// The peer sent a punch message that did not decode (`error`, from wherever it was
+    /// decoded): the session fails with a protocol error, reported to the peer.
+    pub fn handle_undecodable(&mut self, now: Instant, error: PunchDecodeError) {
+        self.fail(now, FailReason::Protocol(PunchProtocolError::Decode(error)));
     }
 
     /// Handles a message from the peer (received over the relayed connection).

@@ -28,8 +28,9 @@ use kizuna::{
     nat::{Gatherer, ProbeConfig},
     punch::{
         candidates::{local_candidates, tcp_candidates},
-        Event as PunchEvent, MappingHint, Output, PathRace, PunchConfig, PunchSession, RaceStep, Role,
-        TcpPhase,
+        signal::encode_punch,
+        Event as PunchEvent, MappingHint, Output, PathRace, PunchConfig, PunchDecodeError, PunchMessage,
+        PunchSession, RaceStep, Role, TcpPhase,
     },
     transport::quic::{demux::SideChannel, QuicTransport},
     transport::{tcp::punched_connection, tcp_punch::TcpPunch},
@@ -46,16 +47,14 @@ use crate::{
     runtime::io_runtime,
 };
 
-/// First byte of a relay signal that carries a punch message (the rest is the encoded
-/// [`kizuna::punch::PunchMessage`]). Other signals are published as `SignalReceived`.
-pub(crate) const PUNCH_SIGNAL_TAG: u8 = 0x13;
-
-/// A punch message from `peer`, relayed (the tag byte already removed).
+/// A punch message from `peer`, relayed and decoded once where it arrived
+/// ([`kizuna::punch::Signal::decode`]); `Err` says why the one it sent did not decode
+/// (the session then fails and tells the peer).
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub(crate) struct PunchSignal {
     pub(crate) peer: PeerId,
-    pub(crate) payload: Bytes,
+    pub(crate) message: Result<PunchMessage, PunchDecodeError>,
 }
 
 /// A non-QUIC datagram that arrived on the QUIC socket.
@@ -127,7 +126,7 @@ const MAX_EARLY: usize = 8;
 enum Stage {
     Gathering {
         gatherer: Gatherer,
-        early: Vec<Bytes>,
+        early: Vec<Result<PunchMessage, PunchDecodeError>>,
         seed: [u8; 32],
     },
     Punching(Box<PunchSession>),
@@ -225,8 +224,11 @@ impl HolePunchActor {
         let mut session =
             PunchSession::new(self.role, now, PunchConfig::default(), local, gathered.mapping, seed);
         for m in early {
-            // A decode error ends the session; its `Failed` event is among the outputs.
-            let _ = session.handle_message_bytes(now, &m);
+            match m {
+                Ok(m) => session.handle_message(now, m),
+                // Ends the session; its `Failed` event is among the outputs.
+                Err(e) => session.handle_undecodable(now, e),
+            }
         }
         self.stage = Stage::Punching(Box::new(session));
     }
@@ -254,9 +256,8 @@ impl HolePunchActor {
         while let Some(out) = self.session_mut().and_then(|s| s.poll_output()) {
             match out {
                 Output::SendMessage(m) => {
-                    let mut payload = vec![PUNCH_SIGNAL_TAG];
-                    payload.extend_from_slice(&m.encode());
-                    let send = self.ports.signal.send(SendSignal { to: self.peer, payload });
+                    let send =
+                        self.ports.signal.send(SendSignal { to: self.peer, payload: encode_punch(&m) });
                     let me = ctx.address();
                     actix::spawn(async move {
                         let err = match send.await {
@@ -519,13 +520,14 @@ impl Handler<PunchSignal> for HolePunchActor {
         match &mut self.stage {
             Stage::Gathering { early, .. } => {
                 if early.len() < MAX_EARLY {
-                    early.push(msg.payload);
+                    early.push(msg.message);
                 }
             }
-            Stage::Punching(session) => {
-                // A decode error ends the session; its `Failed` event is among the outputs.
-                let _ = session.handle_message_bytes(Instant::now(), &msg.payload);
-            }
+            Stage::Punching(session) => match msg.message {
+                Ok(m) => session.handle_message(Instant::now(), m),
+                // Ends the session; its `Failed` event is among the outputs.
+                Err(e) => session.handle_undecodable(Instant::now(), e),
+            },
             Stage::Moving => {}
         }
         self.drain(ctx);

@@ -33,7 +33,7 @@ use actix::{
 };
 use kizuna::{
     negotiate::{resolve_duplicate, retire, Candidate, Keep, Retire},
-    punch::{PunchMessage, Role},
+    punch::{PunchDecodeError, PunchMessage, Role},
     relay::client::{RelayClientConfig, RelayEndpoint},
     transport::{
         quic::{demux::SideChannel, QuicTransport},
@@ -182,7 +182,7 @@ pub struct Supervisor {
     punches: HashMap<PeerId, (ChildId, Addr<HolePunchActor>)>,
     punch_inboxes: PunchInboxes,
     punch_reader: Option<Arc<SideChannel>>,
-    early_signals: EarlySignals,
+    early_signals: EarlySignals<Result<PunchMessage, PunchDecodeError>>,
     /// Sources of local punch candidates: configured STUN servers, what the relay
     /// reported, the interface addresses last seen.
     stun: Vec<SocketAddr>,
@@ -391,8 +391,8 @@ impl Supervisor {
             if dialer {
                 self.start_punch(peer, Role::Initiator, ctx);
             } else {
-                for payload in self.early_signals.take(&peer, Instant::now()) {
-                    self.on_punch_signal(PunchSignal { peer, payload }, ctx);
+                for message in self.early_signals.take(&peer, Instant::now()) {
+                    self.on_punch_signal(PunchSignal { peer, message }, ctx);
                 }
             }
         }
@@ -489,12 +489,12 @@ impl Supervisor {
     fn on_punch_signal(&mut self, msg: PunchSignal, ctx: &mut Context<Self>) {
         let peer = msg.peer;
         if !self.punches.contains_key(&peer) {
-            let offer = matches!(PunchMessage::decode(&msg.payload), Ok(PunchMessage::Offer { .. }));
+            let offer = matches!(msg.message, Ok(PunchMessage::Offer { .. }));
             if !self.peers.contains_key(&peer) {
                 // The offerer adopted the relayed connection before this node did: keep its
                 // offer and what follows it (the `ping` sent right behind it, which is never
                 // repeated) for when this node adopts the connection.
-                self.early_signals.keep(peer, msg.payload, offer, Instant::now());
+                self.early_signals.keep(peer, msg.message, offer, Instant::now());
                 return;
             }
             if !offer {
@@ -853,7 +853,7 @@ impl Handler<WebRtcSignal> for Supervisor {
         };
         // Refused signals are dropped (a refused offer is answered with a `close`); the
         // node keeps serving.
-        if let Err(e) = w.handle_signal(msg.peer, &msg.payload) {
+        if let Err(e) = w.handle_signal_message(msg.peer, msg.message) {
             tracing::debug!(peer = %msg.peer, error = %e, "WebRTC signal refused");
         }
     }

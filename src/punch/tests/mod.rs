@@ -1,4 +1,5 @@
-//! Tests of the punch layer: codec snapshots and round trips (`proto`), the machine on
+//! Tests of the punch layer: codec snapshots and round trips (`proto`), the signal
+//! demultiplexer (`signal`), the machine on
 //! its own (`session`), the 6×6 NAT matrix and link degradation through the simulator
 //! (`matrix`), and property tests (`prop`).
 
@@ -7,6 +8,7 @@ mod matrix;
 mod prop;
 mod proto;
 mod session;
+mod signal;
 
 use std::{
     net::SocketAddr,
