@@ -20,6 +20,8 @@
 //! * [`signal`] — the tag byte of every signal kind peers exchange (punch, WebRTC) and
 //!   the one decoder, [`Signal::decode`], that tells them apart;
 //! * [`packet`] — the punch datagrams (probe / ack) sent through the NATs;
+//! * [`router`] — [`DatagramRouter`], which attempt a datagram of the shared socket
+//!   belongs to (by punch token or STUN transaction id);
 //! * [`candidates`] — candidate kinds, priorities, port prediction;
 //! * [`sim`] — a virtual-time network of two hosts behind configurable NAT boxes, a STUN
 //!   server and a relay path, for this crate's tests and the actors' tests.
@@ -30,6 +32,7 @@ pub mod packet;
 pub mod proto;
 pub mod race;
 mod rng;
+pub mod router;
 pub mod session;
 pub mod signal;
 pub mod sim;
@@ -40,6 +43,7 @@ pub use candidates::{Candidate, CandidateKind, MappingHint};
 pub use error::{FailReason, PunchDecodeError, PunchProtocolError};
 pub use proto::PunchMessage;
 pub use race::{PathRace, RaceStep, TcpPhase};
+pub use router::{DatagramRouter, RouteError, RouteKeys, RouterStats};
 pub use session::{Event, Output, Phase, PunchConfig, PunchSession, PunchStats, Role};
 pub use signal::{Signal, SignalError, PUNCH_SIGNAL_TAG, WEBRTC_SIGNAL_TAG};
 

@@ -390,6 +390,15 @@ impl PunchSession {
         self.stats
     }
 
+    /// The session token, once known (the initiator's from construction, the responder's
+    /// from the offer): every punch datagram of this session carries it, which is how a
+    /// shell sharing one socket among sessions routes them
+    /// ([`DatagramRouter`](super::router::DatagramRouter)). Secret between the two peers:
+    /// never log it.
+    pub fn token(&self) -> Option<[u8; 16]> {
+        self.token
+    }
+
     /// The candidates this node offers (after cleaning).
     pub fn local_candidates(&self) -> &[Candidate] {
         &self.local

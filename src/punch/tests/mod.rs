@@ -1,5 +1,5 @@
 //! Tests of the punch layer: codec snapshots and round trips (`proto`), the signal
-//! demultiplexer (`signal`), the machine on
+//! demultiplexer (`signal`), the side-channel router (`router`), the machine on
 //! its own (`session`), the 6×6 NAT matrix and link degradation through the simulator
 //! (`matrix`), and property tests (`prop`).
 
@@ -7,6 +7,7 @@ mod candidates;
 mod matrix;
 mod prop;
 mod proto;
+mod router;
 mod session;
 mod signal;
 
