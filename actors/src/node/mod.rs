@@ -18,6 +18,7 @@ pub(crate) mod hole_punch;
 pub(crate) mod listener;
 pub(crate) mod negotiator;
 pub(crate) mod relay_client;
+pub(crate) mod side_reader;
 pub mod supervision;
 pub(crate) mod supervisor;
 mod transports;

@@ -51,13 +51,11 @@ use crate::{
     node::connection::{CloseConnection, ConnectionActor, OpenStreamTo, SendMessage},
     node::early_signals::EarlySignals,
     node::events::EventBus,
-    node::hole_punch::{
-        spawn_side_reader, HolePunchActor, PunchEnv, PunchFinished, PunchInboxes, PunchPorts, PunchSignal,
-        SendSignal,
-    },
+    node::hole_punch::{HolePunchActor, PunchEnv, PunchFinished, PunchPorts, PunchSignal, SendSignal},
     node::listener::{Inbound, ListenerActor, ListenerPorts, ListenerReady, StopListener},
     node::negotiator::{Negotiated, NegotiatorActor},
     node::relay_client::{RelayAddrs, RelayClientActor, RelayClientPorts, StopRelayClient},
+    node::side_reader::{spawn_side_reader, PunchInboxes},
     node::supervision::{Decision, ExitReason, RestartLimits, RestartPolicy, RestartTracker},
     node::transports::build_transports,
     node::webrtc_signal::{RelaySignaler, WebRtcSignal},
@@ -426,9 +424,9 @@ impl Supervisor {
             finished: me.clone().recipient(),
             exited: me.clone().recipient(),
             inbound: me.recipient(),
+            datagrams: self.punch_inboxes.clone(),
         };
         let actor = HolePunchActor::new(id, peer, role, self.punch_env(), quic, side, ports).start();
-        self.punch_inboxes.lock().unwrap_or_else(|e| e.into_inner()).push((id, actor.clone().recipient()));
         self.punches.insert(peer, (id, actor.clone()));
         self.children.insert(
             id,
@@ -803,7 +801,6 @@ impl Handler<ChildExited> for Supervisor {
                 }
             }
             ChildKind::HolePunch { peer } => {
-                self.punch_inboxes.lock().unwrap_or_else(|e| e.into_inner()).retain(|(id, _)| *id != msg.id);
                 if self.punches.get(&peer).is_some_and(|(id, _)| *id == msg.id) {
                     self.punches.remove(&peer);
                 }
