@@ -17,6 +17,7 @@ pub mod events;
 pub(crate) mod hole_punch;
 pub(crate) mod listener;
 pub(crate) mod negotiator;
+mod network_watch;
 pub(crate) mod relay_client;
 pub(crate) mod side_reader;
 pub mod supervision;

@@ -29,7 +29,7 @@ use std::{
 
 use actix::{
     Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, MessageResult,
-    Recipient, ResponseActFuture, ResponseFuture, WrapFuture,
+    Recipient, ResponseActFuture, ResponseFuture, StreamHandler, WrapFuture,
 };
 use kizuna::{
     negotiate::{resolve_duplicate, retire, Candidate, Keep, Retire},
@@ -54,6 +54,7 @@ use crate::{
     node::hole_punch::{HolePunchActor, PunchEnv, PunchFinished, PunchPorts, PunchSignal, SendSignal},
     node::listener::{Inbound, ListenerActor, ListenerPorts, ListenerReady, StopListener},
     node::negotiator::{Negotiated, NegotiatorActor},
+    node::network_watch::{network_changes, NetworkChanged},
     node::relay_client::{RelayAddrs, RelayClientActor, RelayClientPorts, StopRelayClient},
     node::side_reader::{spawn_side_reader, PunchInboxes},
     node::supervision::{Decision, ExitReason, RestartLimits, RestartPolicy, RestartTracker},
@@ -149,10 +150,6 @@ const UPGRADE_CLOSE_DELAY: Duration = Duration::from_secs(2);
 /// connection is still relayed). 60 s: NAT state and mappings may have changed by then,
 /// and an impossible pair costs one short burst of probes per minute.
 pub const PUNCH_RETRY: Duration = Duration::from_secs(60);
-
-/// How often a node with relays looks for a network change (its interface addresses).
-/// 5 s: listing interfaces is one netlink round trip, and a change is acted on quickly.
-const NETWORK_CHECK: Duration = Duration::from_secs(5);
 
 /// The connection manager actor. Start it with [`Supervisor::start`] inside an actix
 /// system, then send it the messages of [`crate::api`].
@@ -456,9 +453,10 @@ impl Supervisor {
         }
     }
 
-    /// Looks at the interface addresses; when they changed (a network change: new Wi-Fi,
-    /// VPN up, DHCP renewal), every relayed connection this node dialed tries to punch
-    /// again at once instead of waiting for [`PUNCH_RETRY`].
+    /// Looks at the interface addresses (when the interface watcher says they may have
+    /// changed); when they did (a network change: new Wi-Fi, VPN up, DHCP renewal), every
+    /// relayed connection this node dialed tries to punch again at once instead of
+    /// waiting for [`PUNCH_RETRY`].
     fn check_network(&mut self, ctx: &mut Context<Self>) {
         let now = kizuna::nat::interfaces::interface_ips();
         if now == self.interfaces {
@@ -586,8 +584,8 @@ impl Actor for Supervisor {
         if !self.relays.is_empty() {
             let id = self.id();
             self.spawn_relay_client(id, ctx);
-            // Hole punching is possible: watch for network changes.
-            ctx.run_interval(NETWORK_CHECK, |act, ctx| act.check_network(ctx));
+            // Hole punching is possible: watch for network changes (interface events).
+            ctx.add_stream(network_changes());
         }
         if let Some(w) = self.webrtc.clone() {
             // Answer WebRTC offers (from nodes and browsers) for as long as the node runs.
@@ -832,6 +830,15 @@ impl Handler<RelayAddrs> for Supervisor {
             self.retry_punches(ctx);
         }
     }
+}
+
+impl StreamHandler<NetworkChanged> for Supervisor {
+    fn handle(&mut self, _: NetworkChanged, ctx: &mut Context<Self>) {
+        self.check_network(ctx);
+    }
+
+    /// The stream never ends; should it, the supervisor goes on (the default stops it).
+    fn finished(&mut self, _: &mut Context<Self>) {}
 }
 
 impl Handler<PunchSignal> for Supervisor {
