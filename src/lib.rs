@@ -15,9 +15,11 @@
 //!   [`transport::tcp`], [`transport::quic`] and [`transport::ws`] (WebSocket);
 //! * [`relay`] — the relay protocol's sans-IO core: messages, admission, limits, the
 //!   relay's and the client's state machines;
-//! * [`nat`] — NAT behaviour discovery over STUN (RFC 4787 / RFC 5780);
-//! * [`punch`] — hole punching: the [`punch::PunchSession`] machine, its messages and a
-//!   NAT simulator;
+//! * [`nat`] — NAT behaviour discovery over STUN (RFC 4787 / RFC 5780), candidate
+//!   gathering, interface addresses and their changes;
+//! * [`punch`] — hole punching: the [`punch::PunchAttempt`] machine (gathering, the
+//!   [`punch::PunchSession`] UDP punch, the TCP race), its messages, the signal tags,
+//!   the side-channel router and a NAT simulator;
 //! * [`health`], [`pool`] — keep-alive/RTT and per-peer connection reuse.
 
 pub mod address;

@@ -158,6 +158,14 @@ impl Gatherer {
             .min()
     }
 
+    /// The transaction ids of the transactions still waiting for an answer, which a shell
+    /// sharing its socket among several gatherers routes answers by
+    /// ([`DatagramRouter`](crate::punch::router::DatagramRouter)). The set grows when an
+    /// answer names an OTHER-ADDRESS to ask too, and shrinks as transactions finish.
+    pub fn pending_transactions(&self) -> impl Iterator<Item = [u8; 12]> + '_ {
+        self.txs.iter().filter(|t| t.result.is_none()).map(|t| t.tid)
+    }
+
     /// Whether every transaction has finished.
     pub fn is_done(&self) -> bool {
         self.txs.iter().all(|t| t.result.is_some())

@@ -133,3 +133,17 @@ fn strangers_and_garbage_are_not_consumed() {
     let mut g = Gatherer::new(&many, now, ProbeConfig::default(), [6; 32]);
     assert_eq!(drain(&mut g).len(), MAX_GATHER_SERVERS);
 }
+
+#[test]
+fn pending_transactions_are_those_awaiting_an_answer() {
+    let now = Instant::now();
+    let (s1, s2) = (a("203.0.113.1:3478"), a("203.0.113.2:3478"));
+    let mut g = Gatherer::new(&[s1, s2], now, ProbeConfig::default(), [4; 32]);
+    let sent = drain(&mut g);
+    let tids: Vec<[u8; 12]> = sent.iter().map(|(_, r)| tid(r)).collect();
+    assert_eq!(g.pending_transactions().collect::<Vec<_>>(), tids);
+    assert!(g.handle_datagram(now, s1, &answer(&sent[0].1, a("198.51.100.7:1"), None)));
+    assert_eq!(g.pending_transactions().collect::<Vec<_>>(), vec![tids[1]]);
+    g.handle_timeout(now + ProbeConfig::default().deadline());
+    assert_eq!(g.pending_transactions().count(), 0, "given up");
+}

@@ -6,7 +6,12 @@
 //!   function from the collected [`Observations`] to a [`NatReport`];
 //! * [`probe`] — the I/O part: STUN Binding transactions (retransmission, transaction
 //!   ids, decoding with `stun-rs`) on a caller's `tokio` UDP socket, and [`discover`],
-//!   which drives the machine on that socket.
+//!   which drives the machine on that socket;
+//! * [`gather`] — the sans-IO [`Gatherer`] that learns a shared socket's public mapping
+//!   for hole punching;
+//! * [`interfaces`] — the host's interface addresses, and the
+//!   [`InterfaceWatcher`](interfaces::InterfaceWatcher) that wakes up when they may have
+//!   changed (rtnetlink notifications on Linux, polling elsewhere).
 //!
 //! The socket is the caller's so the mapping that is measured is the one a hole punch or
 //! a QUIC endpoint on the same socket will use. While [`discover`] runs it reads every

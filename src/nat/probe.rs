@@ -126,14 +126,30 @@ pub fn encode_request(tid: [u8; 12], change_ip: bool, change_port: bool) -> Vec<
     buf
 }
 
+/// The transaction id of `packet` if its 20-byte header is a STUN (RFC 8489 §5) response
+/// header: first two bits zero, the magic cookie, class success or error. Only the
+/// header is read (the body is [`parse_response`]'s business), so this is cheap enough
+/// to route every datagram of a shared socket by.
+pub fn response_transaction_id(packet: &[u8]) -> Option<[u8; 12]> {
+    let header = packet.get(..HEADER_LEN)?;
+    if header[0] & 0xc0 != 0 {
+        return None;
+    }
+    // The class bits are bit 8 (C1) and bit 4 (C0) of the message type: responses have C1.
+    let message_type = u16::from_be_bytes([header[0], header[1]]);
+    let cookie = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    if message_type & 0x0100 == 0 || cookie != MAGIC_COOKIE.as_u32() {
+        return None;
+    }
+    let mut tid = [0u8; 12];
+    tid.copy_from_slice(&header[8..HEADER_LEN]);
+    Some(tid)
+}
+
 /// Parses a datagram from `source` as the answer to transaction `tid`: `None` if it is
 /// not STUN, not a Binding response, for another transaction, or does not decode.
 pub fn parse_response(packet: &[u8], source: SocketAddr, tid: &[u8; 12]) -> Option<Outcome> {
-    if packet.len() < HEADER_LEN || packet[0] & 0xc0 != 0 {
-        return None;
-    }
-    let cookie = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
-    if cookie != MAGIC_COOKIE.as_u32() || &packet[8..HEADER_LEN] != tid {
+    if response_transaction_id(packet).as_ref() != Some(tid) {
         return None;
     }
     let (msg, _) = MessageDecoderBuilder::default().build().decode(packet).ok()?;
@@ -276,7 +292,7 @@ fn concrete_local(bound: SocketAddr, towards: SocketAddr) -> SocketAddr {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -294,7 +310,7 @@ pub(super) mod tests {
     }
 
     /// A STUN Binding response with `attrs`, for tests.
-    pub(in crate::nat) fn response(tid: [u8; 12], class: MessageClass, attrs: Vec<StunAttribute>) -> Vec<u8> {
+    pub(crate) fn response(tid: [u8; 12], class: MessageClass, attrs: Vec<StunAttribute>) -> Vec<u8> {
         let mut b = StunMessageBuilder::new(BINDING, class).with_transaction_id(TransactionId::from(tid));
         for a in attrs {
             b = b.with_attribute(a);

@@ -90,3 +90,23 @@ pub enum FailReason {
     #[error("cancelled")]
     Cancelled,
 }
+
+/// Why a [`PunchAttempt`](super::PunchAttempt) — gathering, the UDP punch and TCP
+/// simultaneous open together — ended without a direct path. The relayed connection is
+/// untouched by any of these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttemptError {
+    /// The UDP punch failed, and no TCP attempt ran.
+    #[error(transparent)]
+    Udp(#[from] FailReason),
+    /// The UDP punch failed, and TCP simultaneous open found no path either.
+    #[error("{0}; TCP simultaneous open found no path either")]
+    UdpAndTcp(FailReason),
+    /// Signaling through the relay failed, so the attempt cannot go on.
+    #[error("relay signaling failed: {0}")]
+    Signaling(String),
+    /// The attempt was closed locally.
+    #[error("cancelled")]
+    Cancelled,
+}

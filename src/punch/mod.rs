@@ -14,30 +14,42 @@
 //! behaviours the simulator implements. `docs/punch.md` describes the protocol, its
 //! timing and the tested NAT matrix.
 //!
-//! * [`session`] — [`PunchSession`], the machine (driven like the relay machines:
-//!   `handle_*(now, …)` in, `poll_output` / `poll_timeout` out);
+//! * [`attempt`] — [`PunchAttempt`], one whole attempt as the node runs it: gathering the
+//!   candidates over STUN, the UDP punch and TCP simultaneous open racing it, behind one
+//!   `handle_*(now, …)` / `poll_output` / `poll_timeout` contract (what the
+//!   `HolePunchActor` drives);
+//! * [`session`] — [`PunchSession`], the UDP punch machine (driven the same way);
 //! * [`proto`] — [`PunchMessage`], exchanged over the relayed connection (MessagePack);
+//! * [`signal`] — the tag byte of every signal kind peers exchange (punch, WebRTC) and
+//!   the one decoder, [`Signal::decode`], that tells them apart;
 //! * [`packet`] — the punch datagrams (probe / ack) sent through the NATs;
+//! * [`router`] — [`DatagramRouter`], which attempt a datagram of the shared socket
+//!   belongs to (by punch token or STUN transaction id);
 //! * [`candidates`] — candidate kinds, priorities, port prediction;
 //! * [`sim`] — a virtual-time network of two hosts behind configurable NAT boxes, a STUN
 //!   server and a relay path, for this crate's tests and the actors' tests.
 
+pub mod attempt;
 pub mod candidates;
 mod error;
 pub mod packet;
 pub mod proto;
-pub mod race;
+mod race;
 mod rng;
+pub mod router;
 pub mod session;
+pub mod signal;
 pub mod sim;
 #[cfg(test)]
 mod tests;
 
+pub use attempt::{AttemptConfig, Finish, LocalEnv, PunchAttempt};
 pub use candidates::{Candidate, CandidateKind, MappingHint};
-pub use error::{FailReason, PunchDecodeError, PunchProtocolError};
+pub use error::{AttemptError, FailReason, PunchDecodeError, PunchProtocolError};
 pub use proto::PunchMessage;
-pub use race::{PathRace, RaceStep, TcpPhase};
+pub use router::{DatagramRouter, RouteError, RouteKeys, RouterStats};
 pub use session::{Event, Output, Phase, PunchConfig, PunchSession, PunchStats, Role};
+pub use signal::{Signal, SignalError, PUNCH_SIGNAL_TAG, WEBRTC_SIGNAL_TAG};
 
 /// Largest encoded punch message, in bytes. An offer with [`MAX_CANDIDATES`] candidates
 /// takes under 1 KiB; 4 KiB leaves room for fields newer versions may add.

@@ -390,6 +390,15 @@ impl PunchSession {
         self.stats
     }
 
+    /// The session token, once known (the initiator's from construction, the responder's
+    /// from the offer): every punch datagram of this session carries it, which is how a
+    /// shell sharing one socket among sessions routes them
+    /// ([`DatagramRouter`](super::router::DatagramRouter)). Secret between the two peers:
+    /// never log it.
+    pub fn token(&self) -> Option<[u8; 16]> {
+        self.token
+    }
+
     /// The candidates this node offers (after cleaning).
     pub fn local_candidates(&self) -> &[Candidate] {
         &self.local
@@ -432,7 +441,8 @@ impl PunchSession {
     }
 
     /// Decodes and handles a message from the peer. An undecodable message ends the
-    /// session (a protocol error, reported to the peer) and is returned as the error.
+    /// session (see [`handle_undecodable`](Self::handle_undecodable)) and is returned as
+    /// the error.
     pub fn handle_message_bytes(&mut self, now: Instant, bytes: &[u8]) -> Result<(), PunchDecodeError> {
         match PunchMessage::decode(bytes) {
             Ok(msg) => {
@@ -440,10 +450,16 @@ impl PunchSession {
                 Ok(())
             }
             Err(e) => {
-                self.fail(now, FailReason::Protocol(PunchProtocolError::Decode(e.clone())));
+                self.handle_undecodable(now, e.clone());
                 Err(e)
             }
         }
+    }
+
+    /// The peer sent a punch message that did not decode (`error`, from wherever it was
+    /// decoded): the session fails with a protocol error, reported to the peer.
+    pub fn handle_undecodable(&mut self, now: Instant, error: PunchDecodeError) {
+        self.fail(now, FailReason::Protocol(PunchProtocolError::Decode(error)));
     }
 
     /// Handles a message from the peer (received over the relayed connection).

@@ -1,35 +1,37 @@
 //! `HolePunchActor`: drives one hole-punch attempt with a peer already reached through a
 //! relay (see `docs/punch.md`).
 //!
-//! * **Owns** one sans-IO [`PunchSession`], its one timer, and the QUIC transport's side
-//!   channel (the non-QUIC half of the UDP socket QUIC uses, so the hole punched is the
-//!   hole QUIC then uses).
-//! * **In:** [`PunchSignal`] (the peer's punch messages, relayed signaling, routed by the
-//!   supervisor), [`PunchDatagram`] (datagrams from the side channel, filtered with
-//!   [`PunchSession::accepts`]), [`Fault`] (tests).
-//! * **Out:** punch messages as [`SendSignal`] to the relay client, punch datagrams from
-//!   the side channel, and one [`PunchFinished`] to the supervisor: on success the
-//!   initiator's QUIC connection to the punched address (the supervisor adopts it, which
-//!   upgrades the path: `PathChanged` with reason `upgrade`); the responder just
-//!   reports success (its QUIC listener accepts the initiator's dial).
-//! * **Supervised** as a child with restart policy *never*: the supervisor itself retries
-//!   a failed attempt later.
-//! * **Stops** when the session ends (after the initiator's dial).
+//! * **Owns** one sans-IO [`PunchAttempt`] (gathering, the UDP punch and TCP simultaneous
+//!   open: every decision is there), its one timer, the QUIC transport's side channel
+//!   (the non-QUIC half of the UDP socket QUIC uses, so the hole punched is the hole QUIC
+//!   then uses), the TCP punch port it reserves and the tasks that connect from it.
+//! * **In:** [`PunchSignal`] (the peer's punch messages, decoded where they arrived and
+//!   routed by the supervisor), [`PunchDatagram`] (side-channel datagrams carrying this
+//!   attempt's STUN transaction ids or punch token, routed by the side reader), what its
+//!   TCP tasks report, [`Fault`] (tests).
+//! * **Out:** punch messages as [`SendSignal`] to the peer's actor (which sends them as
+//!   `SIGNAL` frames on the relayed path), datagrams from the side channel, its routing
+//!   keys in the side reader's table, and one [`PunchFinished`] to the peer's actor: on
+//!   success the initiator's QUIC (or punched TCP) connection (a new direct path: the
+//!   traffic moves to it, `PathChanged` with reason `upgrade`); the responder just
+//!   reports success (its QUIC listener accepts the initiator's dial; a punched TCP
+//!   connection goes to the peer's actor as `Inbound`).
+//! * **Supervised** by the peer's actor, never restarted: the peer's path manager decides
+//!   when to try again.
+//! * **Stops** when the attempt finishes (after starting the initiator's dial).
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex, Weak},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Instant,
 };
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle};
 use bytes::Bytes;
 use kizuna::{
-    nat::{Gatherer, ProbeConfig},
     punch::{
-        candidates::{local_candidates, tcp_candidates},
-        Event as PunchEvent, MappingHint, Output, PathRace, PunchConfig, PunchSession, RaceStep, Role,
-        TcpPhase,
+        attempt::Output, signal::encode_punch, AttemptConfig, Finish, LocalEnv, PunchAttempt,
+        PunchDecodeError, PunchMessage, Role, RouteKeys,
     },
     transport::quic::{demux::SideChannel, QuicTransport},
     transport::{tcp::punched_connection, tcp_punch::TcpPunch},
@@ -42,23 +44,22 @@ use tokio::{net::TcpStream, sync::mpsc};
 use crate::{
     node::child::{ChildExited, ChildId, ExitGuard, Fault},
     node::listener::Inbound,
+    node::side_reader::{lock, PunchInboxes},
     node::supervision::ExitReason,
     runtime::io_runtime,
 };
 
-/// First byte of a relay signal that carries a punch message (the rest is the encoded
-/// [`kizuna::punch::PunchMessage`]). Other signals are published as `SignalReceived`.
-pub(crate) const PUNCH_SIGNAL_TAG: u8 = 0x13;
-
-/// A punch message from `peer`, relayed (the tag byte already removed).
+/// A punch message from `peer`, relayed and decoded once where it arrived
+/// ([`kizuna::punch::Signal::decode`]); `Err` says why the one it sent did not decode
+/// (the session then fails and tells the peer).
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub(crate) struct PunchSignal {
     pub(crate) peer: PeerId,
-    pub(crate) payload: Bytes,
+    pub(crate) message: Result<PunchMessage, PunchDecodeError>,
 }
 
-/// A non-QUIC datagram that arrived on the QUIC socket.
+/// A side-channel datagram routed to this attempt (see [`crate::node::side_reader`]).
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub(crate) struct PunchDatagram {
@@ -92,10 +93,13 @@ pub(crate) struct PunchPorts {
     pub(crate) exited: Recipient<ChildExited>,
     /// The responder's connections over a punched TCP path (adopted like any inbound).
     pub(crate) inbound: Recipient<Inbound>,
+    /// The side reader's routing table, where the actor registers the keys of the
+    /// datagrams it is waiting for.
+    pub(crate) datagrams: PunchInboxes,
 }
 
 /// What a node knows about its network when a punch starts: the sources of its local
-/// candidates (see [`local_candidates`]).
+/// candidates (see [`LocalEnv`]).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PunchEnv {
     /// STUN servers to learn the socket's public mapping from (configured ones first,
@@ -109,47 +113,25 @@ pub(crate) struct PunchEnv {
     pub(crate) tcp: Option<Arc<LocalNode>>,
 }
 
-/// How long TCP simultaneous open is tried, from the moment the peer's TCP candidates
-/// are known. 8 s: longer than the UDP punch's three rounds, so a TCP path can still
-/// rescue a pair whose UDP punch failed.
-const TCP_WINDOW: Duration = Duration::from_secs(8);
-
-/// STUN retransmission while gathering: requests at 0, 200 and 600 ms, given up at 1 s.
-/// Shorter than NAT discovery's: gathering delays the punch, and a server that does not
-/// answer within a second (UDP blocked, server down) is not worth waiting for.
-const GATHER_PROBE: ProbeConfig =
-    ProbeConfig { initial_rto: Duration::from_millis(200), max_transmissions: 3, last_wait: 2 };
-
-/// Punch messages kept while gathering (the peer's offer, its retransmissions).
-const MAX_EARLY: usize = 8;
-
-/// Where the attempt is: learning the socket's public mapping, then punching.
-enum Stage {
-    Gathering {
-        gatherer: Gatherer,
-        early: Vec<Bytes>,
-        seed: [u8; 32],
-    },
-    Punching(Box<PunchSession>),
-    /// Between the two (never observed outside `start_session`).
-    Moving,
-}
-
-/// Drives one [`PunchSession`] with one peer. See the module documentation.
+/// Drives one [`PunchAttempt`] with one peer. See the module documentation.
 pub(crate) struct HolePunchActor {
     peer: PeerId,
-    role: Role,
-    stage: Stage,
-    env: PunchEnv,
+    attempt: PunchAttempt,
+    /// The node, when TCP simultaneous open is tried (it secures the punched stream).
+    node: Option<Arc<LocalNode>>,
     tcp: TcpSide,
     side: Arc<SideChannel>,
     quic: Arc<QuicTransport>,
     ports: PunchPorts,
+    /// This actor's entry in the side reader's table (removed when dropped).
+    routes: RouteEntry,
     guard: ExitGuard,
     timer: Option<SpawnHandle>,
+    /// Whether the gathered candidates were logged.
+    logged_candidates: bool,
 }
 
-/// Fresh randomness for session tokens and STUN transaction ids.
+/// Fresh randomness for the attempt's STUN transaction ids and session token.
 fn random_seed(peer: &PeerId) -> [u8; 32] {
     let mut seed = [0u8; 32];
     if ring::rand::SystemRandom::new().fill(&mut seed).is_err() {
@@ -166,10 +148,10 @@ fn random_seed(peer: &PeerId) -> [u8; 32] {
 }
 
 impl HolePunchActor {
-    /// A session with `peer` in `role`, punching from `quic`'s socket (`side`). It first
+    /// An attempt with `peer` in `role`, punching from `quic`'s socket (`side`). It first
     /// gathers the socket's server-reflexive addresses from `env.stun` (through the same
     /// socket, so the mapping learned is the one punched), then offers every local
-    /// candidate `env` allows.
+    /// candidate `env` allows; with `env.tcp` it reserves a TCP port for simultaneous open.
     pub(crate) fn new(
         id: ChildId,
         peer: PeerId,
@@ -179,84 +161,65 @@ impl HolePunchActor {
         side: Arc<SideChannel>,
         ports: PunchPorts,
     ) -> Self {
-        let gather_seed = random_seed(&peer);
-        let servers: Vec<SocketAddr> = match side.local_addr() {
-            Ok(bound) => env.stun.iter().copied().filter(|s| s.is_ipv4() == bound.is_ipv4()).collect(),
-            Err(_) => Vec::new(),
-        };
-        let gatherer = Gatherer::new(&servers, Instant::now(), GATHER_PROBE, gather_seed);
-        let stage = Stage::Gathering { gatherer, early: Vec::new(), seed: random_seed(&peer) };
-        let guard = ExitGuard::new(id, ports.exited.clone());
-        Self { peer, role, stage, env, tcp: TcpSide::default(), side, quic, ports, guard, timer: None }
-    }
-
-    /// Gathering is over: build the candidates and start the session, replaying the
-    /// messages that arrived meanwhile.
-    fn start_session(&mut self) {
-        let Stage::Gathering { gatherer, early, seed } = std::mem::replace(&mut self.stage, Stage::Moving)
-        else {
-            return;
-        };
-        let gathered = gatherer.result();
-        self.tcp.local_mapping = gathered.mapping;
-        let mut local = match self.side.local_addr() {
-            Ok(bound) => {
-                local_candidates(bound, &self.env.interfaces, &gathered.reflexive, self.env.relay_observed)
-            }
-            Err(_) => Vec::new(),
-        };
-        if self.env.tcp.is_some() {
+        let mut tcp = TcpSide::default();
+        if env.tcp.is_some() {
             // Registered with the I/O runtime, where the attempt runs.
             let _rt = io_runtime().enter();
             match TcpPunch::bind(IpAddr::from([0, 0, 0, 0])) {
-                Ok(p) => {
-                    local.extend(tcp_candidates(
-                        p.local_addr(),
-                        &self.env.interfaces,
-                        self.env.relay_observed,
-                    ));
-                    self.tcp.reserved = Some(p);
-                }
+                Ok(p) => tcp.reserved = Some(p),
                 Err(e) => tracing::debug!("no TCP simultaneous open: cannot reserve a port: {e}"),
             }
         }
-        tracing::debug!(peer = %self.peer, ?local, mapping = ?gathered.mapping, "punch candidates gathered");
-        let now = Instant::now();
-        let mut session =
-            PunchSession::new(self.role, now, PunchConfig::default(), local, gathered.mapping, seed);
-        for m in early {
-            // A decode error ends the session; its `Failed` event is among the outputs.
-            let _ = session.handle_message_bytes(now, &m);
+        let local = LocalEnv {
+            udp: side.local_addr().ok(),
+            stun: env.stun,
+            interfaces: env.interfaces,
+            relay_observed: env.relay_observed,
+            tcp: tcp.reserved.as_ref().map(TcpPunch::local_addr),
+        };
+        let attempt =
+            PunchAttempt::new(role, Instant::now(), AttemptConfig::default(), local, random_seed(&peer));
+        let routes = RouteEntry { id, table: ports.datagrams.clone(), keys: None };
+        let guard = ExitGuard::new(id, ports.exited.clone());
+        Self {
+            peer,
+            attempt,
+            node: env.tcp,
+            tcp,
+            side,
+            quic,
+            ports,
+            routes,
+            guard,
+            timer: None,
+            logged_candidates: false,
         }
-        self.stage = Stage::Punching(Box::new(session));
     }
 
-    /// Sends the gatherer's requests; moves on to punching once it is done.
-    fn drain_gathering(&mut self) {
-        let Stage::Gathering { gatherer, .. } = &mut self.stage else { return };
-        while let Some((to, bytes)) = gatherer.poll_transmit() {
-            let side = self.side.clone();
-            io_runtime().spawn(async move {
-                if let Err(e) = side.send_to(&bytes, to).await {
-                    tracing::debug!(%to, "STUN request not sent: {e}");
-                }
-            });
-        }
-        if gatherer.is_done() {
-            self.start_session();
-        }
-    }
-
-    /// Performs the session's outputs, then re-arms the timer.
+    /// After every input: updates the routing keys, performs the attempt's outputs, then
+    /// re-arms the timer.
     fn drain(&mut self, ctx: &mut Context<Self>) {
-        self.drain_gathering();
-        self.maybe_start_tcp(ctx);
-        while let Some(out) = self.session_mut().and_then(|s| s.poll_output()) {
+        self.routes.update(self.attempt.route_keys(), &ctx.address().recipient());
+        if !self.logged_candidates {
+            if let (Some(s), Some(g)) = (self.attempt.session(), self.attempt.gathered()) {
+                self.logged_candidates = true;
+                let local = s.local_candidates();
+                tracing::debug!(peer = %self.peer, ?local, mapping = ?g.mapping, "punch candidates gathered");
+            }
+        }
+        while let Some(out) = self.attempt.poll_output() {
             match out {
-                Output::SendMessage(m) => {
-                    let mut payload = vec![PUNCH_SIGNAL_TAG];
-                    payload.extend_from_slice(&m.encode());
-                    let send = self.ports.signal.send(SendSignal { to: self.peer, payload });
+                Output::Transmit { to, bytes } => {
+                    let side = self.side.clone();
+                    io_runtime().spawn(async move {
+                        if let Err(e) = side.send_to(&bytes, to).await {
+                            tracing::debug!(%to, "side-channel datagram not sent: {e}");
+                        }
+                    });
+                }
+                Output::Signal(m) => {
+                    let send =
+                        self.ports.signal.send(SendSignal { to: self.peer, payload: encode_punch(&m) });
                     let me = ctx.address();
                     actix::spawn(async move {
                         let err = match send.await {
@@ -267,113 +230,86 @@ impl HolePunchActor {
                         me.do_send(SignalFailed(err));
                     });
                 }
-                Output::SendDatagram { to, bytes } => {
-                    let side = self.side.clone();
-                    io_runtime().spawn(async move {
-                        if let Err(e) = side.send_to(&bytes, to).await {
-                            tracing::debug!(%to, "punch datagram not sent: {e}");
-                        }
-                    });
-                }
-                Output::Event(PunchEvent::Succeeded { remote }) => self.succeeded(remote, ctx),
-                Output::Event(PunchEvent::Failed { reason }) => self.udp_failed(reason.to_string(), ctx),
+                Output::StartTcp { remotes, window } => self.start_tcp(remotes, window, ctx),
+                Output::Finished(f) => self.finish(f, ctx),
                 _ => {}
             }
         }
         if let Some(t) = self.timer.take() {
             ctx.cancel_future(t);
         }
-        let next = match &self.stage {
-            Stage::Gathering { gatherer, .. } => gatherer.poll_timeout(),
-            Stage::Punching(session) => session.poll_timeout(),
-            Stage::Moving => None,
-        };
-        if let Some(at) = next {
+        if let Some(at) = self.attempt.poll_timeout() {
             let after = at.saturating_duration_since(Instant::now());
             self.timer = Some(ctx.run_later(after, |act, ctx| {
                 act.timer = None;
-                let now = Instant::now();
-                match &mut act.stage {
-                    Stage::Gathering { gatherer, .. } => gatherer.handle_timeout(now),
-                    Stage::Punching(session) => session.handle_timeout(now),
-                    Stage::Moving => {}
-                }
+                act.attempt.handle_timeout(Instant::now());
                 act.drain(ctx);
             }));
         }
     }
 
-    fn session_mut(&mut self) -> Option<&mut PunchSession> {
-        match &mut self.stage {
-            Stage::Punching(s) => Some(s),
-            _ => None,
+    /// Does what the attempt's end asks, reports it, and stops.
+    fn finish(&mut self, finish: Finish, ctx: &mut Context<Self>) {
+        let (peer, id, finished) = (self.peer, self.guard.id(), self.ports.finished.clone());
+        match finish {
+            Finish::DialQuic { remote } => {
+                tracing::info!(%peer, %remote, "hole punched: dialing QUIC");
+                // Dial from the punched socket; the supervisor adopts the result.
+                let quic = self.quic.clone();
+                io_runtime().spawn(async move {
+                    let result = match quic.connect_with_info(remote, peer).await {
+                        Ok((conn, _)) => Ok(Some(conn)),
+                        Err(e) => Err(format!("QUIC over the punched path to {remote} failed: {e}")),
+                    };
+                    let _ = finished.send(PunchFinished { id, peer, result }).await;
+                });
+            }
+            Finish::UseTcp { udp_reason } => {
+                let (Some((stream, remote)), Some(node)) = (self.tcp.stream.take(), self.node.clone()) else {
+                    finished.do_send(PunchFinished { id, peer, result: Err(udp_reason.to_string()) });
+                    return self.stop(ctx);
+                };
+                io_runtime().spawn(async move {
+                    let result = match punched_connection(&node, stream, remote, true, peer).await {
+                        Ok(conn) => {
+                            tracing::info!(%peer, %remote, "TCP simultaneous open succeeded");
+                            Ok(Some(conn))
+                        }
+                        Err(e) => {
+                            Err(format!("{udp_reason}; TCP over the punched path to {remote} failed: {e}"))
+                        }
+                    };
+                    let _ = finished.send(PunchFinished { id, peer, result }).await;
+                });
+            }
+            Finish::AcceptQuic { remote } => {
+                tracing::info!(%peer, %remote, "hole punched: the peer dials QUIC");
+                finished.do_send(PunchFinished { id, peer, result: Ok(None) });
+            }
+            Finish::TcpHandedOver => finished.do_send(PunchFinished { id, peer, result: Ok(None) }),
+            Finish::Failed(e) => finished.do_send(PunchFinished { id, peer, result: Err(e.to_string()) }),
+            _ => finished.do_send(PunchFinished { id, peer, result: Err(format!("{finish:?}")) }),
         }
+        self.stop(ctx);
     }
 
-    fn succeeded(&mut self, remote: SocketAddr, ctx: &mut Context<Self>) {
-        tracing::info!(peer = %self.peer, %remote, role = ?self.role, "hole punched");
-        if self.role == Role::Responder {
-            self.finish(Ok(None), ctx);
-            return;
-        }
-        // Dial from the punched socket; the supervisor adopts the result.
-        let (quic, peer, id, finished) =
-            (self.quic.clone(), self.peer, self.guard.id(), self.ports.finished.clone());
-        io_runtime().spawn(async move {
-            let result = match quic.connect_with_info(remote, peer).await {
-                Ok((conn, _)) => Ok(Some(conn)),
-                Err(e) => Err(format!("QUIC over the punched path to {remote} failed: {e}")),
-            };
-            let _ = finished.send(PunchFinished { id, peer, result }).await;
-        });
+    fn stop(&mut self, ctx: &mut Context<Self>) {
         self.guard.set(ExitReason::Normal);
         ctx.stop();
     }
 
-    /// The UDP punch failed: finish, unless TCP simultaneous open may still deliver.
-    fn udp_failed(&mut self, reason: String, ctx: &mut Context<Self>) {
-        let step = self.tcp.race.udp_failed(reason);
-        self.step(step, ctx);
-    }
-
-    /// Does what the UDP/TCP race decided.
-    fn step(&mut self, step: RaceStep, ctx: &mut Context<Self>) {
-        match step {
-            RaceStep::Wait => {}
-            RaceStep::UseTcp { udp_reason } => self.use_tcp(udp_reason, ctx),
-            RaceStep::EndUdpSession => {
-                tracing::debug!(peer = %self.peer, "UDP blocked at one end: using the TCP path now");
-                // The session's `Failed` event then hands over to the TCP stream.
-                if let Some(session) = self.session_mut() {
-                    session.close(Instant::now());
-                }
-                self.drain(ctx);
-            }
-            RaceStep::Fail(reason) => self.finish(Err(reason), ctx),
-            RaceStep::Succeed => self.finish(Ok(None), ctx),
-        }
-    }
-
-    /// Starts TCP simultaneous open once the peer's TCP candidates are known.
-    fn maybe_start_tcp(&mut self, ctx: &mut Context<Self>) {
-        if self.tcp.race.tcp_phase() != TcpPhase::Idle || self.tcp.reserved.is_none() {
+    /// Starts TCP simultaneous open from the reserved port.
+    fn start_tcp(&mut self, remotes: Vec<SocketAddr>, window: std::time::Duration, ctx: &mut Context<Self>) {
+        let (Some(punch), Some(node)) = (self.tcp.reserved.take(), self.node.clone()) else {
+            self.attempt.handle_tcp_ended(Instant::now(), false);
             return;
-        }
-        let remotes = match &self.stage {
-            Stage::Punching(s) => s.remote_tcp(),
-            _ => return,
         };
-        if remotes.is_empty() {
-            return;
-        }
-        let (Some(punch), Some(node)) = (self.tcp.reserved.take(), self.env.tcp.clone()) else { return };
-        self.tcp.race.tcp_started();
         let (tx, mut rx) = mpsc::channel(4);
         let me = ctx.address();
-        let (role, peer, inbound) = (self.role, self.peer, self.ports.inbound.clone());
+        let (role, peer, inbound) = (self.attempt.role(), self.peer, self.ports.inbound.clone());
         let rt = io_runtime();
         let search = rt.spawn(async move {
-            punch.open(&remotes, TCP_WINDOW, tx).await;
+            punch.open(&remotes, window, tx).await;
         });
         let deliver = rt.spawn(async move {
             let mut handshakes = tokio::task::JoinSet::new();
@@ -382,7 +318,7 @@ impl HolePunchActor {
                 tokio::select! {
                     found = rx.recv(), if searching => match found {
                         Some((stream, remote)) if role == Role::Initiator => {
-                            // The first stream is the one; the actor decides whether to use it.
+                            // The first stream is the one; the attempt decides whether to use it.
                             me.do_send(TcpFound { stream, remote });
                             return;
                         }
@@ -409,49 +345,44 @@ impl HolePunchActor {
         });
         self.tcp.tasks = vec![search, deliver];
     }
+}
 
-    /// Initiator: the UDP punch failed and a TCP stream is there: secure it and hand it
-    /// to the supervisor.
-    fn use_tcp(&mut self, udp_reason: String, ctx: &mut Context<Self>) {
-        let Some((stream, remote)) = self.tcp.stream.take() else {
-            return self.finish(Err(udp_reason), ctx);
-        };
-        let Some(node) = self.env.tcp.clone() else { return };
-        let (peer, id, finished) = (self.peer, self.guard.id(), self.ports.finished.clone());
-        io_runtime().spawn(async move {
-            let result = match punched_connection(&node, stream, remote, true, peer).await {
-                Ok(conn) => {
-                    tracing::info!(%peer, %remote, "TCP simultaneous open succeeded");
-                    Ok(Some(conn))
-                }
-                Err(e) => Err(format!("{udp_reason}; TCP over the punched path to {remote} failed: {e}")),
-            };
-            let _ = finished.send(PunchFinished { id, peer, result }).await;
-        });
-        self.guard.set(ExitReason::Normal);
-        ctx.stop();
-    }
+/// This actor's entry in the side reader's table: registered on the first update, its
+/// keys replaced when they change, removed on drop — so also when the actor dies by
+/// panic (actix then drops it without calling `stopped`).
+struct RouteEntry {
+    id: ChildId,
+    table: PunchInboxes,
+    /// The keys last registered.
+    keys: Option<RouteKeys>,
+}
 
-    fn finish(&mut self, result: Result<Option<Connection>, String>, ctx: &mut Context<Self>) {
-        let (id, peer) = (self.guard.id(), self.peer);
-        self.ports.finished.do_send(PunchFinished { id, peer, result });
-        self.guard.set(ExitReason::Normal);
-        ctx.stop();
+impl RouteEntry {
+    fn update(&mut self, keys: RouteKeys, inbox: &Recipient<PunchDatagram>) {
+        if self.keys.as_ref() == Some(&keys) {
+            return;
+        }
+        if let Err(e) = lock(&self.table).set(self.id, inbox, keys.clone()) {
+            // The attempt then misses those datagrams and fails; the relayed path stays.
+            tracing::warn!(id = self.id, "punch datagrams not routed: {e}");
+        }
+        self.keys = Some(keys);
     }
 }
 
-/// TCP simultaneous open: what the actor holds.
+impl Drop for RouteEntry {
+    fn drop(&mut self) {
+        lock(&self.table).remove(self.id);
+    }
+}
+
+/// TCP simultaneous open: what the actor holds (the decisions are the attempt's).
 #[derive(Default)]
 struct TcpSide {
     /// The port reserved for the session, until the attempt starts.
     reserved: Option<TcpPunch>,
-    /// The race between the UDP punch and this attempt (the decisions).
-    race: PathRace,
-    /// Initiator: the stream found, kept until the UDP punch's outcome is known.
+    /// Initiator: the stream found, held until the attempt says whether to use it.
     stream: Option<(TcpStream, SocketAddr)>,
-    /// This side's mapping hint from gathering ([`MappingHint::UdpBlocked`] makes the
-    /// initiator use a TCP path at once).
-    local_mapping: MappingHint,
     /// The attempt's tasks, aborted when the actor stops.
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -475,24 +406,20 @@ impl Handler<TcpFound> for HolePunchActor {
     type Result = ();
     fn handle(&mut self, msg: TcpFound, ctx: &mut Context<Self>) {
         self.tcp.stream = Some((msg.stream, msg.remote));
-        let (udp_open, remote) = match &self.stage {
-            Stage::Punching(s) => (!s.is_finished(), s.remote_mapping()),
-            _ => (false, MappingHint::Unknown),
-        };
-        let step = self.tcp.race.tcp_found(udp_open, self.tcp.local_mapping, remote);
-        self.step(step, ctx);
+        self.attempt.handle_tcp_found(Instant::now());
+        self.drain(ctx);
     }
 }
 
 impl Handler<TcpEnded> for HolePunchActor {
     type Result = ();
     fn handle(&mut self, msg: TcpEnded, ctx: &mut Context<Self>) {
-        let step = self.tcp.race.tcp_ended(msg.connected);
-        self.step(step, ctx);
+        self.attempt.handle_tcp_ended(Instant::now(), msg.connected);
+        self.drain(ctx);
     }
 }
 
-/// Relay signaling failed: the session cannot continue.
+/// Relay signaling failed: the attempt cannot continue.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 struct SignalFailed(String);
@@ -516,18 +443,7 @@ impl Actor for HolePunchActor {
 impl Handler<PunchSignal> for HolePunchActor {
     type Result = ();
     fn handle(&mut self, msg: PunchSignal, ctx: &mut Context<Self>) {
-        match &mut self.stage {
-            Stage::Gathering { early, .. } => {
-                if early.len() < MAX_EARLY {
-                    early.push(msg.payload);
-                }
-            }
-            Stage::Punching(session) => {
-                // A decode error ends the session; its `Failed` event is among the outputs.
-                let _ = session.handle_message_bytes(Instant::now(), &msg.payload);
-            }
-            Stage::Moving => {}
-        }
+        self.attempt.handle_signal(Instant::now(), msg.message);
         self.drain(ctx);
     }
 }
@@ -535,16 +451,7 @@ impl Handler<PunchSignal> for HolePunchActor {
 impl Handler<PunchDatagram> for HolePunchActor {
     type Result = ();
     fn handle(&mut self, msg: PunchDatagram, ctx: &mut Context<Self>) {
-        let now = Instant::now();
-        let used = match &mut self.stage {
-            Stage::Gathering { gatherer, .. } => gatherer.handle_datagram(now, msg.from, &msg.bytes),
-            Stage::Punching(session) if session.accepts(&msg.bytes) => {
-                session.handle_datagram(now, msg.from, &msg.bytes);
-                true
-            }
-            _ => false,
-        };
-        if used {
+        if self.attempt.handle_datagram(Instant::now(), msg.from, &msg.bytes) {
             self.drain(ctx);
         }
     }
@@ -553,14 +460,8 @@ impl Handler<PunchDatagram> for HolePunchActor {
 impl Handler<SignalFailed> for HolePunchActor {
     type Result = ();
     fn handle(&mut self, msg: SignalFailed, ctx: &mut Context<Self>) {
-        let finished = self.session_mut().is_some_and(|s| s.is_finished());
-        if !finished {
-            if let Some(session) = self.session_mut() {
-                session.close(Instant::now());
-                while session.poll_output().is_some() {}
-            }
-            self.finish(Err(format!("relay signaling failed: {}", msg.0)), ctx);
-        }
+        self.attempt.handle_signaling_failed(Instant::now(), msg.0);
+        self.drain(ctx);
     }
 }
 
@@ -575,27 +476,4 @@ impl Handler<Fault> for HolePunchActor {
             }
         }
     }
-}
-
-/// The live punch actors' datagram inboxes, shared with the side channel's reader.
-/// Keyed by the actor's child id.
-pub(crate) type PunchInboxes = Arc<Mutex<InboxList>>;
-
-/// The punch actors' inboxes, by child id.
-pub(crate) type InboxList = Vec<(ChildId, Recipient<PunchDatagram>)>;
-
-/// Reads the side channel of one QUIC socket and hands every datagram to each live punch
-/// actor (each keeps only those carrying its session token). Ends when the socket goes
-/// away or the supervisor that owns `inboxes` has stopped. Datagrams an actor has no room
-/// for are dropped (UDP is lossy; the session retries).
-pub(crate) fn spawn_side_reader(side: Arc<SideChannel>, inboxes: Weak<Mutex<InboxList>>) {
-    io_runtime().spawn(async move {
-        while let Some((from, bytes)) = side.recv_from().await {
-            let Some(inboxes) = inboxes.upgrade() else { return };
-            let list = inboxes.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            for (_, r) in list {
-                let _ = r.try_send(PunchDatagram { from, bytes: bytes.clone() });
-            }
-        }
-    });
 }

@@ -54,7 +54,7 @@ use crate::{
             control_writer, CloseConnection, ConnectionActor, Control, PathPorts, PathSignal, ProbeAnswered,
         },
         events::EventBus,
-        hole_punch::{HolePunchActor, PunchFinished, PunchPorts, PunchSignal, SendSignal, PUNCH_SIGNAL_TAG},
+        hole_punch::{HolePunchActor, PunchFinished, PunchPorts, PunchSignal, SendSignal},
         link::{Carrier, LinkState, PeerLink, PeerStatus, TrafficStarted},
         listener::Inbound,
         negotiator::{Negotiated, NegotiatorActor, SharedDialHistory},
@@ -714,9 +714,9 @@ impl PeerActor {
             finished: me.clone().recipient(),
             exited: me.clone().recipient(),
             inbound: me.recipient(),
+            datagrams: self.ctx.punch.inboxes(),
         };
         let actor = HolePunchActor::new(id, self.peer, role, self.ctx.punch.env(), quic, side, ports).start();
-        self.ctx.punch.register(id, actor.clone().recipient());
         self.punch = Some((id, actor.clone()));
         self.children.insert(
             id,
@@ -739,18 +739,21 @@ impl PeerActor {
         self.drain(ctx);
     }
 
-    fn on_punch_signal(&mut self, payload: Bytes, ctx: &mut Context<Self>) {
+    /// A punch message from the peer (decoded once, where it arrived): to the attempt, or
+    /// an offer that starts the responder's.
+    fn on_punch_signal(
+        &mut self,
+        message: Result<kizuna::punch::PunchMessage, kizuna::punch::PunchDecodeError>,
+        ctx: &mut Context<Self>,
+    ) {
         if self.punch.is_none() {
-            let offer = matches!(
-                kizuna::punch::PunchMessage::decode(&payload),
-                Ok(kizuna::punch::PunchMessage::Offer { .. })
-            );
+            let offer = matches!(message, Ok(kizuna::punch::PunchMessage::Offer { .. }));
             if !offer || !self.start_punch(Role::Responder, ctx) {
                 return;
             }
         }
         if let Some((_, actor)) = &self.punch {
-            if actor.try_send(PunchSignal { peer: self.peer, payload }).is_err() {
+            if actor.try_send(PunchSignal { peer: self.peer, message }).is_err() {
                 tracing::debug!(peer = %self.peer, "punch signal dropped: session busy or ended");
             }
         }
@@ -945,10 +948,12 @@ impl Handler<ProbeAnswered> for PeerActor {
 impl Handler<PathSignal> for PeerActor {
     type Result = ();
     fn handle(&mut self, msg: PathSignal, ctx: &mut Context<Self>) {
-        match msg.tag {
-            PUNCH_SIGNAL_TAG => self.on_punch_signal(msg.payload, ctx),
+        use kizuna::punch::signal::{Signal, SignalError};
+        match Signal::decode_tagged(msg.tag, &msg.payload) {
+            Ok(Signal::Punch(m)) => self.on_punch_signal(Ok(m), ctx),
+            Err(SignalError::Punch(e)) => self.on_punch_signal(Err(e), ctx),
             other => {
-                tracing::debug!(peer = %self.peer, path = %msg.path, tag = other, "signal of unknown kind dropped")
+                tracing::debug!(peer = %self.peer, path = %msg.path, tag = msg.tag, "signal dropped: {other:?}")
             }
         }
     }
@@ -957,7 +962,7 @@ impl Handler<PathSignal> for PeerActor {
 impl Handler<PunchSignal> for PeerActor {
     type Result = ();
     fn handle(&mut self, msg: PunchSignal, ctx: &mut Context<Self>) {
-        self.on_punch_signal(msg.payload, ctx);
+        self.on_punch_signal(msg.message, ctx);
     }
 }
 
@@ -970,7 +975,7 @@ impl Handler<SendSignal> for PeerActor {
         let payload = Bytes::from(msg.payload);
         let (tag, payload) = match payload.first() {
             Some(&t) => (t, payload.slice(1..)),
-            None => (PUNCH_SIGNAL_TAG, payload),
+            None => (kizuna::punch::signal::PUNCH_SIGNAL_TAG, payload),
         };
         match path {
             Some(p) => {
@@ -993,7 +998,6 @@ impl Handler<PunchFinished> for PeerActor {
         if self.punch.as_ref().is_some_and(|(id, _)| *id == msg.id) {
             self.punch = None;
         }
-        self.ctx.punch.unregister(msg.id);
         match msg.result {
             Ok(Some(conn)) => {
                 // The direct path first, so that the manager sees it before the result.

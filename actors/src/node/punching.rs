@@ -13,9 +13,9 @@ use kizuna::{
 };
 
 use super::{
-    child::ChildId,
-    hole_punch::{spawn_side_reader, PunchDatagram, PunchEnv, PunchInboxes},
+    hole_punch::PunchEnv,
     relay_client::RelayAddrs,
+    side_reader::{spawn_side_reader, PunchInboxes},
 };
 
 /// The node's hole-punching context (see the module docs). Shared by the supervisor, which
@@ -110,13 +110,8 @@ impl PunchCtx {
         Ok((quic, side))
     }
 
-    /// Registers a punch actor's inbox for side-channel datagrams.
-    pub(crate) fn register(&self, id: ChildId, inbox: actix::Recipient<PunchDatagram>) {
-        self.inboxes.lock().unwrap_or_else(|e| e.into_inner()).push((id, inbox));
-    }
-
-    /// Forgets a punch actor's inbox.
-    pub(crate) fn unregister(&self, id: ChildId) {
-        self.inboxes.lock().unwrap_or_else(|e| e.into_inner()).retain(|(i, _)| *i != id);
+    /// The side reader's routing table, where each punch actor registers its keys.
+    pub(crate) fn inboxes(&self) -> PunchInboxes {
+        self.inboxes.clone()
     }
 }

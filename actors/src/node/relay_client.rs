@@ -7,9 +7,10 @@
 //!   `SendSignal` (relay signaling, used by hole punching), [`Fault`] (tests).
 //! * **Out:** accepted relayed circuits to the supervisor as `Inbound` connections, and
 //!   what the relay reports at each reservation (`RelayAddrs`);
-//!   events (`RelayReserved`, `RelayFailed`, `SignalReceived`) on the bus; signals
-//!   tagged as punch messages (0x13) or WebRTC signaling (0x14) go to the supervisor
-//!   instead (`PunchSignal`, `WebRtcSignal`).
+//!   events (`RelayReserved`, `RelayFailed`, `SignalReceived`) on the bus; signals are
+//!   decoded once here (`kizuna::punch::Signal::decode`): punch messages and WebRTC
+//!   signaling go to the supervisor decoded (`PunchSignal`, `WebRtcSignal`), payloads
+//!   that are no Kizuna signal to the application (`SignalReceived`).
 //! * **Supervised** as a *permanent* child of the [`Supervisor`](crate::Supervisor)
 //!   (it recovers from relay failures by itself; only its own death needs a restart).
 //! * **Stops** with the supervisor.
@@ -19,6 +20,7 @@ use std::{sync::Arc, time::Instant};
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle};
 use bytes::Bytes;
 use kizuna::{
+    punch::{Signal, SignalError},
     relay::{
         client::{ClientEvent, ClientOutput, RelayClientConfig, RelayClientState},
         RelayMessage,
@@ -27,7 +29,7 @@ use kizuna::{
         relay::accept as accept_circuit,
         ws::{ws_connect, WsOptions},
     },
-    Incoming, LocalNode,
+    Incoming, LocalNode, PeerId,
 };
 use tokio::sync::mpsc;
 
@@ -35,10 +37,10 @@ use crate::{
     api::Event,
     node::child::{ChildExited, ChildId, ExitGuard, Fault},
     node::events::EventBus,
-    node::hole_punch::{PunchSignal, SendSignal, PUNCH_SIGNAL_TAG},
+    node::hole_punch::{PunchSignal, SendSignal},
     node::listener::Inbound,
     node::supervision::ExitReason,
-    node::webrtc_signal::{WebRtcSignal, WEBRTC_SIGNAL_TAG},
+    node::webrtc_signal::WebRtcSignal,
     runtime::io_runtime,
 };
 
@@ -194,22 +196,38 @@ impl RelayClientActor {
                     let _ = inbound.send(Inbound(incoming)).await;
                 });
             }
-            ClientEvent::Signaled { from, payload } if payload.first() == Some(&PUNCH_SIGNAL_TAG) => {
-                let payload = Bytes::from(payload).slice(1..);
-                if self.punch.try_send(PunchSignal { peer: from, payload }).is_err() {
-                    tracing::debug!(peer = %from, "punch signal dropped: supervisor busy");
-                }
-            }
-            ClientEvent::Signaled { from, payload } if payload.first() == Some(&WEBRTC_SIGNAL_TAG) => {
-                let payload = Bytes::from(payload);
-                if self.webrtc.try_send(WebRtcSignal { peer: from, payload }).is_err() {
+            ClientEvent::Signaled { from, payload } => self.on_signal(from, payload),
+            _ => {}
+        }
+    }
+}
+
+impl RelayClientActor {
+    /// Decodes a signal once and routes it by kind: punch messages (and undecodable ones,
+    /// which fail their session) and WebRTC signaling to the supervisor; what is not a
+    /// Kizuna signal to the application, as `SignalReceived`.
+    fn on_signal(&mut self, from: PeerId, payload: Vec<u8>) {
+        let message = match Signal::decode(&payload) {
+            Ok(Signal::Punch(m)) => Ok(m),
+            Err(SignalError::Punch(e)) => Err(e),
+            Ok(Signal::WebRtc(message)) => {
+                if self.webrtc.try_send(WebRtcSignal { peer: from, message }).is_err() {
                     tracing::debug!(peer = %from, "WebRTC signal dropped: supervisor busy");
                 }
+                return;
             }
-            ClientEvent::Signaled { from, payload } => {
+            Err(SignalError::WebRtc(e)) => {
+                tracing::debug!(peer = %from, error = %e, "WebRTC signal refused");
+                return;
+            }
+            Err(_) => {
                 self.bus.publish_later(Event::SignalReceived { peer: from, payload: Bytes::from(payload) });
+                return;
             }
-            _ => {}
+            Ok(_) => return,
+        };
+        if self.punch.try_send(PunchSignal { peer: from, message }).is_err() {
+            tracing::debug!(peer = %from, "punch signal dropped: supervisor busy");
         }
     }
 }

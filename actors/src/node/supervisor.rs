@@ -40,6 +40,7 @@ use crate::{
         link::PeerLink,
         listener::{Inbound, ListenerActor, ListenerPorts, ListenerReady, StopListener},
         negotiator::dial_stats,
+        network_watch,
         peer::{
             AddPath, GetPeerChildren, InjectPeerFault, NetworkChanged, PeerActor, PeerConnect, PeerCtx,
             PeerDialPath, PeerDisconnect, PeerShutdown,
@@ -320,10 +321,6 @@ fn random_epoch() -> u64 {
     u64::from_le_bytes(b).max(1)
 }
 
-/// How often a node with relays looks for a network change (its interface addresses).
-/// 5 s: listing interfaces is one netlink round trip, and a change is acted on quickly.
-const NETWORK_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
-
 impl Actor for Supervisor {
     type Context = Context<Self>;
 
@@ -333,8 +330,8 @@ impl Actor for Supervisor {
         if !self.ctx.relays.is_empty() {
             let id = self.ctx.id();
             self.spawn_relay_client(id, ctx);
-            // Hole punching is possible: watch for network changes.
-            ctx.run_interval(NETWORK_CHECK, |act, _| act.check_network());
+            // Hole punching is possible: watch for network changes (interface events).
+            ctx.add_stream(network_watch::network_changes());
         }
         if let Some(w) = self.webrtc.clone() {
             // Answer WebRTC offers (from nodes and browsers) for as long as the node runs.
@@ -342,6 +339,12 @@ impl Actor for Supervisor {
             self.spawn_listener(id, Arc::new(w), TransportAddr::WebRtc, ctx);
         }
         tracing::info!(peer = %self.node().peer_id(), "supervisor started");
+    }
+}
+
+impl actix::StreamHandler<network_watch::NetworkChanged> for Supervisor {
+    fn handle(&mut self, _: network_watch::NetworkChanged, _: &mut Context<Self>) {
+        self.check_network();
     }
 }
 
@@ -548,7 +551,7 @@ impl Handler<WebRtcSignal> for Supervisor {
         };
         // Refused signals are dropped (a refused offer is answered with a `close`); the
         // node keeps serving.
-        if let Err(e) = w.handle_signal(msg.peer, &msg.payload) {
+        if let Err(e) = w.handle_signal_message(msg.peer, msg.message) {
             tracing::debug!(peer = %msg.peer, error = %e, "WebRTC signal refused");
         }
     }

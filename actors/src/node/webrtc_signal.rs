@@ -1,7 +1,7 @@
 //! WebRTC signaling over the relay: [`RelaySignaler`] (the transport's way out, through
 //! the relay client) and [`WebRtcSignal`] (the way in: relay signals tagged
-//! [`WEBRTC_SIGNAL_TAG`], routed by the relay client to the supervisor, which feeds them
-//! to the WebRTC transport).
+//! `WEBRTC_SIGNAL_TAG`, decoded and routed by the relay client to the supervisor, which
+//! feeds them to the WebRTC transport).
 //!
 //! No actor lives here: the relay client sends and receives, the supervisor routes, the
 //! transport (sans-IO session table inside) decides.
@@ -9,23 +9,24 @@
 use std::time::{Duration, Instant};
 
 use actix::{Message, Recipient};
-use bytes::Bytes;
 use kizuna::{
     relay::client::ClientCommandError,
-    transport::{webrtc::Signaler, BoxFuture},
+    transport::{
+        webrtc::{SignalMessage, Signaler},
+        BoxFuture,
+    },
     PeerId, TransportError,
 };
 
-pub(crate) use kizuna::transport::webrtc::WEBRTC_SIGNAL_TAG;
-
 use super::hole_punch::SendSignal;
 
-/// A WebRTC signaling payload from `peer` (tag byte included), through the relay.
+/// A WebRTC signaling message from `peer`, through the relay, decoded where it arrived
+/// ([`kizuna::punch::Signal::decode`]); its signature is checked by the transport.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub(crate) struct WebRtcSignal {
     pub(crate) peer: PeerId,
-    pub(crate) payload: Bytes,
+    pub(crate) message: SignalMessage,
 }
 
 /// Sends WebRTC signaling as relay `signal` messages through the relay client.

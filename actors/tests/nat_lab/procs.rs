@@ -110,7 +110,8 @@ impl Drop for Proc {
 
 /// Default `RUST_LOG` of lab processes: what a failed pair's report needs (the punch
 /// actor and the supervisor's punch decisions), little else. `KIZUNA_LAB_LOG` overrides.
-const LOG: &str = "warn,kizuna_actors::hole_punch=debug,kizuna_actors::supervisor=debug";
+/// The targets are module paths: the node runtime lives in `kizuna_actors::node`.
+const LOG: &str = "warn,kizuna_actors::node::hole_punch=debug,kizuna_actors::node::supervisor=debug";
 
 /// `kizuna ARGS` inside namespace `ns` with its own HOME and `RUST_LOG`.
 pub(crate) fn kizuna(ns: &str, home: &Path) -> Command {

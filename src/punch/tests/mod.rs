@@ -1,12 +1,17 @@
-//! Tests of the punch layer: codec snapshots and round trips (`proto`), the machine on
-//! its own (`session`), the 6×6 NAT matrix and link degradation through the simulator
-//! (`matrix`), and property tests (`prop`).
+//! Tests of the punch layer: codec snapshots and round trips (`proto`), the signal
+//! demultiplexer (`signal`), the side-channel router (`router`), the UDP punch machine on
+//! its own (`session`), the whole attempt — gathering, punch, TCP race, routing — on a
+//! virtual network (`attempt`), the 6×6 NAT matrix and link degradation through the
+//! simulator (`matrix`), and property tests (`prop`).
 
+mod attempt;
 mod candidates;
 mod matrix;
 mod prop;
 mod proto;
+mod router;
 mod session;
+mod signal;
 
 use std::{
     net::SocketAddr,

@@ -144,7 +144,16 @@ impl WebRtcTransport {
     /// candidates and closes go to their session. Refused input is dropped with the error;
     /// a refused offer is answered with a `close` so the offerer fails fast.
     pub fn handle_signal(&self, from: PeerId, payload: &[u8]) -> std::result::Result<(), SignalError> {
-        let msg = SignalMessage::decode(payload)?;
+        self.handle_signal_message(from, SignalMessage::decode(payload)?)
+    }
+
+    /// [`handle_signal`](Self::handle_signal) for a message already decoded (by
+    /// [`crate::punch::signal::Signal::decode`], where signals arrive).
+    pub fn handle_signal_message(
+        &self,
+        from: PeerId,
+        msg: SignalMessage,
+    ) -> std::result::Result<(), SignalError> {
         let route = self.shared.sessions().route(from, &msg, Instant::now())?;
         match route {
             Route::Deliver(inbox) | Route::Closed(inbox) => {

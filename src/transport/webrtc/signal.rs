@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 use super::error::SignalError;
 use crate::identity::{Keypair, PeerId};
 
-/// First byte of a relay signal payload carrying a WebRTC signaling message (0x13 is the
-/// hole-punch tag).
-pub const WEBRTC_SIGNAL_TAG: u8 = 0x14;
+/// First byte of a relay signal payload carrying a WebRTC signaling message (defined with
+/// every other signal tag in [`crate::punch::signal`]).
+pub use crate::punch::signal::WEBRTC_SIGNAL_TAG;
 
 /// Largest signal payload, tag included: the relay's signal payload bound (16 384 bytes,
 /// docs/protocol.md §10.5). A data-channel-only SDP is about 1 KiB.
@@ -172,14 +172,20 @@ impl SignalMessage {
 
     /// Decodes a relay signal payload (tag byte included).
     pub fn decode(payload: &[u8]) -> Result<Self, SignalError> {
-        if payload.len() > MAX_SIGNAL_LEN {
-            return Err(SignalError::TooLarge { len: payload.len(), max: MAX_SIGNAL_LEN });
+        match payload.split_first() {
+            Some((&WEBRTC_SIGNAL_TAG, body)) => Self::decode_body(body),
+            Some((tag, _)) => Err(SignalError::malformed(format!("tag 0x{tag:02x} is not 0x14"))),
+            None => Err(SignalError::malformed("empty payload")),
         }
-        let body = match payload.split_first() {
-            Some((&WEBRTC_SIGNAL_TAG, body)) => body,
-            Some((tag, _)) => return Err(SignalError::malformed(format!("tag 0x{tag:02x} is not 0x14"))),
-            None => return Err(SignalError::malformed("empty payload")),
-        };
+    }
+
+    /// Decodes the body of a signal payload (what follows the tag byte, which
+    /// [`crate::punch::signal::Signal::decode`] has already read).
+    pub fn decode_body(body: &[u8]) -> Result<Self, SignalError> {
+        let len = body.len().saturating_add(1);
+        if len > MAX_SIGNAL_LEN {
+            return Err(SignalError::TooLarge { len, max: MAX_SIGNAL_LEN });
+        }
         crate::wire::msgpack::validate(body).map_err(SignalError::malformed)?;
         if !crate::wire::msgpack::is_map(body) {
             return Err(SignalError::malformed("not a MessagePack map"));

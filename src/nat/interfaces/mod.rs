@@ -1,9 +1,35 @@
 //! The host's interface addresses: the source of host candidates for a socket bound to a
 //! wildcard address, and the signal of a network change.
+//!
+//! * [`interface_ips`] lists them (`if-addrs`);
+//! * [`InterfaceWatcher`] wakes up when they may have changed: on Linux from the kernel's
+//!   rtnetlink notifications ([`netlink`] decodes just enough of them), elsewhere by
+//!   polling every [`FALLBACK_POLL`].
+//!
+//! ```no_run
+//! # async fn f() {
+//! use kizuna::nat::interfaces::{interface_ips, InterfaceWatcher};
+//! let mut watcher = InterfaceWatcher::new();
+//! let mut seen = interface_ips();
+//! loop {
+//!     watcher.changed().await;
+//!     let now = interface_ips();
+//!     if now != seen {
+//!         println!("network changed: {seen:?} -> {now:?}");
+//!         seen = now;
+//!     }
+//! }
+//! # }
+//! ```
+
+pub mod netlink;
+mod watcher;
 
 use std::net::IpAddr;
 
 use if_addrs::IfOperStatus;
+
+pub use watcher::{InterfaceWatcher, WatchMode, DEBOUNCE, FALLBACK_POLL};
 
 /// The addresses of the host's interfaces that are not down, sorted, without loopback,
 /// IPv4 link-local and IPv6 link-local addresses (never reachable from a peer elsewhere).
