@@ -1,6 +1,7 @@
 //! Negotiation policy (sans-IO): which of a peer's addresses to try in which order
 //! ([`plan`], [`DialHistory::rank`]), and which of two connections to the same peer
-//! survives ([`resolve_duplicate`], [`retire`]).
+//! survives ([`resolve_duplicate`]; paths that are replaced or idle are retired by the
+//! [`PathManager`](crate::peer::PathManager)).
 //!
 //! # Dial order
 //!
@@ -120,35 +121,6 @@ pub fn resolve_duplicate(local: PeerId, remote: PeerId, existing: Candidate, new
     }
 }
 
-/// How a connection replaced by [`Keep::New`] is retired.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Retire {
-    /// Close it now, gracefully (queued messages are flushed, the peer's in-flight ones
-    /// still delivered).
-    Now,
-    /// Keep delivering from it and let the peer close it: it is a relayed path the peer
-    /// upgraded by dialing the direct one, and until the peer has adopted that dial it
-    /// may still send on the relayed path. Close it only after a grace period.
-    ByPeer,
-    /// Close it shortly, not at once: it is a relayed path this node upgraded by dialing
-    /// the direct one. The peer adopts that path when its listener hands it over, moments
-    /// after this node's dial completed; a close sent at once could reach the peer first
-    /// and make it report a disconnection and a new connection instead of an upgrade.
-    /// Nothing is sent on it meanwhile (sends go to the new path).
-    Shortly,
-}
-
-/// How to retire `old` now that `new` replaces it. Only one side of an upgrade closes
-/// the relayed path — the one that dialed the direct path — so that neither closes it
-/// while the other may still be sending on it.
-pub fn retire(old: Candidate, new: Candidate) -> Retire {
-    match (old.path, new.path, new.dialed_locally) {
-        (PathKind::Relayed, PathKind::Direct, false) => Retire::ByPeer,
-        (PathKind::Relayed, PathKind::Direct, true) => Retire::Shortly,
-        _ => Retire::Now,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,16 +232,5 @@ mod tests {
         assert_eq!(resolve_duplicate(a, b, relayed, direct), Keep::New);
         assert_eq!(resolve_duplicate(b, a, relayed, direct), Keep::New);
         assert_eq!(resolve_duplicate(a, b, direct, relayed), Keep::Existing);
-    }
-
-    #[test]
-    fn only_the_dialer_of_the_direct_path_retires_the_relayed_one() {
-        let c = |dialed_locally, path| Candidate { dialed_locally, age: Duration::ZERO, path };
-        let (relayed, direct) = (PathKind::Relayed, PathKind::Direct);
-        assert_eq!(retire(c(true, relayed), c(false, direct)), Retire::ByPeer);
-        assert_eq!(retire(c(false, relayed), c(false, direct)), Retire::ByPeer);
-        assert_eq!(retire(c(false, relayed), c(true, direct)), Retire::Shortly);
-        assert_eq!(retire(c(true, direct), c(false, direct)), Retire::Now);
-        assert_eq!(retire(c(true, relayed), c(false, relayed)), Retire::Now);
     }
 }
