@@ -134,6 +134,26 @@ impl TransportAddr {
         }
     }
 
+    /// This listen address as others can dial it: an unspecified IP (`0.0.0.0`, `::`)
+    /// becomes loopback of the same family.
+    pub fn dialable(&self) -> TransportAddr {
+        let fix = |mut s: SocketAddr| {
+            if s.ip().is_unspecified() {
+                s.set_ip(if s.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
+            }
+            s
+        };
+        match self {
+            TransportAddr::Tcp(s) => TransportAddr::Tcp(fix(*s)),
+            TransportAddr::Quic(s) => TransportAddr::Quic(fix(*s)),
+            other => other.clone(),
+        }
+    }
+
     /// Whether a dialer of this address would connect to port 0 (explicit in a URL).
     fn dials_port_zero(&self) -> bool {
         match self {
@@ -342,6 +362,15 @@ mod tests {
 
     fn id() -> PeerId {
         Keypair::from_seed([3; 32]).peer_id()
+    }
+
+    #[test]
+    fn unspecified_listen_addresses_are_dialed_on_loopback() {
+        let d = |s: &str| s.parse::<TransportAddr>().unwrap().dialable().to_string();
+        assert_eq!(d("tcp=0.0.0.0:4000"), "tcp=127.0.0.1:4000");
+        assert_eq!(d("quic=[::]:4001"), "quic=[::1]:4001");
+        assert_eq!(d("quic=198.51.100.7:4001"), "quic=198.51.100.7:4001");
+        assert_eq!(d("ws=ws://0.0.0.0:80"), "ws=ws://0.0.0.0:80");
     }
 
     #[test]

@@ -326,80 +326,23 @@ async fn slow_receiver_bounds_the_senders_memory() {
 
 // ---- TURN: a real coturn relaying the data channel, relay-only ICE on both sides ----
 
-struct Guard(std::process::Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn have_turnserver() -> bool {
-    std::process::Command::new("sh")
-        .args(["-c", "command -v turnserver"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Whether `server` answers a STUN Binding request (it is up), with the library's prober.
-async fn answers_stun(server: std::net::SocketAddr) -> bool {
-    use kizuna::nat::{
-        classify::{Test, TestKind},
-        probe::{binding, ProbeConfig},
-    };
-    let Ok(socket) = tokio::net::UdpSocket::bind("127.0.0.1:0").await else { return false };
-    let test = Test { kind: TestKind::Binding(0), dest: server, change_ip: false, change_port: false };
-    let config = ProbeConfig { max_transmissions: 20, ..ProbeConfig::default() };
-    binding(&socket, &test, &config).await.is_ok()
-}
-
-/// coturn with one long-term-credential user, relaying on loopback, on fresh ports (a
-/// server that does not answer is replaced on new ports, a few times).
-async fn start_turn(dir: &std::path::Path) -> (Guard, u16) {
-    for attempt in 0..4 {
-        let port = free_udp_port();
-        let relay_lo = free_udp_port().clamp(20_000, 60_000);
-        let d = |f: &str| dir.join(format!("{attempt}-{f}")).to_string_lossy().into_owned();
-        let child = std::process::Command::new("turnserver")
-            .args(["-n", "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"])
-            .args(["--listening-port", &port.to_string()])
-            .args(["--min-port", &relay_lo.to_string(), "--max-port", &(relay_lo + 200).to_string()])
-            .args(["--lt-cred-mech", "--user", "kizuna:turn-secret", "--realm", "kizuna.test"])
-            .args(["--allow-loopback-peers", "--no-tls", "--no-dtls", "--no-tcp", "--no-cli", "--simple-log"])
-            .args(["--log-file", &d("turn.log"), "--pidfile", &d("turn.pid"), "--db", &d("turndb")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start turnserver");
-        let guard = Guard(child);
-        if answers_stun(([127, 0, 0, 1], port).into()).await {
-            return (guard, port);
-        }
-        eprintln!("coturn on port {port} did not answer (attempt {attempt}); trying other ports");
-    }
-    panic!("coturn never answered on loopback (4 attempts)");
-}
+use kizuna_actors::testing::{Coturn, TURN_PASS, TURN_USER};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turn_relays_a_data_channel_with_relay_only_ice() {
-    if !have_turnserver() {
+    if !Coturn::available() {
         eprintln!("SKIP: `turnserver` not found (apt-get install coturn; .ci/run does): TURN not tested");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (_turn, port) = start_turn(dir.path()).await;
-    let url = format!("turn:127.0.0.1:{port}");
+    let turn = Coturn::start(std::net::Ipv4Addr::LOCALHOST, dir.path()).await;
+    let url = turn.url.clone();
     let board = Arc::new(Switchboard::default());
     let relay_only = |seed: u8| {
         let node = LocalNode::new(NodeConfig::new(Keypair::from_seed([seed; 32]))).unwrap();
         let id = node.peer_id();
         let mut cfg = WebRtcConfig::loopback();
-        cfg.ice_servers = vec![kizuna::transport::webrtc::IceServer::turn(&url, "kizuna", "turn-secret")];
+        cfg.ice_servers = vec![kizuna::transport::webrtc::IceServer::turn(&url, TURN_USER, TURN_PASS)];
         cfg.relay_only = true;
         let t = WebRtcTransport::new(node, cfg).unwrap();
         t.set_signaler(Arc::new(Port { board: board.clone(), me: id }));

@@ -26,16 +26,13 @@ use actix::Addr;
 use bytes::Bytes;
 use chromium::{enc, page_url, BrowserNet, Chromium};
 use kizuna::{
-    nat::{
-        classify::{Test, TestKind},
-        probe::{binding, ProbeConfig},
-    },
     relay::{auth::Admission, client::RelayEndpoint, RelayMessage},
     transport::webrtc::{signal, IceServer, SignalKind, SignalMessage, WebRtcConfig},
     Keypair, PeerId, Protocol,
 };
 use kizuna_actors::{
     relay::{GetRelayMetrics, RelayHandle, RelayServerConfig},
+    testing::{Coturn, TURN_PASS, TURN_USER},
     Event, OpenStream, Send, SendDatagram, Subscribe, Supervisor, SupervisorConfig,
 };
 use relay_client::*;
@@ -612,58 +609,27 @@ async fn the_readme_commands_connect_the_page_to_kizuna_node() {
     assert!(r["unreliable"]["echoed"].as_u64().unwrap() >= 1, "kizuna node echoes datagrams: {r}");
 }
 
-/// A real coturn (Debian's `coturn`) with one long-term-credential user, listening and
-/// relaying on `ip`; retried on fresh ports if it does not answer STUN.
-async fn start_turn(ip: std::net::Ipv4Addr, dir: &std::path::Path) -> (Proc, String) {
-    for attempt in 0..4 {
-        let free = || std::net::UdpSocket::bind((ip, 0)).unwrap().local_addr().unwrap().port();
-        let (port, low) = (free(), free().clamp(20_000, 60_000));
-        let file = |f: &str| dir.join(format!("{attempt}-{f}")).display().to_string();
-        let child = std::process::Command::new("turnserver")
-            .args(["-n", "--listening-ip", &ip.to_string(), "--relay-ip", &ip.to_string()])
-            .args(["--listening-port", &port.to_string()])
-            .args(["--min-port", &low.to_string(), "--max-port", &(low + 100).to_string()])
-            .args(["--lt-cred-mech", "--user", "kizuna:turn-secret", "--realm", "kizuna.test"])
-            .args(["--no-tls", "--no-dtls", "--no-tcp", "--no-cli", "--simple-log"])
-            .args(["--log-file", &file("turn.log"), "--pidfile", &file("turn.pid"), "--db", &file("turndb")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start turnserver");
-        let turn = Proc(child);
-        let server = SocketAddr::from((ip, port));
-        // Up once it answers a STUN Binding request (the library's prober, with retries).
-        let test = Test { kind: TestKind::Binding(0), dest: server, change_ip: false, change_port: false };
-        let socket = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
-        let probe = ProbeConfig { max_transmissions: 20, ..ProbeConfig::default() };
-        if binding(&socket, &test, &probe).await.is_ok() {
-            return (turn, format!("turn:{server}"));
-        }
-        eprintln!("coturn on {server} did not answer (attempt {attempt}); trying other ports");
-    }
-    panic!("coturn never answered on {ip}");
-}
-
 /// Browser and node both restricted to TURN relay candidates (`relayOnly=1` on the page,
 /// `relay_only` on the node): everything goes through a real coturn, and neither side
 /// learns the other's host address.
 #[actix_rt::test]
 async fn page_and_node_meet_through_turn_with_relay_only_ice() {
     let Some((bin, net)) = browser_and_net() else { return };
-    if std::process::Command::new("turnserver").arg("--version").output().is_err() {
+    if !Coturn::available() {
         eprintln!("SKIP browser TURN: `turnserver` not found (apt-get install coturn; .ci/run does)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (_turn, turn_url) = start_turn(net.host, dir.path()).await;
+    let turn = Coturn::start(net.host, dir.path()).await;
+    let turn_url = turn.url.clone();
     let relay = start(RelayServerConfig::new(SocketAddr::new(net.host.into(), 0), Admission::open())).await;
     let mut webrtc = node_webrtc(&net);
-    webrtc.ice_servers = vec![IceServer::turn(&turn_url, "kizuna", "turn-secret")];
+    webrtc.ice_servers = vec![IceServer::turn(&turn_url, TURN_USER, TURN_PASS)];
     webrtc.relay_only = true;
     let node = echo_node(&relay, webrtc).await;
     let mut page = Chromium::launch(&bin, Some(&net)).await;
     let query = format!(
-        "relay={}&peer={}&turn={}&turnUser=kizuna&turnPass=turn-secret&relayOnly=1&auto=1&count=5",
+        "relay={}&peer={}&turn={}&turnUser={TURN_USER}&turnPass={TURN_PASS}&relayOnly=1&auto=1&count=5",
         enc(&relay.url),
         node.peer,
         enc(&turn_url)

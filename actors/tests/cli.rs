@@ -549,6 +549,114 @@ fn ping_over_webrtc_signaled_through_a_relay() {
     assert!(stderr(&out).contains("--turn-user"), "{}", stderr(&out));
 }
 
+#[test]
+fn ping_over_webrtc_signaled_over_a_direct_connection_without_a_relay() {
+    let home = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(home.path(), &["--listen", "webrtc=1", "--webrtc-bind", "127.0.0.1:0"]);
+    assert!(node.first.contains("webrtc=1") && node.first.contains("quic="), "{}", node.first);
+    // The offer and answer travel on the QUIC connection; the traffic on WebRTC alone.
+    let out = run(kizuna(home.path()).args(["ping", &node.first, "--transport", "webrtc"]).args([
+        "--webrtc-bind",
+        "127.0.0.1:0",
+        "--count",
+        "3",
+        "--interval",
+        "100",
+        "--json",
+    ]));
+    assert!(out.status.success(), "ping failed: {}", stderr(&out));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 3);
+    for l in lines {
+        assert_eq!((l["transport"].as_str(), l["status"].as_str()), (Some("webrtc"), Some("ok")), "{l}");
+        assert_eq!(l["switches"], 0, "{l}");
+    }
+    // A node that could never receive an offer is a usage error that says what to fix.
+    let out = run(kizuna(home.path()).args(["node", "--listen", "webrtc=1"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--relay") && stderr(&out).contains("--listen quic"), "{}", stderr(&out));
+}
+
+#[test]
+fn webrtc_only_through_turn_never_falls_back_to_the_relay() {
+    if !kizuna_actors::testing::Coturn::available() {
+        eprintln!("SKIP: `turnserver` not found (apt-get install coturn; .ci/run does): TURN not tested");
+        return;
+    }
+    use kizuna_actors::testing::{Coturn, TURN_PASS, TURN_USER};
+    let home = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let turn = rt.block_on(Coturn::start(std::net::Ipv4Addr::LOCALHOST, home.path()));
+    let (_relay, url) = start_cli_relay(home.path());
+    let ice = ["--turn", &turn.url, "--turn-user", TURN_USER, "--turn-pass", TURN_PASS, "--ice-relay-only"];
+    let node = NodeProc::start(
+        home.path(),
+        &[&["--listen", "webrtc=1", "--relay", &url, "--webrtc-bind", "127.0.0.1:0"][..], &ice[..]].concat(),
+    );
+    // The WebSocket relay is the signaling path; it must never become the answer to a
+    // WebRTC-only dial (its circuit connects long before ICE through TURN does).
+    let out = run(kizuna(home.path())
+        .args(["ping", peer_of(&node.first), "--relay", &url, "--transport", "webrtc"])
+        .args(ice)
+        .args(["--webrtc-bind", "127.0.0.1:0", "--count", "2", "--interval", "100", "--json"]));
+    assert!(out.status.success(), "ping failed: {}", stderr(&out));
+    for l in json_lines(&out) {
+        assert_eq!(l["transport"], "webrtc", "{l}");
+        assert_eq!(l["path"], "relayed", "through TURN: {l}");
+        assert_eq!(l["status"], "ok", "{l}");
+    }
+}
+
+#[test]
+fn ping_keeps_many_in_flight_and_every_echo_comes_back_once_in_order() {
+    let home = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(home.path(), &[]);
+    let out = run(kizuna(home.path()).args(["ping", &node.first, "--transport", "tcp", "--json"]).args([
+        "--count",
+        "300",
+        "--interval",
+        "0",
+        "--in-flight",
+        "32",
+    ]));
+    assert!(out.status.success(), "ping failed: {}", stderr(&out));
+    let lines = json_lines(&out);
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=300).collect::<Vec<_>>(), "one line per ping, in order");
+    for l in &lines {
+        assert_eq!((l["status"].as_str(), l["reordered"].as_bool()), (Some("ok"), Some(false)), "{l}");
+    }
+    let text = run(kizuna(home.path())
+        .args(["ping", &node.first, "--count", "20", "--interval", "0"])
+        .args(["--in-flight", "8"]));
+    assert!(stdout(&text).contains("20 sent, 20 received, 0% loss"), "{}", stdout(&text));
+    let bad = run(kizuna(home.path()).args(["ping", &node.first, "--in-flight", "0"]));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("--in-flight"), "{}", stderr(&bad));
+}
+
+#[test]
+fn send_keeps_to_its_rate_limit() {
+    let home = tempfile::tempdir().unwrap();
+    let recv = home.path().join("inbox");
+    let node = NodeProc::start(home.path(), &["--recv-dir", recv.to_str().unwrap()]);
+    let file = home.path().join("paced.bin");
+    write_pattern_file(&file, 1 << 20, 5);
+    let out = run(kizuna(home.path())
+        .args(["send", &node.first, file.to_str().unwrap(), "--json"])
+        .args(["--rate", "512KiB"]));
+    assert!(out.status.success(), "send failed: {}", stderr(&out));
+    let v: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["status"], "ok", "{v}");
+    // 1 MiB at 512 KiB/s, a quarter second of it saved up at the start: 1.75 s at least
+    // (a lower bound: a loaded machine only makes it slower).
+    assert!(v["elapsed_ms"].as_f64().unwrap() >= 1700.0, "faster than its rate: {v}");
+    assert_eq!(sha256_of(&recv.join("paced.bin")), sha256_of(&file));
+    let bad = run(kizuna(home.path()).args(["send", &node.first, file.to_str().unwrap(), "--rate", "0"]));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("--rate"), "{}", stderr(&bad));
+}
+
 /// Creates the key file `name` in `home` and returns its peer id.
 fn make_key(home: &Path, name: &str) -> (std::path::PathBuf, String) {
     let key = home.join(name);
@@ -688,9 +796,9 @@ fn a_send_killed_mid_transfer_resumes_at_once_when_run_again() {
 /// failed with "closed locally (Replaced)" when the relayed path was retired 2 s after the
 /// upgrade, although the node had received the whole file).
 #[test]
-fn a_relayed_send_that_outlives_the_upgrade_finishes_verified() {
+fn a_relayed_send_moves_to_the_direct_path_once_hole_punching_finds_one() {
     // 48 MiB through a relay shaped to 8 MiB/s: ~6 s relayed, while the hole punch
-    // upgrades the peer to direct QUIC within a second.
+    // upgrades the peer to direct QUIC within a second; the transfer follows it.
     const SIZE: usize = 48 << 20;
     let home = tempfile::tempdir().unwrap();
     let mut cmd = kizuna(home.path());
@@ -721,6 +829,11 @@ fn a_relayed_send_that_outlives_the_upgrade_finishes_verified() {
     assert!(out.status.success(), "send failed: {}", stderr(&out));
     let v: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(v["status"], "ok", "{v}");
+    assert_eq!(
+        (v["path"].as_str(), v["moves"].as_u64(), v["resumes"].as_u64()),
+        (Some("relayed"), Some(1), Some(0)),
+        "{v}"
+    );
     assert_eq!(sha256_of(&recv.join("big.bin")), sha256_of(&file));
     // The node saw the upgrade while the transfer ran: before the file was complete.
     let mut events = Vec::new();

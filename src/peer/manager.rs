@@ -10,8 +10,11 @@
 //! **Health.** Every live path is probed: idle ones every [`PROBE_INTERVAL`]; the active
 //! one, while traffic flows on it and nothing has been heard for [`ACTIVE_PROBE`], at that
 //! pace. A path is *dead* when traffic was sent on it and nothing at all was heard for
-//! [`ACTIVE_SILENCE`] since, or when a probe goes unanswered for [`PROBE_TIMEOUT`]. A dead
-//! path is still probed while its connection lives: an answer *recovers* it.
+//! [`ACTIVE_SILENCE`] since, or when a probe goes unanswered for [`PROBE_TIMEOUT`] with
+//! nothing heard since it was sent. The side that only answers learns it from the peer:
+//! the peer's traffic arriving on another path while the active one is silent makes the
+//! active one dead unless it answers within [`FOLLOW_GRACE`]. A dead path is still probed
+//! while its connection lives: an answer, or anything heard on it, *recovers* it.
 //!
 //! **Ranking.** Direct beats relayed. Within a tier the lower [`PathHealth::cost`] wins
 //! (median RTT, penalized by loss), but only by more than [`SWITCH_MARGIN`] and with at
@@ -56,6 +59,14 @@ pub const ACTIVE_SILENCE: Duration = Duration::from_secs(2);
 /// While traffic flows on the active path and nothing was heard for this long, it is
 /// probed. 250 ms: a one-way transfer still gets answers, at most 8 probes per 2 s silence.
 pub const ACTIVE_PROBE: Duration = Duration::from_millis(250);
+
+/// When the peer's traffic arrives on another path while the active one has been silent
+/// for [`ACTIVE_PROBE`], the peer has given up on the active path (it saw the same silence
+/// from its side, usually first): the active path is probed at once and is dead unless
+/// heard within this (or 4 round trips, if longer). 500 ms: several round trips of any
+/// path worth keeping, and the side that only answers follows the peer within a second
+/// instead of waiting out its own [`ACTIVE_SILENCE`] after the peer's traffic stopped.
+pub const FOLLOW_GRACE: Duration = Duration::from_millis(500);
 
 /// A path must be this much cheaper than the active one of its tier to take over. 20 %: the
 /// median of 8 samples with ±10 % jitter moves by a few percent, so similar paths never
@@ -126,6 +137,10 @@ pub struct PathDesc {
     pub protocol: Protocol,
     /// Whether this node dialed it (the dialer of a relayed path initiates hole punches).
     pub dialed_locally: bool,
+    /// Whether it may carry the peer's traffic. A path that may not is kept for signaling
+    /// only (e.g. to set up the WebRTC path an application insists on): it is probed and
+    /// kept alive, but never chosen.
+    pub carries: bool,
 }
 
 /// Why the active path changed.
@@ -262,6 +277,9 @@ struct PathState {
     awaiting_since: Option<Instant>,
     /// The outstanding probe: nonce, when sent.
     probe: Option<(u64, Instant)>,
+    /// Dead unless heard by then: the peer moved its traffic elsewhere
+    /// ([`PathManager::handle_remote_traffic`]).
+    suspect_until: Option<Instant>,
     next_probe: Instant,
     /// Last time it was active (or came up).
     last_active: Instant,
@@ -347,6 +365,12 @@ impl PathManager {
             if let Some((_, sent)) = p.probe {
                 at(sent + self.cfg.probe_timeout);
             }
+            if let Some(until) = p.suspect_until.filter(|_| Some(*id) == self.active && p.alive) {
+                at(until);
+                if p.probe.is_none() {
+                    at(p.last_heard + self.cfg.active_probe);
+                }
+            }
             if let Some(since) = p.awaiting_since {
                 if Some(*id) == self.active && p.alive {
                     at(since + self.cfg.active_silence);
@@ -389,6 +413,7 @@ impl PathManager {
             last_heard: now,
             awaiting_since: None,
             probe: None,
+            suspect_until: None,
             next_probe: now,
             last_active: now,
             degraded: false,
@@ -438,6 +463,7 @@ impl PathManager {
         let Some(p) = self.paths.get_mut(&id) else { return };
         p.last_heard = now;
         p.awaiting_since = None;
+        p.suspect_until = None;
         if !p.alive {
             p.alive = true;
             p.dead_since = None;
@@ -446,6 +472,28 @@ impl PathManager {
         }
         self.evaluate(now);
         self.consider_punch(now);
+    }
+
+    /// The peer's own traffic (its session data, not probes or answers) arrived on `id`.
+    /// On a path other than the active one, while the active one has been silent for
+    /// [`ACTIVE_PROBE`], the peer gave up on the active path: it is probed at once and dead
+    /// unless heard within [`FOLLOW_GRACE`] (see there). Report it with the sample that
+    /// saw it ([`handle_heard`](Self::handle_heard) for `id` as usual).
+    pub fn handle_remote_traffic(&mut self, now: Instant, id: PathId) {
+        let Some(active) = self.active.filter(|a| *a != id) else { return };
+        if !self.paths.get(&id).is_some_and(|p| p.alive && !p.retired) {
+            return;
+        }
+        let cfg = self.cfg;
+        let Some(a) = self.paths.get_mut(&active) else { return };
+        if !a.alive || a.suspect_until.is_some() || now < a.last_heard + cfg.active_probe {
+            return;
+        }
+        let grace = a.health.srtt().map_or(FOLLOW_GRACE, |rtt| (rtt * 4).max(FOLLOW_GRACE));
+        a.suspect_until = Some(now + grace);
+        if a.probe.is_none() {
+            self.probe(active, now);
+        }
     }
 
     /// Traffic was sent on `id` at `now` (the owner reports it at most once per few hundred
@@ -520,16 +568,22 @@ impl PathManager {
             if now >= sent + cfg.probe_timeout {
                 p.probe = None;
                 p.health.on_probe_outcome(true);
-                dies = p.alive;
+                // A lost probe kills a path only if nothing at all was heard on it since
+                // (a path that recovered while an old probe was out is alive).
+                dies = p.alive && p.last_heard <= sent;
             }
         }
         if active && p.alive && p.awaiting_since.is_some_and(|s| now >= s + cfg.active_silence) {
+            dies = true;
+        }
+        if active && p.alive && p.suspect_until.is_some_and(|u| now >= u) {
             dies = true;
         }
         if dies {
             p.alive = false;
             p.dead_since = Some(now);
             p.awaiting_since = None;
+            p.suspect_until = None;
             p.recovered = false;
             self.out.push_back(Output::Event(PathEvent::Dead { path: id }));
             if active {
@@ -541,7 +595,8 @@ impl PathManager {
         let traffic_probe = active
             && p.alive
             && p.probe.is_none()
-            && p.awaiting_since.is_some_and(|s| now >= p.last_heard.max(s) + cfg.active_probe);
+            && (p.awaiting_since.is_some_and(|s| now >= p.last_heard.max(s) + cfg.active_probe)
+                || p.suspect_until.is_some() && now >= p.last_heard + cfg.active_probe);
         if (now >= p.next_probe && p.probe.is_none()) || traffic_probe {
             self.probe(id, now);
         }
@@ -572,7 +627,7 @@ impl PathManager {
     fn best(&self, except: Option<PathId>) -> Option<PathId> {
         self.paths
             .iter()
-            .filter(|(id, p)| p.alive && !p.retired && Some(**id) != except)
+            .filter(|(id, p)| p.alive && !p.retired && p.desc.carries && Some(**id) != except)
             .min_by(|(a_id, a), (b_id, b)| {
                 tier(a.desc.kind)
                     .cmp(&tier(b.desc.kind))
@@ -595,7 +650,7 @@ impl PathManager {
         let active_kind = self.active.and_then(|a| self.paths.get(&a)).map(|p| p.desc.kind)?;
         self.paths
             .iter()
-            .filter(|(_, p)| p.alive && !p.retired && p.desc.kind != active_kind)
+            .filter(|(_, p)| p.alive && !p.retired && p.desc.carries && p.desc.kind != active_kind)
             .min_by(|(a_id, a), (b_id, b)| {
                 let (x, y) = (a.health.cost().unwrap_or(f64::MAX), b.health.cost().unwrap_or(f64::MAX));
                 x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal).then(a_id.cmp(b_id))
@@ -669,6 +724,7 @@ impl PathManager {
     fn carry(&mut self, now: Instant, from: Option<PathId>, to: PathId, reason: ChangeReason) {
         if let Some(f) = self.active.and_then(|a| self.paths.get_mut(&a)) {
             f.last_active = now;
+            f.suspect_until = None;
         }
         self.active = Some(to);
         if let Some(p) = self.paths.get_mut(&to) {

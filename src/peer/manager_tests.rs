@@ -8,11 +8,11 @@ use super::*;
 use crate::peer::sim::{Link, Sim};
 
 fn direct(p: Protocol) -> PathDesc {
-    PathDesc { kind: PathKind::Direct, protocol: p, dialed_locally: true }
+    PathDesc { kind: PathKind::Direct, protocol: p, dialed_locally: true, carries: true }
 }
 
 fn relayed(dialed_locally: bool) -> PathDesc {
-    PathDesc { kind: PathKind::Relayed, protocol: Protocol::WebSocket, dialed_locally }
+    PathDesc { kind: PathKind::Relayed, protocol: Protocol::WebSocket, dialed_locally, carries: true }
 }
 
 fn secs(n: u64) -> Duration {
@@ -103,6 +103,47 @@ fn a_silent_death_under_traffic_fails_over_within_two_seconds() {
 }
 
 #[test]
+fn the_answering_side_follows_the_peer_off_a_silent_path_within_the_grace() {
+    // This side only answers (it sends nothing of its own), so its own silence bound does
+    // not run; the peer notices first and moves its traffic to the relay.
+    let mut s = sim(true);
+    let r = s.add(1, relayed(false), Link::new(40));
+    let d = s.add(2, direct(Protocol::Quic), Link::new(10));
+    s.run_for(secs(3));
+    s.links.get_mut(&d).unwrap().blackholed = true;
+    s.run_for(ACTIVE_SILENCE + ms(300));
+    assert_eq!(s.m.active(), Some(d), "nothing told this side yet");
+    let moved = s.elapsed();
+    s.remote_traffic(r);
+    s.run_for(secs(2));
+    let (at, e) = s.changes().last().cloned().unwrap();
+    assert_eq!(changed(&e), Some((Some(d), r, ChangeReason::Failover)));
+    assert!(at - moved <= FOLLOW_GRACE + ms(10), "followed after {:?}", at - moved);
+}
+
+#[test]
+fn a_healthy_active_path_survives_the_peers_traffic_elsewhere() {
+    let mut s = sim(true);
+    let r = s.add(1, relayed(false), Link::new(40));
+    let d = s.add(2, direct(Protocol::Quic), Link::new(10));
+    // Idle for a while: the direct path was last heard at its last probe answer.
+    s.run_for(secs(9));
+    let before = s.changes().len();
+    for _ in 0..20 {
+        s.remote_traffic(r);
+        s.run_for(ms(100));
+    }
+    s.run_for(secs(3));
+    assert_eq!(s.m.active(), Some(d));
+    assert_eq!(s.changes().len(), before, "{:?}", s.changes());
+    // Traffic on the active path itself, or none heard there for less than ACTIVE_PROBE,
+    // asks for nothing.
+    let probes = s.count(|o| matches!(o, Output::Probe { path, .. } if *path == d));
+    s.remote_traffic(d);
+    assert_eq!(s.count(|o| matches!(o, Output::Probe { path, .. } if *path == d)), probes);
+}
+
+#[test]
 fn an_idle_path_that_stops_answering_is_dead_within_one_interval_plus_the_probe_timeout() {
     let mut s = sim(true);
     let r = s.add(1, relayed(true), Link::new(40));
@@ -132,6 +173,34 @@ fn a_recovered_direct_path_takes_the_traffic_back_within_one_probe_interval() {
     let (at, e) = s.changes().last().cloned().unwrap();
     assert_eq!(changed(&e), Some((Some(r), d, ChangeReason::Recovered)));
     assert!(at - lifted <= PROBE_INTERVAL + ms(10) * 2 + ms(20), "back after {:?}", at - lifted);
+}
+
+#[test]
+fn a_recovered_path_is_not_killed_by_a_probe_it_lost_while_dead() {
+    let mut s = sim(true);
+    let _r = s.add(1, relayed(true), Link::new(40));
+    let d = s.add(2, direct(Protocol::Quic), Link::new(10));
+    s.sending = true;
+    s.run_for(secs(3));
+    s.links.get_mut(&d).unwrap().blackholed = true;
+    s.run_for(ACTIVE_SILENCE + ms(100));
+    assert!(s.events.iter().any(|(_, e)| *e == PathEvent::Dead { path: d }));
+    // Probed while dead: that probe is lost.
+    let probes = |s: &Sim| s.count(|o| matches!(o, Output::Probe { path, .. } if *path == d));
+    let before = probes(&s);
+    while probes(&s) == before {
+        s.run_for(ms(10));
+    }
+    // The way is open again and the peer's traffic is heard on it before that probe
+    // times out: recovered, and it stays so.
+    s.links.get_mut(&d).unwrap().blackholed = false;
+    let now = s.now;
+    s.m.handle_heard(now, d);
+    s.drain();
+    s.run_for(PROBE_TIMEOUT + secs(2));
+    let dead = s.events.iter().filter(|(_, e)| *e == PathEvent::Dead { path: d }).count();
+    assert_eq!(dead, 1, "died once, recovered, stayed: {:?}", s.events);
+    assert_eq!(s.m.active(), Some(d));
 }
 
 #[test]
@@ -250,6 +319,21 @@ fn a_path_down_fails_over_with_the_old_path_named() {
     assert_eq!(changed(&s.changes().last().unwrap().1), Some((Some(d), r, ChangeReason::Failover)));
 }
 
+#[test]
+fn a_path_that_may_not_carry_never_does_and_is_not_a_standby() {
+    let mut s = sim(true);
+    let signaling = s.add(1, PathDesc { carries: false, ..direct(Protocol::Quic) }, Link::new(5));
+    assert_eq!(s.m.active(), None, "kept for signaling only");
+    assert!(s.m.is_connected());
+    let w = s.add(2, direct(Protocol::WebRtc), Link::new(50));
+    assert_eq!(s.m.active(), Some(w));
+    s.run_for(secs(60));
+    assert_eq!(s.m.active(), Some(w), "the faster signaling path never takes over");
+    s.down(w);
+    assert_eq!(s.m.active(), None);
+    assert!(s.outputs.iter().all(|(_, o)| *o != Output::Carry { path: signaling }));
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Up(u8, bool, bool),
@@ -260,6 +344,7 @@ enum Op {
     DialFailed,
     Punched(bool),
     Wanted(bool),
+    Remote(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -272,6 +357,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::DialFailed),
         1 => any::<bool>().prop_map(Op::Punched),
         1 => any::<bool>().prop_map(Op::Wanted),
+        1 => (0u8..4).prop_map(Op::Remote),
     ]
 }
 
@@ -291,6 +377,7 @@ proptest! {
                         kind: if d { PathKind::Direct } else { PathKind::Relayed },
                         protocol: Protocol::Tcp,
                         dialed_locally: local,
+                        carries: !next_id.is_multiple_of(5),
                     };
                     next_id += 1;
                     s.add(u64::from(i), desc, Link { jitter: 0.2, ..Link::new(5 + next_id % 50) });
@@ -304,6 +391,7 @@ proptest! {
                 Op::DialFailed => { s.m.handle_dial_failed(s.now); s.drain(); }
                 Op::Punched(ok) => { s.m.handle_punch_finished(s.now, ok); s.drain(); }
                 Op::Wanted(w) => { s.m.set_wanted(s.now, w); s.drain(); }
+                Op::Remote(i) => s.remote_traffic(PathId(u64::from(i))),
             }
             if let Some(a) = s.m.active() {
                 let alive = s.m.paths().any(|(id, _, _, alive)| id == a && alive);

@@ -111,6 +111,17 @@ impl Sim {
         self.drain();
     }
 
+    /// The peer's data arrives on `id` now (unless it is blackholed).
+    pub(crate) fn remote_traffic(&mut self, id: PathId) {
+        if self.links.get(&id).is_none_or(|l| l.blackholed) {
+            return;
+        }
+        let now = self.now;
+        self.m.handle_heard(now, id);
+        self.m.handle_remote_traffic(now, id);
+        self.drain();
+    }
+
     fn sample_rtt(&mut self, l: &Link) -> Option<Duration> {
         if l.blackholed {
             return None;

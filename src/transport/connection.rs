@@ -148,12 +148,12 @@ impl Connection {
 
     /// Opens a bidirectional byte stream to the peer.
     pub async fn open_stream(&self) -> Result<ByteStream> {
-        self.backend.open_stream().await
+        Ok(self.backend.open_stream().await?.on_path(self.meta.path))
     }
 
     /// Waits for a stream opened by the peer; `Ok(None)` once closed. Cancel safe.
     pub async fn accept_stream(&self) -> Result<Option<ByteStream>> {
-        self.backend.accept_stream().await
+        Ok(self.backend.accept_stream().await?.map(|s| s.on_path(self.meta.path)))
     }
 
     /// Sends an unreliable datagram (QUIC datagrams; an error where unsupported).

@@ -188,6 +188,7 @@ async fn read_session(
                 let Some(e) = epoch else {
                     return violation(&conn, path, "DATA before HELLO".into()).await;
                 };
+                link.data_on(path);
                 match link.on_data(e, seq, payload).await {
                     Ok((ack, next)) => {
                         if let Some(delivered) = ack {
@@ -268,9 +269,11 @@ impl Actor for ConnectionActor {
         };
         ctx.spawn(wrap_future(datagrams));
 
-        let (conn, bus, abort) = (self.conn.clone(), self.bus.clone(), self.abort.clone());
+        let (conn, bus, abort, link) =
+            (self.conn.clone(), self.bus.clone(), self.abort.clone(), self.link.clone());
         let streams = async move {
             while let Ok(Some(s)) = conn.accept_stream().await {
+                link.note_traffic();
                 let stream = IncomingStream::new(s.abortable(abort.clone()));
                 bus.publish(Event::StreamOpened { peer, stream }).await;
             }

@@ -87,6 +87,9 @@ pub(crate) struct PeerLink {
     bus: EventBus,
     /// Set by a send while the peer's actor samples traffic lazily (see `take_traffic`).
     traffic: std::sync::atomic::AtomicBool,
+    /// The path the peer's last session data arrived on, plus one (0: none since the last
+    /// sample).
+    data_path: std::sync::atomic::AtomicU64,
     /// Told when traffic starts on an idle link (so silence is watched from the start).
     waker: std::sync::OnceLock<actix::Recipient<TrafficStarted>>,
     /// What the peer's actor last reported (read by `GetStats`).
@@ -94,6 +97,9 @@ pub(crate) struct PeerLink {
     /// Where the peer can be dialed, as its actor learned (kept for an actor restarted
     /// after a failure).
     known: Mutex<Vec<kizuna::TransportAddr>>,
+    /// The control queue of a path that carries signaling to the peer (set by its actor;
+    /// a signaler waiting for one watches it).
+    signal_route: watch::Sender<Option<super::connection::Control>>,
 }
 
 /// Traffic started on an idle link (to the peer's actor).
@@ -124,9 +130,11 @@ impl PeerLink {
             rx: tokio::sync::Mutex::new(SessionReceiver::new()),
             bus,
             traffic: std::sync::atomic::AtomicBool::new(false),
+            data_path: std::sync::atomic::AtomicU64::new(0),
             waker: std::sync::OnceLock::new(),
             status: Mutex::new(PeerStatus::default()),
             known: Mutex::new(Vec::new()),
+            signal_route: watch::Sender::new(None),
         })
     }
 
@@ -138,6 +146,24 @@ impl PeerLink {
     /// The peer's paths as last reported.
     pub(crate) fn status(&self) -> PeerStatus {
         self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sets the path signaling to the peer goes on (`None`: none).
+    pub(crate) fn set_signal_route(&self, route: Option<super::connection::Control>) {
+        self.signal_route.send_replace(route);
+    }
+
+    /// Sends a signaling message (its tag byte first, as a relay signal) to the peer on one
+    /// of its paths; `false` if none can carry it now.
+    pub(crate) fn signal(&self, payload: &[u8]) -> bool {
+        let Some((&tag, body)) = payload.split_first() else { return false };
+        let route = self.signal_route.borrow().clone();
+        route.is_some_and(|c| c.send(SessionFrame::Signal { tag, payload: Bytes::copy_from_slice(body) }))
+    }
+
+    /// Changes of the signal route, to wait for one.
+    pub(crate) fn signal_routes(&self) -> watch::Receiver<Option<super::connection::Control>> {
+        self.signal_route.subscribe()
     }
 
     /// Where the peer can be dialed.
@@ -175,9 +201,32 @@ impl PeerLink {
         self.room.notify_waiters();
     }
 
+    /// Traffic (a message, a stream) started: wakes the peer's actor's sampling if idle.
+    pub(crate) fn note_traffic(&self) {
+        if !self.traffic.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            if let Some(w) = self.waker.get() {
+                let _ = w.try_send(TrafficStarted);
+            }
+        }
+    }
+
     /// Whether a send happened since the last call (the peer's actor samples this).
     pub(crate) fn take_traffic(&self) -> bool {
         self.traffic.swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The peer's session data arrived on `path` (one relaxed store per message).
+    pub(crate) fn data_on(&self, path: PathId) {
+        self.data_path.store(path.0.saturating_add(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The path the peer's data last arrived on since the last call, if any (the peer's
+    /// actor samples this: data on a path it does not use says the peer moved).
+    pub(crate) fn take_data_path(&self) -> Option<PathId> {
+        match self.data_path.swap(0, std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            n => Some(PathId(n - 1)),
+        }
     }
 
     /// Our hello for a new path: epoch, what we know of the peer's, our base.
@@ -231,11 +280,7 @@ impl PeerLink {
                     }
                 }
             };
-            if !self.traffic.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                if let Some(w) = self.waker.get() {
-                    let _ = w.try_send(TrafficStarted);
-                }
-            }
+            self.note_traffic();
             let Some(c) = carrier else { return Ok(()) };
             let frame = match seq {
                 Some(seq) => encode_data(seq, &data),
@@ -349,6 +394,7 @@ impl PeerLink {
     pub(crate) async fn open_stream(&self) -> Result<ByteStream, NodeError> {
         let c = self.carrier().ok_or(NodeError::NotConnected(self.peer))?;
         let s = c.conn.open_stream().await.map_err(NodeError::from)?;
+        self.note_traffic();
         Ok(s.abortable(c.abort.clone()))
     }
 
@@ -357,4 +403,12 @@ impl PeerLink {
         let c = self.carrier().ok_or(NodeError::NotConnected(self.peer))?;
         c.conn.send_datagram(data).map_err(NodeError::from)
     }
+}
+
+/// A random, nonzero session epoch (`kizuna::peer::session`).
+pub(crate) fn random_epoch() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    u64::from_le_bytes(b).max(1)
 }

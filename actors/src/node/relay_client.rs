@@ -4,7 +4,7 @@
 //!   renewal, backoff and failover — every decision is there), its one timer, and the
 //!   control WebSocket to the current relay (a reader/writer task on the I/O runtime).
 //! * **In:** `RelayIo` (messages and failures from the control connection's task),
-//!   `SendSignal` (relay signaling, used by hole punching), [`Fault`] (tests).
+//!   `SendSignal` (relay signaling: WebRTC offers and answers), [`Fault`] (tests).
 //! * **Out:** accepted relayed circuits to the supervisor as `Inbound` connections, and
 //!   what the relay reports at each reservation (`RelayAddrs`);
 //!   events (`RelayReserved`, `RelayFailed`, `SignalReceived`) on the bus; signals are
@@ -31,7 +31,7 @@ use kizuna::{
     },
     Incoming, LocalNode, PeerId,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::{
     api::Event,
@@ -95,6 +95,8 @@ pub struct RelayClientActor {
     generation: u64,
     writer: Option<mpsc::Sender<RelayMessage>>,
     timer: Option<SpawnHandle>,
+    /// Whether the node holds a reservation now (signalers wait on it).
+    reserved: watch::Sender<bool>,
 }
 
 impl RelayClientActor {
@@ -122,7 +124,13 @@ impl RelayClientActor {
             generation: 0,
             writer: None,
             timer: None,
+            reserved: watch::Sender::new(false),
         })
+    }
+
+    /// Whether the node holds a reservation, as it changes.
+    pub(crate) fn reserved(&self) -> watch::Receiver<bool> {
+        self.reserved.subscribe()
     }
 
     /// Performs everything the machine asks for, then re-arms the timer.
@@ -145,6 +153,8 @@ impl RelayClientActor {
                 _ => {}
             }
         }
+        let reserved = self.state.is_reserved(Instant::now());
+        self.reserved.send_if_modified(|r| std::mem::replace(r, reserved) != reserved);
         if let Some(t) = self.timer.take() {
             ctx.cancel_future(t);
         }

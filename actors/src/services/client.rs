@@ -1,4 +1,4 @@
-//! The client side of the services: [`ping`], [`perf`] and [`send_file`].
+//! The client side of the services: [`perf`] and [`send_file`] (pings: [`super::ping`]).
 //!
 //! Bulk transfers run on the I/O runtime, so an actix arbiter never copies bytes.
 
@@ -10,8 +10,7 @@ use std::{
 };
 
 use actix::Addr;
-use bytes::Bytes;
-use kizuna::{ByteStream, PeerId};
+use kizuna::{relay::limits::TokenBucket, ByteStream, PeerId};
 use ring::digest;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
@@ -23,62 +22,10 @@ use super::{
     ServiceError, IO_CHUNK, MAX_PERF_BYTES,
 };
 use crate::{
-    api::{self, Event, OpenStream},
-    events::EventStream,
+    api::{Event, OpenStream},
     runtime::on_io,
     Supervisor,
 };
-
-/// Prefix of ping messages; the echo service returns them unchanged.
-const PING_MAGIC: &[u8] = b"kizuna-ping/1\0";
-
-/// The outcome of one [`ping`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PingReport {
-    /// The sequence number sent.
-    pub seq: u64,
-    /// From handing the message to the node to reading its echo.
-    pub rtt: Duration,
-}
-
-/// Sends one ping message to `peer` (already connected) and waits for its echo, at most
-/// `timeout`. `events` must be a subscription of the same node; other events read from it
-/// while waiting are discarded, and so are stale echoes of earlier pings.
-pub async fn ping(
-    addr: &Addr<Supervisor>,
-    events: &mut EventStream,
-    peer: PeerId,
-    seq: u64,
-    timeout: Duration,
-) -> Result<PingReport, ServiceError> {
-    let mut payload = PING_MAGIC.to_vec();
-    payload.extend_from_slice(&seq.to_be_bytes());
-    // A per-call nonce so an echo of an earlier run with the same seq is not mistaken.
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or_default();
-    payload.extend_from_slice(&nonce.to_be_bytes());
-    let payload = Bytes::from(payload);
-
-    let start = Instant::now();
-    let wait = async {
-        addr.send(api::Send { peer, data: payload.clone() }).await??;
-        loop {
-            match events.recv().await {
-                Some(Event::MessageReceived { peer: p, data }) if p == peer && data == payload => {
-                    return Ok(PingReport { seq, rtt: start.elapsed() });
-                }
-                Some(Event::PeerDisconnected { peer: p, .. }) if p == peer => {
-                    return Err(ServiceError::Disconnected(peer));
-                }
-                Some(_) => {}
-                None => return Err(ServiceError::Node(api::NodeError::ShuttingDown)),
-            }
-        }
-    };
-    tokio::time::timeout(timeout, wait).await.map_err(|_| ServiceError::Timeout(timeout))?
-}
 
 /// The outcome of a [`perf`] run. Each direction is timed separately.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -203,6 +150,10 @@ pub struct FileReport {
     pub sha256: String,
     /// Time from opening the stream to the receiver's verification.
     pub elapsed: Duration,
+    /// Times the transfer resumed on a new stream after its stream (or path) failed.
+    pub resumes: u32,
+    /// Times it moved from a relayed to a direct path ([`SendOptions::follow_upgrades`]).
+    pub moves: u32,
 }
 
 async fn hash_file(
@@ -245,6 +196,37 @@ pub async fn send_file<F>(
 where
     F: FnMut(Progress) + Send + 'static,
 {
+    send_file_with(addr, peer, path, SendOptions::default(), progress).await
+}
+
+/// How [`send_file_with`] sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendOptions {
+    /// Bytes per second at most (`None`: as fast as the path goes).
+    pub rate: Option<u64>,
+    /// Whether a transfer running on a relayed path moves to a direct one once the peer's
+    /// traffic does (the stream ends at a chunk boundary and the upload resumes on a new
+    /// stream, which opens on the direct path). Default: yes.
+    pub follow_upgrades: bool,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        Self { rate: None, follow_upgrades: true }
+    }
+}
+
+/// [`send_file`] with options: a rate limit, and whether to follow an upgrade.
+pub async fn send_file_with<F>(
+    addr: &Addr<Supervisor>,
+    peer: PeerId,
+    path: &Path,
+    opts: SendOptions,
+    progress: F,
+) -> Result<FileReport, ServiceError>
+where
+    F: FnMut(Progress) + Send + 'static,
+{
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -282,20 +264,34 @@ where
     .await?;
     let sha256 = sha256?;
     let mut f = back;
-    let mut resumes = 0;
+    let (mut resumes, mut moves) = (0, 0);
     // Where the first attempt started (what an earlier, interrupted run left).
     let mut resumed_from: Option<u64> = None;
+    let carrying = match opts.follow_upgrades {
+        true => Some(carrying_path(addr, peer).await?),
+        false => None,
+    };
+    let mut pace = opts.rate.map(|r| TokenBucket::with_rate(r, Instant::now()));
     loop {
         let s = open(addr, peer).await?;
-        let job =
-            Upload { f, path: path.clone(), name: name.clone(), size, sha256: sha256.clone(), offset: None };
+        let job = Upload {
+            f,
+            path: path.clone(),
+            name: name.clone(),
+            size,
+            sha256: sha256.clone(),
+            offset: None,
+            // Each move needs an upgrade, so they are few; bounded all the same.
+            carrying: carrying.clone().filter(|_| moves < MAX_MOVES),
+            pace,
+        };
         let p = progress.clone();
         let report = move |pr: Progress| (p.lock().unwrap_or_else(|e| e.into_inner()))(pr);
         let (back, offset, result) = on_io(job.run(s, report)).await?;
-        f = back;
+        (f, pace) = back;
         resumed_from = resumed_from.or(offset);
         match result {
-            Ok(()) => {
+            Ok(Ended::Done) => {
                 let from = resumed_from.unwrap_or(0);
                 return Ok(FileReport {
                     name,
@@ -304,7 +300,14 @@ where
                     sent: size - from,
                     sha256,
                     elapsed: start.elapsed(),
+                    resumes,
+                    moves,
                 });
+            }
+            // The peer's traffic went direct: go with it.
+            Ok(Ended::Moved) => {
+                moves += 1;
+                tracing::info!(%peer, moves, "file transfer moving to the direct path");
             }
             // The stream's path died under it: once the peer is reachable again (on its
             // next path), resume from what the receiver holds.
@@ -321,6 +324,47 @@ where
 /// Times a transfer resumes by itself after its stream failed. 8: a path change or two per
 /// transfer is normal on a mobile host; more in one transfer means the peer is not there.
 const MAX_RESUMES: u32 = 8;
+
+/// Times a transfer moves to a direct path by itself; beyond, it finishes where it is. 8,
+/// as [`MAX_RESUMES`]: a path that keeps coming and going is no faster than the relay.
+const MAX_MOVES: u32 = 8;
+
+/// How an upload attempt ended without an error.
+enum Ended {
+    /// The receiver verified the file.
+    Done,
+    /// The stream was ended early to continue on the direct path.
+    Moved,
+}
+
+/// The kind of path carrying `peer`'s traffic, kept current from the node's events by a
+/// task that ends with the receiver.
+async fn carrying_path(
+    addr: &Addr<Supervisor>,
+    peer: PeerId,
+) -> Result<tokio::sync::watch::Receiver<Option<kizuna::PathKind>>, ServiceError> {
+    let mut events = addr.send(crate::api::Subscribe::default()).await?;
+    let stats = addr.send(crate::api::GetStats).await?;
+    let now = stats.connections.iter().find(|c| c.peer == peer).map(|c| c.path);
+    let (tx, rx) = tokio::sync::watch::channel(now);
+    crate::runtime::io_runtime().spawn(async move {
+        loop {
+            let ev = tokio::select! {
+                ev = events.recv() => ev,
+                () = tx.closed() => return,
+            };
+            let path = match ev {
+                None => return,
+                Some(Event::PathChanged { peer: p, to, .. }) if p == peer => Some(to.path),
+                Some(Event::PeerConnected { info }) if info.peer == peer => Some(info.path),
+                Some(Event::PeerDisconnected { peer: p, .. }) if p == peer => None,
+                Some(_) => continue,
+            };
+            tx.send_replace(path);
+        }
+    });
+    Ok(rx)
+}
 
 /// How long a resuming transfer waits for the peer to be reachable again. 30 s: re-dials
 /// back off up to 10 s, so this covers a few of them.
@@ -356,24 +400,49 @@ struct Upload {
     sha256: String,
     /// Where the receiver let this attempt start.
     offset: Option<u64>,
+    /// The kind of path carrying the peer's traffic, to follow an upgrade (`None`: stay).
+    carrying: Option<tokio::sync::watch::Receiver<Option<kizuna::PathKind>>>,
+    /// The rate limit, across attempts.
+    pace: Option<TokenBucket>,
 }
 
 impl Upload {
-    /// Runs the attempt; gives the file back with where it started and the outcome.
+    /// Runs the attempt; gives the file and the pacing back, with where it started and
+    /// the outcome.
     async fn run(
         mut self,
         mut s: ByteStream,
         mut progress: impl FnMut(Progress) + Send,
-    ) -> (tokio::fs::File, Option<u64>, Result<(), ServiceError>) {
+    ) -> ((tokio::fs::File, Option<TokenBucket>), Option<u64>, Result<Ended, ServiceError>) {
         let r = self.attempt(&mut s, &mut progress).await;
-        (self.f, self.offset, r)
+        ((self.f, self.pace), self.offset, r)
+    }
+
+    /// Whether the stream runs relayed while the peer's traffic went direct.
+    fn overtaken(&self, s: &ByteStream) -> bool {
+        let now = self.carrying.as_ref().and_then(|c| *c.borrow());
+        s.path() == Some(kizuna::PathKind::Relayed) && now == Some(kizuna::PathKind::Direct)
+    }
+
+    /// Waits until the rate limit allows `n` more bytes (taken a burst at a time, so the
+    /// limit holds from the first byte).
+    async fn paced(&mut self, n: usize) {
+        let Some(bucket) = &mut self.pace else { return };
+        let mut left = n as u64;
+        while left > 0 {
+            let piece = left.min(bucket.burst());
+            while let Err(wait) = bucket.take(Instant::now(), piece) {
+                tokio::time::sleep(wait).await;
+            }
+            left -= piece;
+        }
     }
 
     async fn attempt(
         &mut self,
         s: &mut ByteStream,
         progress: &mut (impl FnMut(Progress) + Send),
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Ended, ServiceError> {
         let (name, size, sha256) = (self.name.clone(), self.size, self.sha256.clone());
         let p = self.path.display().to_string();
         let err = move |source| ServiceError::File { path: p.clone(), source };
@@ -405,16 +474,24 @@ impl Upload {
                     "file shrank while being sent",
                 )));
             }
+            self.paced(n).await;
             s.write_all(&buf[..n]).await.map_err(ServiceError::Stream)?;
             done += n as u64;
             progress(Progress { stage: Stage::Sending, done, total: size });
+            if done < size && self.overtaken(s) {
+                // End the stream here: the receiver keeps what it got (its partial file)
+                // and the next attempt resumes from it on the direct path.
+                s.flush().await.map_err(ServiceError::Stream)?;
+                finish_stream(s).await;
+                return Ok(Ended::Moved);
+            }
         }
         s.flush().await.map_err(ServiceError::Stream)?;
         progress(Progress { stage: Stage::Verifying, done: size, total: size });
         let reply = header::expect::<_, Response>(s).await?;
         finish_stream(s).await;
         match reply {
-            Response::FileDone { ok: true, sha256: theirs } if theirs == sha256 => Ok(()),
+            Response::FileDone { ok: true, sha256: theirs } if theirs == sha256 => Ok(Ended::Done),
             Response::FileDone { sha256: theirs, .. } => {
                 Err(ServiceError::HashMismatch { name, expected: sha256, actual: theirs })
             }

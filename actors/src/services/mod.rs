@@ -58,6 +58,7 @@
 mod client;
 pub mod header;
 pub mod names;
+mod ping;
 mod recv_dir;
 mod server;
 mod uploads;
@@ -67,9 +68,10 @@ use std::time::Duration;
 use kizuna::{ByteStream, PeerId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub use client::{perf, ping, send_file, FileReport, PerfReport, PingReport, Progress, Stage};
+pub use client::{perf, send_file, send_file_with, FileReport, PerfReport, Progress, SendOptions, Stage};
 pub use header::{HeaderError, Request, Response};
 pub use names::NameError;
+pub use ping::{ping, Echo, PingReport, PingWindow};
 pub use server::{serve, serve_with, ServeOptions, ServiceReport, MAX_STREAMS};
 
 use crate::api::NodeError;

@@ -2,7 +2,7 @@
 //! seeded identities, connect them, wait for events with a timeout (no bare sleeps),
 //! record messages with probe actors, inject faults and assert on supervision, and put
 //! forwarders between nodes that delay a path or make it die silently ([`TcpProxy`],
-//! [`UdpProxy`]).
+//! [`UdpProxy`]), and run a real TURN server ([`Coturn`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,10 +26,12 @@ use tokio::sync::Notify;
 
 mod crowd;
 mod tcp_proxy;
+mod turn;
 mod udp_proxy;
 
 pub use crowd::crowd;
 pub use tcp_proxy::TcpProxy;
+pub use turn::{Coturn, TURN_PASS, TURN_USER};
 pub use udp_proxy::UdpProxy;
 
 use crate::{

@@ -410,6 +410,21 @@ pub(crate) fn matrix_json(results: &[PairResult]) -> Value {
     )
 }
 
+/// Creates the key file `name` in the lab directory (run on `site`'s host) and returns its
+/// path and peer id.
+pub(crate) fn make_key(lab: &Lab, site: &Site, name: &str) -> (std::path::PathBuf, String) {
+    let key = lab.path(name);
+    let out = kizuna(&site.host, lab.dir()).args(["id", "--key"]).arg(&key).output().expect("kizuna id");
+    assert!(out.status.success(), "kizuna id: {}", String::from_utf8_lossy(&out.stderr));
+    (key, String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Whether a `kizuna node --json` line reports `peer`'s traffic moving to a `to` path
+/// (`direct` or `relayed`).
+pub(crate) fn moved_to(v: &Value, peer: &str, to: &str) -> bool {
+    v["event"] == "path_changed" && v["peer"] == peer && v["to"]["path"] == to
+}
+
 /// Whether a `kizuna node --json` line reports the traffic moving to a direct path.
 pub(crate) fn is_upgrade(v: &serde_json::Value) -> bool {
     v["event"] == "path_changed" && v["to"]["path"] == "direct"

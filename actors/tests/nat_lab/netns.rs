@@ -301,6 +301,23 @@ impl Site {
         let _ = run("ip", &["netns", "exec", &self.router, "conntrack", "-F"]);
     }
 
+    /// Drops, at the router, every forwarded UDP datagram that is not to or from the
+    /// public servers ([`PUB1`], [`PUB2`]): a hole-punched path dies silently (nothing is
+    /// refused, nothing arrives), the relay and STUN stay reachable, NAT mappings stay.
+    pub(crate) fn blackhole_direct_udp(&self) {
+        let table = format!(
+            "table inet kzlab_blackhole {{\n chain blackhole {{\n  type filter hook forward priority -10; policy accept;\n  \
+             meta l4proto udp ip saddr != {{ {PUB1}, {PUB2} }} ip daddr != {{ {PUB1}, {PUB2} }} drop\n }}\n}}\n"
+        );
+        run_input("ip", &["netns", "exec", &self.router, "nft", "-f", "-"], Some(&table))
+            .unwrap_or_else(|e| panic!("blackhole: {e}"));
+    }
+
+    /// Lifts [`Site::blackhole_direct_udp`].
+    pub(crate) fn lift_blackhole(&self) {
+        must("ip", &["netns", "exec", &self.router, "nft", "delete", "table", "inet", "kzlab_blackhole"]);
+    }
+
     /// A command to run on the site's host.
     pub(crate) fn cmd(&self, prog: &str) -> Command {
         in_ns(&self.host, prog)

@@ -88,6 +88,24 @@ impl Proc {
         }
     }
 
+    /// The first line from `seen[since..]` that `pred` accepts, else (waiting up to
+    /// `timeout`) the next one that arrives; every line read goes to `seen`, the match
+    /// too, so that waits for several lines in any order each find theirs.
+    pub(crate) fn wait_seen(
+        &self,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+        seen: &mut Vec<(Instant, Value)>,
+        since: usize,
+    ) -> Option<(Instant, Value)> {
+        if let Some(hit) = seen.get(since..).unwrap_or_default().iter().find(|(_, v)| pred(v)) {
+            return Some(hit.clone());
+        }
+        let hit = self.wait_line(&pred, timeout, seen)?;
+        seen.push(hit.clone());
+        Some(hit)
+    }
+
     /// The last `n` lines of its stderr log.
     pub(crate) fn log_tail(&self, n: usize) -> String {
         self.log_lines(n, |_| true)
@@ -111,7 +129,8 @@ impl Drop for Proc {
 /// Default `RUST_LOG` of lab processes: what a failed pair's report needs (the punch
 /// actor and the supervisor's punch decisions), little else. `KIZUNA_LAB_LOG` overrides.
 /// The targets are module paths: the node runtime lives in `kizuna_actors::node`.
-const LOG: &str = "warn,kizuna_actors::node::hole_punch=debug,kizuna_actors::node::supervisor=debug";
+const LOG: &str = "warn,kizuna_actors::node::hole_punch=debug,kizuna_actors::node::supervisor=debug,\
+                   kizuna_actors::node::peer=info,kizuna_actors::services=info";
 
 /// `kizuna ARGS` inside namespace `ns` with its own HOME and `RUST_LOG`.
 pub(crate) fn kizuna(ns: &str, home: &Path) -> Command {

@@ -306,7 +306,7 @@ impl Transport for WebRtcTransport {
             }
             let signaler = self.shared.signaler().ok_or_else(|| {
                 TransportError::UnsupportedProtocol(
-                    "WebRTC needs a relay for signaling (configure --relay)".into(),
+                    "WebRTC has no signaling path (connect to the peer first, or configure --relay)".into(),
                 )
             })?;
             let session = random_session();

@@ -200,22 +200,30 @@ impl TransportChoice {
         }
     }
 
-    /// The ticket restricted to the addresses of the allowed protocols (relay routes only
-    /// with `auto`), and the protocols; a usage error if nothing is left to dial.
-    pub(crate) fn restrict(
-        self,
-        ticket: &PeerAddress,
-        relays: &RelayArgs,
-    ) -> Result<(PeerAddress, Vec<Protocol>), CliError> {
+    /// What to dial for this choice: the ticket restricted to the addresses of the allowed
+    /// protocols (relay routes only with `auto`); a usage error if nothing is left to dial.
+    /// `webrtc` carries the traffic on WebRTC only, signaled over a connection to any of
+    /// the ticket's addresses or through the relay.
+    pub(crate) fn restrict(self, ticket: &PeerAddress, relays: &RelayArgs) -> Result<DialPlan, CliError> {
         let protocols = self.protocols();
         if self == TransportChoice::Webrtc {
-            // WebRTC is signaled through a relay and needs no address beyond the peer id.
-            if relays.relays.is_empty() {
+            let mut addrs: Vec<_> =
+                ticket.addrs.iter().filter(|a| **a != TransportAddr::WebRtc).cloned().collect();
+            if addrs.is_empty() && relays.relays.is_empty() {
                 return Err(CliError::Usage(
-                    "--transport webrtc needs --relay URL (WebRTC is signaled through a relay)".into(),
+                    "--transport webrtc needs a way to signal: a ticket with an address (the whole ticket \
+                     printed by `kizuna node`) or --relay URL"
+                        .into(),
                 ));
             }
-            return Ok((PeerAddress::new(ticket.peer_id, vec![TransportAddr::WebRtc]), protocols));
+            addrs.push(TransportAddr::WebRtc);
+            let mut all = SUPPORTED.to_vec();
+            all.extend(protocols.iter().copied());
+            return Ok(DialPlan {
+                target: PeerAddress::new(ticket.peer_id, addrs),
+                protocols: all,
+                carry: Some(protocols),
+            });
         }
         let keep = |a: &TransportAddr| match a {
             TransportAddr::Relay(_) => self == TransportChoice::Auto,
@@ -237,8 +245,20 @@ impl TransportChoice {
                 "the ticket has no {wanted} address (it has {has}); choose another --transport"
             )));
         }
-        Ok((PeerAddress::new(ticket.peer_id, addrs), protocols))
+        Ok(DialPlan { target: PeerAddress::new(ticket.peer_id, addrs), protocols, carry: None })
     }
+}
+
+/// What a client dials: the target, the transports its node enables, and those that may
+/// carry the traffic (`None`: every enabled one; the others only signal).
+#[derive(Clone, Debug)]
+pub(crate) struct DialPlan {
+    /// The peer and the addresses to dial.
+    pub(crate) target: PeerAddress,
+    /// The transports the client node enables.
+    pub(crate) protocols: Vec<Protocol>,
+    /// The transports allowed to carry the traffic (`SupervisorConfig::carry`).
+    pub(crate) carry: Option<Vec<Protocol>>,
 }
 
 /// Parses a ticket (`PEERID@quic=IP:PORT,tcp=IP:PORT`), saying what is wrong.
@@ -378,15 +398,34 @@ mod tests {
     fn restrict_by_transport() {
         let id = Keypair::from_seed([1; 32]).peer_id();
         let t: PeerAddress = format!("{id}@quic=127.0.0.1:1,tcp=127.0.0.1:2").parse().unwrap();
-        let (a, p) = TransportChoice::Tcp.restrict(&t, &RelayArgs::default()).unwrap();
-        assert_eq!(a.addrs.len(), 1);
-        assert_eq!(a.addrs[0].protocol(), Protocol::Tcp);
-        assert_eq!(p, vec![Protocol::Tcp]);
-        let (a, _) = TransportChoice::Auto.restrict(&t, &RelayArgs::default()).unwrap();
-        assert_eq!(a.addrs, t.addrs);
+        let plan = TransportChoice::Tcp.restrict(&t, &RelayArgs::default()).unwrap();
+        assert_eq!(plan.target.addrs.len(), 1);
+        assert_eq!(plan.target.addrs[0].protocol(), Protocol::Tcp);
+        assert_eq!(plan.protocols, vec![Protocol::Tcp]);
+        assert_eq!(plan.carry, None);
+        let plan = TransportChoice::Auto.restrict(&t, &RelayArgs::default()).unwrap();
+        assert_eq!(plan.target.addrs, t.addrs);
         let only_tcp: PeerAddress = format!("{id}@tcp=127.0.0.1:2").parse().unwrap();
         let e = TransportChoice::Quic.restrict(&only_tcp, &RelayArgs::default()).unwrap_err();
         assert!(matches!(&e, CliError::Usage(m) if m.contains("no quic address")), "{e}");
+    }
+
+    #[test]
+    fn webrtc_only_signals_over_the_tickets_addresses_or_the_relay() {
+        let id = Keypair::from_seed([1; 32]).peer_id();
+        let t: PeerAddress = format!("{id}@quic=127.0.0.1:1,tcp=127.0.0.1:2").parse().unwrap();
+        let plan = TransportChoice::Webrtc.restrict(&t, &RelayArgs::default()).unwrap();
+        let mut want = t.addrs.clone();
+        want.push(TransportAddr::WebRtc);
+        assert_eq!(plan.target.addrs, want);
+        assert_eq!(plan.carry, Some(vec![Protocol::WebRtc]));
+        assert!(plan.protocols.contains(&Protocol::WebRtc) && plan.protocols.contains(&Protocol::Quic));
+        let bare = PeerAddress::new(id, vec![]);
+        let e = TransportChoice::Webrtc.restrict(&bare, &RelayArgs::default()).unwrap_err();
+        assert!(matches!(&e, CliError::Usage(m) if m.contains("needs a way to signal")), "{e}");
+        let relays = RelayArgs { relays: vec!["ws://127.0.0.1:9".into()], ..RelayArgs::default() };
+        let plan = TransportChoice::Webrtc.restrict(&bare, &relays).unwrap();
+        assert_eq!(plan.target.addrs, vec![TransportAddr::WebRtc]);
     }
 
     #[test]

@@ -4,12 +4,15 @@
 use std::time::{Duration, Instant};
 
 use actix::Addr;
-use kizuna::{ConnectionInfo, Keypair, PeerAddress, Protocol};
+use kizuna::{ConnectionInfo, Keypair, Protocol};
 use kizuna_actors::{
     api::Connect, EventStream, NodeError, Shutdown, Subscribe, Supervisor, SupervisorConfig,
 };
 
-use crate::{args::NetConfig, CliError};
+use crate::{
+    args::{DialPlan, NetConfig},
+    CliError,
+};
 
 /// A started client node connected to one peer.
 pub(crate) struct Session {
@@ -23,14 +26,17 @@ pub(crate) struct Session {
     pub(crate) connect_time: Duration,
 }
 
-/// Starts a node with `protocols` only (`webrtc` configures WebRTC if among them).
+/// Starts a node with `protocols` only (`webrtc` configures WebRTC if among them), whose
+/// traffic only `carry` may carry (`None`: any of them).
 pub(crate) fn start_node(
     key: Keypair,
     protocols: Vec<Protocol>,
+    carry: Option<Vec<Protocol>>,
     net: NetConfig,
 ) -> Result<Addr<Supervisor>, CliError> {
     let mut config = SupervisorConfig::new(key);
     config.protocols = protocols;
+    config.carry = carry;
     config.relays = net.relays;
     config.stun = net.stun;
     config.webrtc = net.webrtc;
@@ -40,15 +46,11 @@ pub(crate) fn start_node(
     Supervisor::start(config).map_err(|e| CliError::Failed(format!("cannot start the node: {e}")))
 }
 
-/// Starts a node and connects it to `target`, timing the connect.
-pub(crate) async fn connect(
-    key: Keypair,
-    target: PeerAddress,
-    protocols: Vec<Protocol>,
-    net: NetConfig,
-) -> Result<Session, CliError> {
-    let only_webrtc = protocols == [Protocol::WebRtc];
-    let node = start_node(key, protocols, net)?;
+/// Starts a node and connects it as `plan` says, timing the connect.
+pub(crate) async fn connect(key: Keypair, plan: DialPlan, net: NetConfig) -> Result<Session, CliError> {
+    let DialPlan { target, protocols, carry } = plan;
+    let allowed = carry.clone();
+    let node = start_node(key, protocols, carry, net)?;
     let events = node.send(Subscribe::default()).await?;
     let peer = target.peer_id;
     let t = Instant::now();
@@ -62,12 +64,11 @@ pub(crate) async fn connect(
             }));
         }
     };
-    if only_webrtc && info.protocol != Protocol::WebRtc {
-        // The configured relays are every connect's last resort; `--transport webrtc`
-        // asked for WebRTC only.
+    if allowed.is_some_and(|c| !c.contains(&info.protocol)) {
+        // The node never carries traffic on another transport; this is a safety net.
         let _ = node.send(Shutdown).await;
         return Err(CliError::Failed(format!(
-            "WebRTC to {peer} did not connect (fell back to {} {})",
+            "connected to {peer} over {} {}, which was not asked for",
             info.protocol, info.path
         )));
     }

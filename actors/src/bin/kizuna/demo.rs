@@ -22,7 +22,7 @@ use kizuna_actors::{
 use serde_json::json;
 
 use crate::{
-    args::{self, NetConfig},
+    args::{self, DialPlan, NetConfig},
     client, output, CliError, CliResult,
 };
 
@@ -139,7 +139,7 @@ impl Demo {
         };
         let mut server_protocols = protocols.clone();
         server_protocols.push(Protocol::WebRtc);
-        let server = client::start_node(Keypair::generate(), server_protocols, net)?;
+        let server = client::start_node(Keypair::generate(), server_protocols, None, net)?;
         let mut events = server.send(Subscribe::default()).await?;
         for p in protocols {
             let addr = match p {
@@ -155,21 +155,24 @@ impl Demo {
         Ok(Self { server, ticket, bytes, relay })
     }
 
-    /// The ticket a scenario dials, and the protocols its client enables.
-    fn ticket_for(&self, s: &Scenario) -> Result<(PeerAddress, Vec<Protocol>), String> {
+    /// What a scenario's client dials, and with which transports.
+    fn plan_for(&self, s: &Scenario) -> Result<DialPlan, String> {
+        let peer = self.ticket.peer_id;
+        let plan =
+            |addrs, protocols| DialPlan { target: PeerAddress::new(peer, addrs), protocols, carry: None };
         match s.setup {
-            Setup::Relayed => Ok((PeerAddress::new(self.ticket.peer_id, vec![]), vec![])),
-            Setup::Upgraded => Ok((PeerAddress::new(self.ticket.peer_id, vec![]), vec![Protocol::Quic])),
-            Setup::WebRtc => Ok((
-                PeerAddress::new(self.ticket.peer_id, vec![TransportAddr::WebRtc]),
-                vec![Protocol::WebRtc],
-            )),
+            Setup::Relayed => Ok(plan(vec![], vec![])),
+            Setup::Upgraded => Ok(plan(vec![], vec![Protocol::Quic])),
+            Setup::WebRtc => Ok(DialPlan {
+                carry: Some(vec![Protocol::WebRtc]),
+                ..plan(vec![TransportAddr::WebRtc], vec![Protocol::WebRtc])
+            }),
             Setup::Direct(p) => {
                 let addrs: Vec<_> = self.ticket.addrs.iter().filter(|a| a.protocol() == p).cloned().collect();
                 if addrs.is_empty() {
                     return Err(format!("the server has no {p} listener"));
                 }
-                Ok((PeerAddress::new(self.ticket.peer_id, addrs), vec![p]))
+                Ok(plan(addrs, vec![p]))
             }
         }
     }
@@ -186,8 +189,8 @@ impl Demo {
     }
 
     async fn measure(&self, s: &Scenario, row: &mut RowResult) -> Result<(), String> {
-        let (ticket, protocols) = self.ticket_for(s)?;
-        let peer = ticket.peer_id;
+        let plan = self.plan_for(s)?;
+        let peer = plan.target.peer_id;
         let relays = match s.setup {
             Setup::Relayed | Setup::Upgraded | Setup::WebRtc => {
                 vec![RelayEndpoint { url: self.relay.url.clone(), token: None }]
@@ -196,8 +199,7 @@ impl Demo {
         };
         let net =
             NetConfig { relays, stun: vec![], webrtc: WebRtcConfig::loopback(), ..NetConfig::default() };
-        let mut session =
-            client::connect(Keypair::generate(), ticket, protocols, net).await.map_err(|e| e.to_string())?;
+        let mut session = client::connect(Keypair::generate(), plan, net).await.map_err(|e| e.to_string())?;
         row.path = Some(session.info.path);
         row.connect_ms = Some(output::ms(session.connect_time));
         let result = async {

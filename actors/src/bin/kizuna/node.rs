@@ -30,7 +30,8 @@ pub(crate) struct NodeArgs {
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
     /// Address to listen on, repeatable, e.g. tcp=0.0.0.0:4000, quic=[::]:4001, or webrtc=1
-    /// (answer WebRTC offers from nodes and browsers, signaled through --relay).
+    /// (answer WebRTC offers from nodes and browsers, signaled over another connection to
+    /// this node or through --relay).
     /// Default: quic=0.0.0.0:0 and tcp=0.0.0.0:0 (port 0 picks a free port). The ticket shows
     /// a wildcard address as 127.0.0.1: to be reachable from other hosts, listen on the
     /// host's own IP.
@@ -54,7 +55,8 @@ pub(crate) struct NodeArgs {
     /// log line, or a JSON line `{"event":"nat",...}`).
     #[command(flatten)]
     relay: args::RelayArgs,
-    /// WebRTC (enabled by `--listen webrtc=1`, which needs --relay): --turn, --turn-user,
+    /// WebRTC (enabled by `--listen webrtc=1`; offers arrive over any other connection to
+    /// the node, or through the relay): --turn, --turn-user,
     /// --turn-pass, --ice-relay-only, --webrtc-bind (--stun, above, serves ICE too).
     #[command(flatten)]
     ice: args::IceArgs,
@@ -77,12 +79,14 @@ fn default_listen() -> Vec<TransportAddr> {
 pub(crate) async fn run(a: NodeArgs) -> CliResult {
     let listen = if a.listen.is_empty() { default_listen() } else { a.listen };
     let mut protocols: Vec<Protocol> = Vec::new();
+    if listen.iter().all(|l| *l == TransportAddr::WebRtc) && a.relay.relays.is_empty() {
+        return Err(CliError::Usage(
+            "--listen webrtc=1 alone needs --relay URL: WebRTC offers are signaled over another \
+             connection to this node (add e.g. --listen quic=0.0.0.0:0) or through a relay"
+                .into(),
+        ));
+    }
     for l in &listen {
-        if *l == TransportAddr::WebRtc && a.relay.relays.is_empty() {
-            return Err(CliError::Usage(
-                "--listen webrtc=1 needs --relay URL (WebRTC offers are signaled through a relay)".into(),
-            ));
-        }
         if !args::SUPPORTED.contains(&l.protocol()) && *l != TransportAddr::WebRtc {
             return Err(CliError::Usage(format!(
                 "cannot listen on {l}: this node supports only tcp, quic, ws and webrtc"
@@ -105,7 +109,7 @@ pub(crate) async fn run(a: NodeArgs) -> CliResult {
 
     let mut net = args::net(&a.relay, &a.ice)?;
     net.handshakes = a.admission.limits()?;
-    let node = client::start_node(key, protocols, net)?;
+    let node = client::start_node(key, protocols, None, net)?;
     let service_events = node.send(Subscribe::default()).await?;
     let mut log_events = node.send(Subscribe::default()).await?;
     // The WebRTC listener starts with the node (it answers offers through the relay).

@@ -40,10 +40,10 @@ pub(crate) struct PerfArgs {
 
 /// Runs `kizuna perf`.
 pub(crate) async fn run(a: PerfArgs) -> CliResult {
-    let (target, protocols) = a.transport.restrict(&a.target, &a.relay)?;
+    let plan = a.transport.restrict(&a.target, &a.relay)?;
     let key = args::client_key(a.key.as_deref())?;
-    let peer = target.peer_id;
-    let session = client::connect(key, target, protocols, args::net(&a.relay, &a.ice)?).await?;
+    let peer = plan.target.peer_id;
+    let session = client::connect(key, plan, args::net(&a.relay, &a.ice)?).await?;
     let info = session.info.clone();
     if !a.json {
         output::line(&format!(

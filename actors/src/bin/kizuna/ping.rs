@@ -1,9 +1,15 @@
 //! `kizuna ping`: round trips over the echo service.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use kizuna::PeerAddress;
-use kizuna_actors::services::{self, ServiceError, PING_TIMEOUT};
+use kizuna_actors::{
+    api::{Event, Send},
+    services::{Echo, PingWindow, ServiceError, PING_TIMEOUT},
+};
 use serde_json::json;
 
 use crate::{
@@ -14,9 +20,11 @@ use crate::{
 /// Measure round-trip times to a node (which must run `kizuna node`).
 ///
 /// Human output follows the Unix ping. With --json, one JSON object per ping on its own
-/// line: {"seq", "peer", "transport", "path" (direct|relayed), "switches" (path changes so
-/// far), "connect_ms", "rtt_ms"
-/// (null when lost), "status" (ok|timeout|error)}. Exits 1 if no reply came back.
+/// line, in the order the outcomes happen: {"seq", "peer", "transport", "path"
+/// (direct|relayed), "switches" (path changes so far), "connect_ms", "rtt_ms" (null when
+/// lost), "status" (ok|timeout|duplicate|error), "reordered" (an earlier ping was still
+/// unanswered)}. A "duplicate" line is a second echo of a ping already answered or given
+/// up. Exits 1 if no reply came back.
 #[derive(Debug, clap::Args)]
 pub(crate) struct PingArgs {
     /// The node's ticket (PEERID@quic=IP:PORT,tcp=IP:PORT), or its bare PEERID with --relay.
@@ -35,6 +43,11 @@ pub(crate) struct PingArgs {
     /// Milliseconds between pings.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     interval: u64,
+    /// Pings unanswered at most at once: with more than 1, the next ping goes out at its
+    /// interval without waiting for the previous echo (a load test of exactly-once,
+    /// in-order delivery: echoes are matched by number).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    in_flight: usize,
     /// Key file (default: $KIZUNA_KEY if set, else a fresh temporary identity).
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
@@ -45,10 +58,13 @@ pub(crate) struct PingArgs {
 
 /// Runs `kizuna ping`.
 pub(crate) async fn run(a: PingArgs) -> CliResult {
-    let (target, protocols) = a.transport.restrict(&a.target, &a.relay)?;
+    if a.in_flight == 0 {
+        return Err(CliError::Usage("--in-flight must be at least 1".into()));
+    }
+    let plan = a.transport.restrict(&a.target, &a.relay)?;
     let key = args::client_key(a.key.as_deref())?;
-    let peer = target.peer_id;
-    let mut session = client::connect(key, target, protocols, args::net(&a.relay, &a.ice)?).await?;
+    let peer = plan.target.peer_id;
+    let mut session = client::connect(key, plan, args::net(&a.relay, &a.ice)?).await?;
     let info = session.info.clone();
     let connect_ms = output::ms(session.connect_time);
     if !a.json {
@@ -60,76 +76,74 @@ pub(crate) async fn run(a: PingArgs) -> CliResult {
             info.path
         ));
     }
-    let mut rtts = Vec::new();
-    let mut sent = 0u64;
-    let mut seq = 0u64;
+    let mut out = Lines { json: a.json, peer, connect_ms, fallback: info, tally: Tally::default() };
+    let mut window = PingWindow::new();
+    let interval = Duration::from_millis(a.interval);
+    let mut next_send = Instant::now();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut fatal = None;
-    while a.count == 0 || seq < a.count {
-        seq += 1;
-        if seq > 1 {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(a.interval)) => {}
-                _ = &mut ctrl_c => break,
-            }
-        }
-        sent += 1;
-        let r = tokio::select! {
-            r = services::ping(&session.node, &mut session.events, peer, seq, PING_TIMEOUT) => r,
-            _ = &mut ctrl_c => break,
-        };
-        let (rtt, status) = match &r {
-            Ok(p) => (Some(p.rtt), "ok"),
-            Err(ServiceError::Timeout(_)) => (None, "timeout"),
-            Err(_) => (None, "error"),
-        };
-        if let Some(rtt) = rtt {
-            rtts.push(rtt);
-        }
-        // The path can change during a run (a relayed connection upgraded to direct by
-        // hole punching): report the connection as it is now, one line per ping.
-        let (now, switches) = current_info(&session.node, peer).await;
-        let now = now.unwrap_or_else(|| info.clone());
-        if a.json {
-            let mut v = json!({
-                "seq": seq,
-                "peer": peer.to_string(),
-                "transport": now.protocol.name(),
-                "path": now.path.name(),
-                "connect_ms": connect_ms,
-                "rtt_ms": rtt.map(output::ms),
-                "status": status,
-                "switches": switches,
-            });
-            if let Err(e) = &r {
-                v["error"] = json!(e.to_string());
-            }
-            output::json_line(&v);
-        } else {
-            match (&r, rtt) {
-                (_, Some(rtt)) => output::line(&format!(
-                    "seq={seq} time={:.3} ms via {} ({})",
-                    output::ms(rtt),
-                    now.protocol,
-                    now.path
-                )),
-                (Err(e), None) => output::line(&format!("seq={seq} {status}: {e}")),
-                (Ok(_), None) => {}
-            }
-        }
-        if let Err(e @ (ServiceError::Disconnected(_) | ServiceError::Node(_))) = r {
-            fatal = Some(e);
+    loop {
+        let more = a.count == 0 || window.sent() < a.count;
+        if !more && window.in_flight() == 0 {
             break;
+        }
+        let can_send = more && window.in_flight() < a.in_flight;
+        let expiry = window.next_expiry(PING_TIMEOUT);
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_send.into()), if can_send => {
+                let now = Instant::now();
+                // Keep the cadence; after a stall (the window was full), restart it.
+                next_send = (next_send + interval).max(now.checked_sub(interval).unwrap_or(now));
+                let (seq, data) = window.next(now);
+                if let Err(e) = session.node.send(Send { peer, data }).await? {
+                    out.print(&session.node, seq, Outcome::Error(e.to_string())).await;
+                    fatal = Some(ServiceError::Node(e));
+                    break;
+                }
+            }
+            ev = session.events.recv() => match ev {
+                Some(Event::MessageReceived { peer: p, data }) if p == peer => {
+                    match window.on_message(Instant::now(), &data) {
+                        Echo::Answered { seq, rtt, reordered } => {
+                            out.print(&session.node, seq, Outcome::Ok { rtt, reordered }).await
+                        }
+                        Echo::Unexpected { seq } => out.print(&session.node, seq, Outcome::Duplicate).await,
+                        Echo::Other => {}
+                    }
+                }
+                Some(Event::PeerDisconnected { peer: p, .. }) if p == peer => {
+                    fatal = Some(ServiceError::Disconnected(peer));
+                    break;
+                }
+                Some(_) => {}
+                None => {
+                    fatal = Some(ServiceError::Node(kizuna_actors::NodeError::ShuttingDown));
+                    break;
+                }
+            },
+            _ = tokio::time::sleep_until(expiry.unwrap_or(next_send).into()), if expiry.is_some() => {
+                for seq in window.expire(Instant::now(), PING_TIMEOUT) {
+                    out.print(&session.node, seq, Outcome::Timeout).await;
+                }
+            }
+            _ = &mut ctrl_c => break,
         }
     }
     session.close().await;
+    let t = &out.tally;
+    let sent = window.sent();
     if !a.json {
-        let loss = if sent == 0 { 0.0 } else { 100.0 * (sent - rtts.len() as u64) as f64 / sent as f64 };
+        let received = t.rtts.len() as u64;
+        let loss = if sent == 0 { 0.0 } else { 100.0 * sent.saturating_sub(received) as f64 / sent as f64 };
         output::line(&format!("--- {} ping statistics ---", args::short(&peer)));
-        output::line(&format!("{sent} sent, {} received, {loss:.0}% loss", rtts.len()));
-        if !rtts.is_empty() {
-            let ms: Vec<f64> = rtts.iter().map(|d| output::ms(*d)).collect();
+        let mut line = format!("{sent} sent, {received} received, {loss:.0}% loss");
+        if t.duplicates > 0 || t.reordered > 0 {
+            line += &format!(", {} duplicates, {} reordered", t.duplicates, t.reordered);
+        }
+        output::line(&line);
+        if !t.rtts.is_empty() {
+            let ms: Vec<f64> = t.rtts.iter().map(|d| output::ms(*d)).collect();
             let min = ms.iter().copied().fold(f64::INFINITY, f64::min);
             let max = ms.iter().copied().fold(0.0, f64::max);
             let avg = ms.iter().sum::<f64>() / ms.len() as f64;
@@ -139,10 +153,88 @@ pub(crate) async fn run(a: PingArgs) -> CliResult {
     if let Some(e) = fatal {
         return Err(CliError::Failed(format!("ping stopped: {e}")));
     }
-    if rtts.is_empty() && sent > 0 {
+    if t.rtts.is_empty() && sent > 0 {
         return Err(CliError::Failed(format!("no reply from {peer}")));
     }
     Ok(())
+}
+
+/// What became of one ping.
+enum Outcome {
+    Ok { rtt: Duration, reordered: bool },
+    Timeout,
+    Duplicate,
+    Error(String),
+}
+
+/// What the replies added up to.
+#[derive(Default)]
+struct Tally {
+    rtts: Vec<Duration>,
+    duplicates: u64,
+    reordered: u64,
+}
+
+/// Prints one line per ping outcome (text or JSON) and keeps the tally.
+struct Lines {
+    json: bool,
+    peer: kizuna::PeerId,
+    connect_ms: f64,
+    /// The connection as it was at connect time, if the node reports none now.
+    fallback: kizuna::ConnectionInfo,
+    tally: Tally,
+}
+
+impl Lines {
+    async fn print(&mut self, node: &actix::Addr<kizuna_actors::Supervisor>, seq: u64, o: Outcome) {
+        match &o {
+            Outcome::Ok { rtt, reordered } => {
+                self.tally.rtts.push(*rtt);
+                self.tally.reordered += u64::from(*reordered);
+            }
+            Outcome::Duplicate => self.tally.duplicates += 1,
+            _ => {}
+        }
+        // The path can change during a run (a relayed connection upgraded to direct by
+        // hole punching, a failover): report the connection as it is now, one line per ping.
+        let (now, switches) = current_info(node, self.peer).await;
+        let now = now.unwrap_or_else(|| self.fallback.clone());
+        let (status, rtt) = match &o {
+            Outcome::Ok { rtt, .. } => ("ok", Some(*rtt)),
+            Outcome::Timeout => ("timeout", None),
+            Outcome::Duplicate => ("duplicate", None),
+            Outcome::Error(_) => ("error", None),
+        };
+        if self.json {
+            let mut v = json!({
+                "seq": seq,
+                "peer": self.peer.to_string(),
+                "transport": now.protocol.name(),
+                "path": now.path.name(),
+                "connect_ms": self.connect_ms,
+                "rtt_ms": rtt.map(output::ms),
+                "status": status,
+                "switches": switches,
+                "reordered": matches!(o, Outcome::Ok { reordered: true, .. }),
+            });
+            if let Outcome::Error(e) = &o {
+                v["error"] = json!(e);
+            }
+            output::json_line(&v);
+            return;
+        }
+        match (&o, rtt) {
+            (Outcome::Ok { reordered, .. }, Some(rtt)) => output::line(&format!(
+                "seq={seq} time={:.3} ms via {} ({}){}",
+                output::ms(rtt),
+                now.protocol,
+                now.path,
+                if *reordered { " (reordered)" } else { "" }
+            )),
+            (Outcome::Error(e), _) => output::line(&format!("seq={seq} error: {e}")),
+            _ => output::line(&format!("seq={seq} {status}")),
+        }
+    }
 }
 
 /// The path carrying `peer`'s traffic now, if any, and how often it changed (this client

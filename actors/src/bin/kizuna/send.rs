@@ -8,7 +8,7 @@ use std::{
 
 use indicatif::{ProgressBar, ProgressStyle};
 use kizuna::PeerAddress;
-use kizuna_actors::services::{self, Progress, Stage};
+use kizuna_actors::services::{self, Progress, SendOptions, Stage};
 use serde_json::json;
 
 use crate::{
@@ -24,8 +24,11 @@ use crate::{
 /// (the sender was killed); another identity is refused until that upload ends. The
 /// receiver verifies the SHA-256 of the whole file; a mismatch exits with code 1. Progress
 /// goes to stderr (a bar on a terminal, a line every second otherwise). With --json, the
-/// result is one JSON object: {"peer", "transport", "path", "name", "size",
-/// "resumed_from", "sent", "sha256", "elapsed_ms", "mbps", "status"}.
+/// result is one JSON object: {"peer", "transport", "path" (at connect), "name", "size",
+/// "resumed_from", "sent", "sha256", "elapsed_ms", "mbps", "resumes" (new streams after a
+/// failed one), "moves" (relayed to direct mid-transfer), "status"}. A transfer follows
+/// the peer's traffic: started relayed, it moves to the direct path once hole punching
+/// found one; cut by a dead path, it resumes on the next.
 #[derive(Debug, clap::Args)]
 pub(crate) struct SendArgs {
     /// The node's ticket (PEERID@quic=IP:PORT,tcp=IP:PORT), or its bare PEERID with --relay.
@@ -47,6 +50,10 @@ pub(crate) struct SendArgs {
     /// Print the result as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Send at most this many bytes per second, e.g. 4MiB (default: as fast as the path
+    /// goes).
+    #[arg(long, value_parser = args::parse_size, value_name = "SIZE")]
+    rate: Option<u64>,
 }
 
 /// How often plain progress lines are printed when stderr is not a terminal.
@@ -96,14 +103,18 @@ fn progress_reporter(name: String) -> (Box<dyn FnMut(Progress) + Send>, Option<P
 
 /// Runs `kizuna send`.
 pub(crate) async fn run(a: SendArgs) -> CliResult {
-    let (target, protocols) = a.transport.restrict(&a.target, &a.relay)?;
+    if a.rate == Some(0) {
+        return Err(crate::CliError::Usage("--rate must be more than 0 bytes per second".into()));
+    }
+    let plan = a.transport.restrict(&a.target, &a.relay)?;
     let key = args::client_key(a.key.as_deref())?;
-    let peer = target.peer_id;
-    let session = client::connect(key, target, protocols, args::net(&a.relay, &a.ice)?).await?;
+    let peer = plan.target.peer_id;
+    let session = client::connect(key, plan, args::net(&a.relay, &a.ice)?).await?;
     let info = session.info.clone();
     let name = a.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let (report, bar) = progress_reporter(name);
-    let r = services::send_file(&session.node, peer, &a.file, report).await;
+    let opts = SendOptions { rate: a.rate, ..SendOptions::default() };
+    let r = services::send_file_with(&session.node, peer, &a.file, opts, report).await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -122,6 +133,8 @@ pub(crate) async fn run(a: SendArgs) -> CliResult {
             "sha256": r.sha256,
             "elapsed_ms": output::ms(r.elapsed),
             "mbps": output::round2(mbps),
+            "resumes": r.resumes,
+            "moves": r.moves,
             "status": "ok",
         }));
     } else {
