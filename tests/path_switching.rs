@@ -18,6 +18,7 @@ use kizuna::{
     PathKind, PeerAddress, Protocol, TransportAddr,
 };
 use kizuna_actors::{
+    api::GetSender,
     relay::{RelayHandle, RelayServer, RelayServerConfig},
     testing::{describe, secs, TcpProxy, TestNode, UdpProxy},
     Connect, DialPath, Event, Send as SendMsg, SupervisorConfig,
@@ -86,15 +87,30 @@ async fn a_silently_dead_direct_path_fails_over_to_the_relay_and_recovers_withou
         (PathKind::Relayed, PathKind::Direct)
     );
 
-    // 3000 numbered messages, sent steadily across the blackhole and its end.
+    // 3000 numbered messages, sent steadily across the blackhole and its end, in runs of
+    // ten through each way of sending: `Send`, a `GetSender` handle, its `send_many`.
     const N: u32 = 3000;
     let sender = a.addr.clone();
     let peer = b.peer;
+    let handle = a.addr.send(GetSender { peer }).await.unwrap().unwrap();
     let pump = actix_rt::spawn(async move {
-        for n in 0..N {
-            let data = Bytes::from(n.to_be_bytes().to_vec());
-            sender.send(SendMsg { peer, data }).await.unwrap().unwrap();
-            if n % 100 == 0 {
+        let msg = |n: u32| Bytes::from(n.to_be_bytes().to_vec());
+        for run in 0..N / 10 {
+            let numbers = run * 10..run * 10 + 10;
+            match run % 3 {
+                0 => {
+                    for n in numbers {
+                        sender.send(SendMsg { peer, data: msg(n) }).await.unwrap().unwrap();
+                    }
+                }
+                1 => {
+                    for n in numbers {
+                        handle.send(msg(n)).await.unwrap();
+                    }
+                }
+                _ => handle.send_many(numbers.map(msg).collect()).await.unwrap(),
+            }
+            if run % 10 == 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

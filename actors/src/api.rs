@@ -221,6 +221,11 @@ pub struct NodeStats {
     pub dials: Vec<(PeerId, Protocol, kizuna::negotiate::DialStats)>,
 }
 
+/// Messages below this size are queued for the writer task at once when there is room;
+/// larger ones are written by the sending task. 16 KiB, one TLS record: what the
+/// connection writes directly from the caller from that size on.
+const SMALL_MESSAGE: usize = 16 * 1024;
+
 /// A direct handle for sending messages to one connected peer (see [`GetSender`]): no
 /// mailbox between the caller and the peer's session. It follows path changes.
 #[derive(Clone)]
@@ -241,9 +246,22 @@ impl PeerSender {
     }
 
     /// Sends one message, exactly once and in order (as [`Send`]); waits while the peer is
-    /// slow. Large messages are written by the calling task.
+    /// slow. Small messages are queued for the connection's writer when there is room
+    /// (no waiting, no hand-off); large ones are written by the calling task.
     pub async fn send(&self, data: Bytes) -> Result<(), NodeError> {
+        if data.len() < SMALL_MESSAGE {
+            if let Some(r) = self.link.try_send(&data) {
+                return r;
+            }
+        }
         self.link.send(data, false).await
+    }
+
+    /// Sends `msgs` in order, each exactly once (as [`send`](Self::send)): the way to move
+    /// many small messages, handed to the connection in batches as large as the peer's
+    /// window allows. Waits while the peer is slow; never writes on the calling task.
+    pub async fn send_many(&self, msgs: Vec<Bytes>) -> Result<(), NodeError> {
+        self.link.send_many(msgs).await
     }
 
     /// Sends one unreliable datagram on the current path (see [`SendDatagram`]).

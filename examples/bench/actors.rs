@@ -76,9 +76,19 @@ async fn actor_pair(
     Ok((a, b, t.peer_id))
 }
 
-/// Through the actor API: `Send` to the supervisor (pipelined) or a `GetSender` handle;
-/// the receiver counts `MessageReceived` events.
-async fn actor_messages(size: usize, count: usize, via_supervisor: bool, seed: u8) -> Result<f64, BoxError> {
+/// How messages go through the actor API in [`actor_messages`].
+#[derive(Clone, Copy)]
+enum Via {
+    /// `Send` to the supervisor, 256 in flight.
+    Supervisor,
+    /// A `GetSender` handle, one `send` per message.
+    Handle,
+    /// A `GetSender` handle, `send_many` of 256 at a time.
+    Batches,
+}
+
+/// Through the actor API (see [`Via`]); the receiver counts `MessageReceived` events.
+async fn actor_messages(size: usize, count: usize, via: Via, seed: u8) -> Result<f64, BoxError> {
     let (a, b, peer) = actor_pair(seed).await?;
     let mut events = b.send(Subscribe { capacity: 8192 }).await?;
     let reader = actix_rt::spawn(async move {
@@ -94,7 +104,15 @@ async fn actor_messages(size: usize, count: usize, via_supervisor: bool, seed: u
     });
     let msg = Bytes::from(vec![1u8; size]);
     let start = Instant::now();
-    if via_supervisor {
+    if let Via::Batches = via {
+        let sender = a.send(GetSender { peer }).await??;
+        let mut left = count;
+        while left > 0 {
+            let n = left.min(256);
+            sender.send_many(vec![msg.clone(); n]).await?;
+            left -= n;
+        }
+    } else if let Via::Supervisor = via {
         let mut inflight = FuturesOrdered::new();
         for _ in 0..count {
             inflight.push_back(a.send(SendMsg { peer, data: msg.clone() }));
@@ -244,19 +262,24 @@ pub(crate) fn run(opts: &Opts) -> Result<(), BoxError> {
         let small = 1_000_000;
         const CORE64: &str = "64 B msgs: core Connection vs raw TLS";
         const HANDLE64: &str = "64 B msgs: actor GetSender vs raw TLS";
+        const BATCH64: &str = "64 B msgs: GetSender send_many(256) vs raw";
         const SUP64: &str = "64 B msgs: actor Send (supervisor) vs raw";
-        if [CORE64, HANDLE64, SUP64].iter().any(|w| opts.wants(w)) {
+        if [CORE64, HANDLE64, BATCH64, SUP64].iter().any(|w| opts.wants(w)) {
             let raw = med(runs, || on_io(raw_messages(64, small))).await?;
             if opts.wants(CORE64) {
                 let core = med(runs, || on_io(core_messages(64, small))).await?;
                 report(&opts, CORE64, "msg/s", core, raw, true);
             }
             if opts.wants(HANDLE64) {
-                let handle = med(runs, || actor_messages(64, small, false, 10)).await?;
+                let handle = med(runs, || actor_messages(64, small, Via::Handle, 10)).await?;
                 report(&opts, HANDLE64, "msg/s", handle, raw, true);
             }
+            if opts.wants(BATCH64) {
+                let batches = med(runs, || actor_messages(64, 4 * small, Via::Batches, 20)).await?;
+                report(&opts, BATCH64, "msg/s", batches, raw, true);
+            }
             if opts.wants(SUP64) {
-                let sup = med(runs, || actor_messages(64, small / 4, true, 12)).await?;
+                let sup = med(runs, || actor_messages(64, small, Via::Supervisor, 12)).await?;
                 report(&opts, SUP64, "msg/s", sup, raw, true);
             }
         }
@@ -272,11 +295,11 @@ pub(crate) fn run(opts: &Opts) -> Result<(), BoxError> {
                 report(&opts, CORE64K, "Gbit/s", core, raw, true);
             }
             if opts.wants(HANDLE64K) {
-                let handle = to_gbps(med(runs, || actor_messages(64 * 1024, big, false, 14)).await?);
+                let handle = to_gbps(med(runs, || actor_messages(64 * 1024, big, Via::Handle, 14)).await?);
                 report(&opts, HANDLE64K, "Gbit/s", handle, raw, true);
             }
             if opts.wants(SUP64K) {
-                let sup = to_gbps(med(runs, || actor_messages(64 * 1024, big, true, 16)).await?);
+                let sup = to_gbps(med(runs, || actor_messages(64 * 1024, big, Via::Supervisor, 16)).await?);
                 report(&opts, SUP64K, "Gbit/s", sup, raw, true);
             }
         }

@@ -211,12 +211,25 @@ impl Cause {
     }
 }
 
+/// One queued outbound frame: a wire frame, or a message given as an upper layer's header
+/// and its payload, written one after the other without joining them.
+enum Out {
+    Frame(Frame),
+    Parts(Bytes, Bytes),
+}
+
+impl From<Frame> for Out {
+    fn from(f: Frame) -> Self {
+        Out::Frame(f)
+    }
+}
+
 /// Everything the tasks and handles share, behind one mutex.
 struct Shared {
     state: MuxState,
     keep_alive: KeepAlive,
     /// Ordered outbound frames (messages, stream frames).
-    out: VecDeque<Frame>,
+    out: VecDeque<Out>,
     out_bytes: usize,
     ping: Option<u64>,
     pong: Option<u64>,
@@ -244,9 +257,9 @@ impl Shared {
             && (self.out_bytes == 0 || self.out_bytes + bytes <= OUT_QUEUE_BYTES)
     }
 
-    fn push(&mut self, frame: Frame, bytes: usize) {
+    fn push(&mut self, frame: impl Into<Out>, bytes: usize) {
         self.out_bytes += bytes;
-        self.out.push_back(frame);
+        self.out.push_back(frame.into());
         self.wake_writer();
     }
 
@@ -526,23 +539,28 @@ impl Mux {
     }
 
     async fn send(&self, msg: Bytes) -> Result<()> {
-        self.send_with(msg, true).await
+        self.send_with(Out::Frame(Frame::Message(msg)), true).await
     }
 
-    /// Sends `msg`; `direct`: a large message may be written (and encrypted) by the calling
-    /// task when the writer is idle, else it is always handed to the writer task.
-    async fn send_with(&self, msg: Bytes, direct: bool) -> Result<()> {
-        if msg.len() > MAX_MESSAGE_LEN {
+    /// Sends `msg`, one message (`Frame::Message` or `Parts`); `direct`: a large message
+    /// may be written (and encrypted) by the calling task when the writer is idle, else it
+    /// is always handed to the writer task.
+    async fn send_with(&self, msg: Out, direct: bool) -> Result<()> {
+        let len = match &msg {
+            Out::Frame(Frame::Message(m)) => m.len(),
+            Out::Parts(h, b) => h.len() + b.len(),
+            Out::Frame(_) => 0,
+        };
+        if len > MAX_MESSAGE_LEN {
             return Err(TransportError::LimitExceeded {
                 limit: "message size",
                 max: MAX_MESSAGE_LEN as u64,
-                attempted: msg.len() as u64,
+                attempted: len as u64,
             });
         }
         let inner = self.inner();
         let mut msg = Some(msg);
         std::future::poll_fn(|cx| {
-            let len = msg.as_ref().map_or(0, Bytes::len);
             // Large messages are written by this task when nobody else is writing, like
             // large stream writes (see `MuxStream::poll_write`): no hand-off, no copy.
             let mut io = if direct && len >= DIRECT_WRITE_MIN { inner.io.try_lock().ok() } else { None };
@@ -557,7 +575,7 @@ impl Mux {
                 w.collect(&mut sh);
                 drop(sh);
                 if let Some(m) = msg.take() {
-                    w.batch.push_back(Frame::Message(m));
+                    w.batch.push_back(m);
                     inner.stats.sent(len);
                 }
                 return Poll::Ready(inner.write_direct(w, cx, &[]).map_err(TransportError::Io));
@@ -567,12 +585,76 @@ impl Mux {
                 return Poll::Pending;
             }
             if let Some(m) = msg.take() {
-                sh.push(Frame::Message(m), len);
+                sh.push(m, len);
                 inner.stats.sent(len);
             }
             Poll::Ready(Ok(()))
         })
         .await
+    }
+
+    /// Queues one message for the writer task if there is room now (see
+    /// [`ConnectionBackend::try_send_message_parts`]).
+    fn try_queue(&self, head: &Bytes, body: &Bytes) -> Option<Result<()>> {
+        let len = head.len() + body.len();
+        let inner = self.inner();
+        let mut sh = inner.lock();
+        if sh.cause.is_some() {
+            return Some(Err(inner.closed_error(&sh)));
+        }
+        if !sh.has_room(len, 1) {
+            return None;
+        }
+        sh.push(Out::Parts(head.clone(), body.clone()), len);
+        inner.stats.sent(len);
+        Some(Ok(()))
+    }
+
+    /// Queues `msgs` in order for the writer task, as many per lock as there is room for.
+    async fn send_batch(&self, msgs: Vec<Bytes>) -> Result<()> {
+        if let Some(m) = msgs.iter().find(|m| m.len() > MAX_MESSAGE_LEN) {
+            return Err(TransportError::LimitExceeded {
+                limit: "message size",
+                max: MAX_MESSAGE_LEN as u64,
+                attempted: m.len() as u64,
+            });
+        }
+        let inner = self.inner();
+        let mut msgs = msgs.into_iter().peekable();
+        std::future::poll_fn(|cx| {
+            let mut sh = inner.lock();
+            loop {
+                if sh.cause.is_some() {
+                    return Poll::Ready(Err(inner.closed_error(&sh)));
+                }
+                let Some(len) = msgs.peek().map(Bytes::len) else { return Poll::Ready(Ok(())) };
+                if !sh.has_room(len, 1) {
+                    sh.blocked.push(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                if let Some(m) = msgs.next() {
+                    sh.push(Frame::Message(m), len);
+                    inner.stats.sent(len);
+                }
+            }
+        })
+        .await
+    }
+
+    /// Takes what has arrived, at least one message and at most `limit`.
+    async fn recv_batch(&self, buf: &mut Vec<Bytes>, limit: usize) -> Result<usize> {
+        let inner = self.inner();
+        let mut rx = inner.messages.lock().await;
+        match rx.recv_many(buf, limit).await {
+            0 => {
+                let sh = inner.lock();
+                match &sh.cause {
+                    Some(c) if !c.is_clean() => Err(c.error(&inner.remote)),
+                    _ => Ok(0),
+                }
+            }
+            n => Ok(n),
+        }
     }
 
     async fn open(&self) -> Result<ByteStream> {
@@ -636,7 +718,23 @@ impl ConnectionBackend for Mux {
     }
 
     fn send_message_queued(&self, msg: Bytes) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.send_with(msg, false))
+        Box::pin(self.send_with(Out::Frame(Frame::Message(msg)), false))
+    }
+
+    fn send_message_parts(&self, head: Bytes, body: Bytes, queued: bool) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.send_with(Out::Parts(head, body), !queued))
+    }
+
+    fn try_send_message_parts(&self, head: &Bytes, body: &Bytes) -> Option<Result<()>> {
+        self.try_queue(head, body)
+    }
+
+    fn send_messages(&self, msgs: Vec<Bytes>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.send_batch(msgs))
+    }
+
+    fn recv_messages<'a>(&'a self, buf: &'a mut Vec<Bytes>, limit: usize) -> BoxFuture<'a, Result<usize>> {
+        Box::pin(self.recv_batch(buf, limit))
     }
 
     fn recv_message(&self) -> BoxFuture<'_, Result<Option<Bytes>>> {
@@ -817,7 +915,7 @@ impl AsyncWrite for MuxStream {
         let mut sh = inner.lock();
         match sh.state.send(self.id, data) {
             Ok(frame) if sh.cause.is_none() => {
-                sh.out.push_back(frame);
+                sh.out.push_back(frame.into());
                 sh.wake_writer();
                 Poll::Ready(Ok(n))
             }
@@ -1099,7 +1197,7 @@ struct WriteIo {
     /// Bytes went into `io` since it was last flushed.
     dirty: bool,
     control: Vec<Frame>,
-    batch: VecDeque<Frame>,
+    batch: VecDeque<Out>,
 }
 
 impl WriteIo {
@@ -1142,7 +1240,7 @@ impl WriteIo {
     fn encode_queued(&mut self) {
         let mut control = std::mem::take(&mut self.control);
         let mut batch = std::mem::take(&mut self.batch);
-        for f in control.drain(..).chain(batch.drain(..)) {
+        for f in control.drain(..).map(Out::Frame).chain(batch.drain(..)) {
             self.encode(f);
         }
         // Keep the allocations for the next round.
@@ -1151,7 +1249,16 @@ impl WriteIo {
         self.seal();
     }
 
-    fn encode(&mut self, f: Frame) {
+    fn encode(&mut self, f: Out) {
+        let f = match f {
+            Out::Frame(f) => f,
+            Out::Parts(head, body) => {
+                encode_header(FrameType::Message, head.len() + body.len(), &mut self.small);
+                self.small.extend_from_slice(&head);
+                self.payload(body);
+                return;
+            }
+        };
         match f {
             Frame::Message(m) => {
                 encode_header(FrameType::Message, m.len(), &mut self.small);
@@ -1272,7 +1379,7 @@ impl WriteIo {
     /// Writes what is left and the close frame, flushes and shuts the write half down.
     fn poll_close(&mut self, cx: &mut Context<'_>, frame: &mut Option<Control>) -> Poll<io::Result<()>> {
         if let Some(frame) = frame.take() {
-            self.encode(Frame::Control(frame));
+            self.encode(Out::Frame(Frame::Control(frame)));
             self.seal();
         }
         std::task::ready!(self.poll_write_with(cx, &[], &mut 0))?;

@@ -97,6 +97,65 @@ async fn messages_both_ways() {
     );
 }
 
+#[tokio::test]
+async fn batches_parts_and_queued_tries_arrive_as_single_messages_in_order() {
+    let (a, b) = pair();
+    let recv = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut buf = Vec::new();
+        while got.len() < 5000 {
+            let n = within(b.recv_messages(&mut buf, 64)).await.unwrap();
+            assert!((1..=64).contains(&n) && buf.len() == n, "{n} taken, {} in the buffer", buf.len());
+            got.append(&mut buf);
+        }
+        (b, got)
+    });
+    // 4000 in batches larger than the queue (1024 frames), then parts (small and large
+    // bodies), then tries.
+    let msg = |i: u32| Bytes::from(i.to_be_bytes().to_vec());
+    for chunk in 0..2 {
+        a.send_messages((chunk * 2000..chunk * 2000 + 2000).map(msg).collect()).await.unwrap();
+    }
+    for i in 4000..4500u32 {
+        let body = if i % 2 == 0 { Bytes::from(vec![7u8; 20_000]) } else { Bytes::from_static(b"xy") };
+        a.send_message_parts(msg(i), body, i % 3 == 0).await.unwrap();
+    }
+    let mut i = 4500;
+    while i < 5000u32 {
+        match a.try_send_message_parts(&msg(i), &Bytes::new()) {
+            Some(r) => {
+                r.unwrap();
+                i += 1;
+            }
+            // Full: nothing was taken, so the same message is offered again.
+            None => tokio::task::yield_now().await,
+        }
+    }
+    let (b, got) = recv.await.unwrap();
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(&m[..4], &(i as u32).to_be_bytes(), "message {i}");
+        let len = match i {
+            4000..4500 if i % 2 == 0 => 20_004,
+            4000..4500 => 6,
+            _ => 4,
+        };
+        assert_eq!(m.len(), len, "message {i}");
+    }
+    // A message over the limit, in parts or in a batch, is refused whole.
+    let half = Bytes::from(vec![0u8; crate::wire::MAX_MESSAGE_LEN / 2 + 1]);
+    assert!(matches!(
+        a.send_message_parts(half.clone(), half.clone(), true).await,
+        Err(TransportError::LimitExceeded { .. })
+    ));
+    let over = Bytes::from(vec![0u8; crate::wire::MAX_MESSAGE_LEN + 1]);
+    assert!(matches!(a.send_messages(vec![msg(1), over]).await, Err(TransportError::LimitExceeded { .. })));
+    a.send_message(msg(9)).await.unwrap();
+    assert_eq!(within(b.recv_message()).await.unwrap().unwrap(), msg(9), "nothing of the refused batch went");
+    // Once closed, a try reports the close rather than "full".
+    a.close(CloseCode::Normal, "done").await;
+    assert!(matches!(a.try_send_message_parts(&msg(1), &msg(2)), Some(Err(_))));
+}
+
 fn pattern(seed: usize, len: usize) -> Vec<u8> {
     (0..len).map(|i| ((i * 31 + seed * 7) % 251) as u8).collect()
 }

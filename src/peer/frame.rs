@@ -179,10 +179,25 @@ impl SessionFrame {
 
 /// Encodes `DATA` for `seq` and `payload` (one copy of the payload).
 pub fn encode_data(seq: u64, payload: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(DATA_HEADER_LEN + payload.len());
+    encode_data_in(&mut BytesMut::new(), seq, payload)
+}
+
+/// Encodes `DATA` for `seq` and `payload` at the end of `buf` and splits it off: a batch
+/// of small messages encoded into one buffer shares one allocation.
+pub fn encode_data_in(buf: &mut BytesMut, seq: u64, payload: &[u8]) -> Bytes {
+    buf.reserve(DATA_HEADER_LEN + payload.len());
+    buf.put_u8(DATA);
+    buf.put_u64(seq);
+    buf.put_slice(payload);
+    buf.split().freeze()
+}
+
+/// The header of `DATA` number `seq`: the message is this header followed by the payload
+/// (for transports that send the two without joining them).
+pub fn data_header(seq: u64) -> Bytes {
+    let mut b = BytesMut::with_capacity(DATA_HEADER_LEN);
     b.put_u8(DATA);
     b.put_u64(seq);
-    b.put_slice(payload);
     b.freeze()
 }
 
@@ -212,6 +227,22 @@ mod tests {
         assert_eq!(&SessionFrame::Ack { delivered: 1 }.encode()[..], &[1, 0, 0, 0, 0, 0, 0, 0, 1]);
         let sig = SessionFrame::Signal { tag: 0x13, payload: Bytes::from_static(b"x") }.encode();
         assert_eq!(&sig[..], &[5, 0x13, b'x']);
+    }
+
+    #[test]
+    fn a_header_and_a_batch_buffer_encode_what_encode_data_does() {
+        let mut buf = BytesMut::new();
+        let a = encode_data_in(&mut buf, 1, b"first");
+        let b = encode_data_in(&mut buf, 2, b"second");
+        assert_eq!(a, encode_data(1, b"first"));
+        assert_eq!(b, encode_data(2, b"second"));
+        let mut joined = data_header(3).to_vec();
+        joined.extend_from_slice(b"third");
+        assert_eq!(&joined[..], &encode_data(3, b"third")[..]);
+        assert_eq!(
+            SessionFrame::decode(&Bytes::from(joined)).unwrap(),
+            SessionFrame::Data { seq: 3, payload: Bytes::from_static(b"third") }
+        );
     }
 
     #[test]

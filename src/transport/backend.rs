@@ -72,8 +72,60 @@ pub trait ConnectionBackend: Send + Sync + 'static {
         self.send_message(msg)
     }
 
+    /// Sends one message made of `head` then `body` (an upper layer's header and its
+    /// payload) without joining them where the transport can; `queued` as in
+    /// [`send_message_queued`](Self::send_message_queued). By default they are joined
+    /// (one copy of `body`).
+    fn send_message_parts(&self, head: Bytes, body: Bytes, queued: bool) -> BoxFuture<'_, Result<()>> {
+        let mut joined = bytes::BytesMut::with_capacity(head.len() + body.len());
+        joined.extend_from_slice(&head);
+        joined.extend_from_slice(&body);
+        let msg = joined.freeze();
+        if queued {
+            self.send_message_queued(msg)
+        } else {
+            self.send_message(msg)
+        }
+    }
+
+    /// Queues one message (`head` then `body`) for the transport's own tasks if its send
+    /// buffer has room now, without waiting: `None` when it is full, or when the transport
+    /// cannot queue without waiting (the default); then nothing was sent.
+    fn try_send_message_parts(&self, head: &Bytes, body: &Bytes) -> Option<Result<()>> {
+        let _ = (head, body);
+        None
+    }
+
+    /// Sends `msgs` in order, never written by the calling task (as
+    /// [`send_message_queued`](Self::send_message_queued)); waits while the send buffer is
+    /// full. By default one at a time; transports queue a batch under one lock.
+    fn send_messages(&self, msgs: Vec<Bytes>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            for m in msgs {
+                self.send_message_queued(m).await?;
+            }
+            Ok(())
+        })
+    }
+
     /// Receives the next message; `Ok(None)` when the peer closed cleanly.
     fn recv_message(&self) -> BoxFuture<'_, Result<Option<Bytes>>>;
+
+    /// Receives at least one and at most `limit` messages that have arrived, appending
+    /// them to `buf`; `Ok(0)` when the peer closed cleanly. Cancel safe. By default one
+    /// at a time.
+    fn recv_messages<'a>(&'a self, buf: &'a mut Vec<Bytes>, limit: usize) -> BoxFuture<'a, Result<usize>> {
+        let _ = limit;
+        Box::pin(async move {
+            Ok(match self.recv_message().await? {
+                Some(m) => {
+                    buf.push(m);
+                    1
+                }
+                None => 0,
+            })
+        })
+    }
 
     /// Opens a new bidirectional byte stream to the peer.
     fn open_stream(&self) -> BoxFuture<'_, Result<ByteStream>>;

@@ -141,9 +141,44 @@ impl Connection {
         self.backend.send_message_queued(msg).await
     }
 
+    /// Sends one message made of `head` then `body` (together at most
+    /// [`MAX_MESSAGE_LEN`] bytes) without copying `body` where the transport allows; an
+    /// upper layer's header in front of the application's payload. `queued` as in
+    /// [`send_queued`](Self::send_queued).
+    pub async fn send_parts(&self, head: Bytes, body: Bytes, queued: bool) -> Result<()> {
+        check_total(head.len() + body.len())?;
+        self.backend.send_message_parts(head, body, queued).await
+    }
+
+    /// Queues one message (`head` then `body`) for the transport's tasks if there is room
+    /// now, never waiting and never writing on the caller's task: `None` if it would have
+    /// to wait (nothing was sent; use [`send_parts`](Self::send_parts)).
+    pub fn try_send_parts(&self, head: &Bytes, body: &Bytes) -> Option<Result<()>> {
+        if let Err(e) = check_total(head.len() + body.len()) {
+            return Some(Err(e));
+        }
+        self.backend.try_send_message_parts(head, body)
+    }
+
+    /// Sends `msgs` in order (each at most [`MAX_MESSAGE_LEN`] bytes), handed to the
+    /// transport's own tasks as [`send_queued`](Self::send_queued) does: a batch of
+    /// small messages costs one hand-over, not one each.
+    pub async fn send_many(&self, msgs: Vec<Bytes>) -> Result<()> {
+        for m in &msgs {
+            check_len(m)?;
+        }
+        self.backend.send_messages(msgs).await
+    }
+
     /// Receives the next message; `Ok(None)` once the peer closed. Cancel safe.
     pub async fn recv(&self) -> Result<Option<Bytes>> {
         self.backend.recv_message().await
+    }
+
+    /// Receives what has arrived, at least one message and at most `limit`, appended to
+    /// `buf`; `Ok(0)` once the peer closed. Cancel safe.
+    pub async fn recv_many(&self, buf: &mut Vec<Bytes>, limit: usize) -> Result<usize> {
+        self.backend.recv_messages(buf, limit.max(1)).await
     }
 
     /// Opens a bidirectional byte stream to the peer.
@@ -173,11 +208,15 @@ impl Connection {
 }
 
 fn check_len(msg: &Bytes) -> Result<()> {
-    if msg.len() > MAX_MESSAGE_LEN {
+    check_total(msg.len())
+}
+
+fn check_total(len: usize) -> Result<()> {
+    if len > MAX_MESSAGE_LEN {
         return Err(TransportError::LimitExceeded {
             limit: "message size",
             max: MAX_MESSAGE_LEN as u64,
-            attempted: msg.len() as u64,
+            attempted: len as u64,
         });
     }
     Ok(())

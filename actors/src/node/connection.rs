@@ -45,6 +45,11 @@ use crate::{
 /// probe, its answer, a signal); beyond that the path is not draining and frames drop.
 const CONTROL_QUEUE: usize = 32;
 
+/// Messages taken from the connection per wake-up of the reader. 64: a wake-up then costs
+/// little per message under load, and the batch (at most 64 references to received
+/// buffers) is handled before more is taken.
+const RECV_BATCH: usize = 64;
+
 /// Close the connection gracefully, flushing what is queued.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -150,6 +155,7 @@ async fn read_session(
 ) -> ExitReason {
     let mut epoch: Option<u64> = None;
     let mut ack_due: Option<Instant> = None;
+    let mut batch = Vec::with_capacity(RECV_BATCH);
     loop {
         let sleep = async {
             match ack_due {
@@ -157,8 +163,8 @@ async fn read_session(
                 None => std::future::pending().await,
             }
         };
-        let msg = tokio::select! {
-            m = conn.recv() => m,
+        let got = tokio::select! {
+            n = conn.recv_many(&mut batch, RECV_BATCH) => n,
             _ = sleep => {
                 let (ack, next) = link.poll_ack(Instant::now()).await;
                 if let Some(delivered) = ack {
@@ -168,51 +174,54 @@ async fn read_session(
                 continue;
             }
         };
-        let msg = match msg {
-            Ok(Some(m)) => m,
-            Ok(None) => return ExitReason::Normal,
+        match got {
+            Ok(0) => return ExitReason::Normal,
+            Ok(_) => {}
             Err(e) => return read_error(e),
-        };
-        let frame = match SessionFrame::decode(&msg) {
-            Ok(f) => f,
-            // Later versions may add kinds: skip them.
-            Err(FrameError::UnknownKind(_)) => continue,
-            Err(e) => return violation(&conn, path, e.to_string()).await,
-        };
-        match frame {
-            SessionFrame::Hello { epoch: e, seen, delivered, base } => {
-                epoch = Some(e);
-                link.on_hello(e, seen, delivered, base).await;
-            }
-            SessionFrame::Data { seq, payload } => {
-                let Some(e) = epoch else {
-                    return violation(&conn, path, "DATA before HELLO".into()).await;
-                };
-                link.data_on(path);
-                match link.on_data(e, seq, payload).await {
-                    Ok((ack, next)) => {
-                        if let Some(delivered) = ack {
-                            control.send(SessionFrame::Ack { delivered });
+        }
+        let now = Instant::now();
+        for msg in batch.drain(..) {
+            let frame = match SessionFrame::decode(&msg) {
+                Ok(f) => f,
+                // Later versions may add kinds: skip them.
+                Err(FrameError::UnknownKind(_)) => continue,
+                Err(e) => return violation(&conn, path, e.to_string()).await,
+            };
+            match frame {
+                SessionFrame::Hello { epoch: e, seen, delivered, base } => {
+                    epoch = Some(e);
+                    link.on_hello(e, seen, delivered, base).await;
+                }
+                SessionFrame::Data { seq, payload } => {
+                    let Some(e) = epoch else {
+                        return violation(&conn, path, "DATA before HELLO".into()).await;
+                    };
+                    link.data_on(path);
+                    match link.on_data(e, seq, payload, now).await {
+                        Ok((ack, next)) => {
+                            if let Some(delivered) = ack {
+                                control.send(SessionFrame::Ack { delivered });
+                            }
+                            ack_due = next;
                         }
-                        ack_due = next;
+                        Err(why) => return violation(&conn, path, why).await,
                     }
-                    Err(why) => return violation(&conn, path, why).await,
                 }
-            }
-            SessionFrame::Ack { delivered } => {
-                if let Err(e) = link.on_ack(delivered) {
-                    return violation(&conn, path, e.to_string()).await;
+                SessionFrame::Ack { delivered } => {
+                    if let Err(e) = link.on_ack(delivered) {
+                        return violation(&conn, path, e.to_string()).await;
+                    }
                 }
-            }
-            SessionFrame::Probe { nonce } => {
-                control.send(SessionFrame::ProbeReply { nonce });
-            }
-            SessionFrame::ProbeReply { nonce } => {
-                // Bounded by the actor's mailbox: a flood of answers is dropped here.
-                let _ = ports.probes.try_send(ProbeAnswered { path, nonce, at: Instant::now() });
-            }
-            SessionFrame::Signal { tag, payload } => {
-                let _ = ports.signals.try_send(PathSignal { path, tag, payload });
+                SessionFrame::Probe { nonce } => {
+                    control.send(SessionFrame::ProbeReply { nonce });
+                }
+                SessionFrame::ProbeReply { nonce } => {
+                    // Bounded by the actor's mailbox: a flood of answers is dropped here.
+                    let _ = ports.probes.try_send(ProbeAnswered { path, nonce, at: now });
+                }
+                SessionFrame::Signal { tag, payload } => {
+                    let _ = ports.signals.try_send(PathSignal { path, tag, payload });
+                }
             }
         }
     }

@@ -63,9 +63,17 @@ struct Sub {
 }
 
 /// Fan-out of events to every subscriber. Cheap to clone.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct EventBus {
-    subs: Arc<RwLock<Vec<Arc<Sub>>>>,
+    /// The subscribers, as a snapshot replaced whenever one comes or goes: publishing
+    /// takes a read lock and one reference count, not a copy of the list.
+    subs: Arc<RwLock<Arc<[Arc<Sub>]>>>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self { subs: Arc::new(RwLock::new(Arc::from(Vec::new()))) }
+    }
 }
 
 impl EventBus {
@@ -79,14 +87,23 @@ impl EventBus {
             pumping: AtomicBool::new(false),
             dropped: dropped.clone(),
         };
-        self.subs.write().unwrap_or_else(|e| e.into_inner()).push(Arc::new(sub));
+        let mut subs = self.subs.write().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<Arc<Sub>> = subs.iter().filter(|s| !s.tx.is_closed()).cloned().collect();
+        list.push(Arc::new(sub));
+        *subs = list.into();
         EventStream { rx, dropped }
     }
 
-    fn senders(&self) -> Vec<Arc<Sub>> {
-        let mut subs = self.subs.write().unwrap_or_else(|e| e.into_inner());
-        subs.retain(|s| !s.tx.is_closed());
-        subs.clone()
+    /// The live subscribers; a closed one found here is removed from the snapshot.
+    fn senders(&self) -> Arc<[Arc<Sub>]> {
+        let subs = self.subs.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if subs.iter().all(|s| !s.tx.is_closed()) {
+            return subs;
+        }
+        let mut w = self.subs.write().unwrap_or_else(|e| e.into_inner());
+        let live: Vec<Arc<Sub>> = w.iter().filter(|s| !s.tx.is_closed()).cloned().collect();
+        *w = live.into();
+        w.clone()
     }
 
     /// Delivers `ev` to every subscriber, waiting for room (backpressure).
@@ -103,7 +120,7 @@ impl EventBus {
     /// Delivers `ev` without blocking the caller: at once where there is room, otherwise
     /// through the subscriber's bounded backlog (see the module docs).
     pub fn publish_later(&self, ev: Event) {
-        for s in self.senders() {
+        for s in self.senders().iter() {
             let mut backlog = s.backlog.lock().unwrap_or_else(|e| e.into_inner());
             // Straight into the buffer only when nothing older is still on its way there.
             if backlog.is_empty() && !s.pumping.load(Ordering::Acquire) {
@@ -120,7 +137,7 @@ impl EventBus {
             backlog.push_back(ev.clone());
             drop(backlog);
             if !s.pumping.swap(true, Ordering::AcqRel) {
-                tokio::spawn(pump(s));
+                tokio::spawn(pump(s.clone()));
             }
         }
     }

@@ -21,10 +21,10 @@ use std::{
     time::Instant,
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use kizuna::{
     peer::{
-        frame::{encode_data, MAX_PAYLOAD},
+        frame::{data_header, encode_data_in, DATA_HEADER_LEN, MAX_PAYLOAD},
         PathId, SessionFrame, SessionReceiver, SessionSender, Verdict, WindowLimits,
     },
     ByteStream, Connection, PeerId, StreamAbort,
@@ -236,37 +236,80 @@ impl PeerLink {
         SessionFrame::Hello { epoch: tx.session.epoch(), seen, delivered, base: tx.session.base() }
     }
 
+    /// Whether a message of `len` bytes can be taken now (an error if it never can).
+    fn ready(&self, len: usize) -> Result<bool, NodeError> {
+        let tx = self.tx();
+        if tx.state == LinkState::Closed {
+            return Err(NodeError::NotConnected(self.peer));
+        }
+        match &tx.active {
+            Some(c) if !c.session => Ok(true),
+            _ => {
+                if len > MAX_PAYLOAD {
+                    return Err(NodeError::from(kizuna::TransportError::LimitExceeded {
+                        limit: "message size",
+                        max: MAX_PAYLOAD as u64,
+                        attempted: len as u64,
+                    }));
+                }
+                Ok(tx.session.has_room(len))
+            }
+        }
+    }
+
+    /// Waits until a message of `len` bytes can be taken (window room, or a carrier that
+    /// does not number).
+    async fn room_for(&self, len: usize) -> Result<(), NodeError> {
+        if self.ready(len)? {
+            return Ok(());
+        }
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.ready(len)? {
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
+
+    /// Sends one message now if nothing has to wait: the window has room, nobody else is
+    /// handing frames over, and the carrier's queue takes it. `None`: use
+    /// [`send`](Self::send) (nothing was sent). Never writes on the caller's thread.
+    pub(crate) fn try_send(&self, data: &Bytes) -> Option<Result<(), NodeError>> {
+        let _gate = self.gate.try_lock().ok()?;
+        let mut tx = self.tx();
+        if tx.state == LinkState::Closed {
+            return Some(Err(NodeError::NotConnected(self.peer)));
+        }
+        let c = tx.active.as_ref()?;
+        let sent = if c.session {
+            if data.len() > MAX_PAYLOAD || !tx.session.has_room(data.len()) {
+                return None;
+            }
+            let seq = tx.session.last_sent() + 1;
+            // Taken into the window only once the carrier took it (under the tx lock,
+            // so the number is still the next one).
+            c.conn.try_send_parts(&data_header(seq), data)?.is_ok().then(|| tx.session.push(data.clone()))
+        } else {
+            match c.conn.try_send_parts(&Bytes::new(), data)? {
+                Ok(()) => Some(0),
+                Err(e) => return Some(Err(NodeError::from(e))),
+            }
+        };
+        drop(tx);
+        sent?;
+        self.note_traffic();
+        Some(Ok(()))
+    }
+
     /// Sends one application message: numbered and kept until acknowledged (waiting while
     /// the window is full), or sent as is to a peer without the session layer. `queued`:
     /// never write on the caller's task (callers on actor threads).
     pub(crate) async fn send(&self, data: Bytes, queued: bool) -> Result<(), NodeError> {
         loop {
-            let notified = self.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let ready = {
-                let tx = self.tx();
-                if tx.state == LinkState::Closed {
-                    return Err(NodeError::NotConnected(self.peer));
-                }
-                match &tx.active {
-                    Some(c) if !c.session => true,
-                    _ => {
-                        if data.len() > MAX_PAYLOAD {
-                            return Err(NodeError::from(kizuna::TransportError::LimitExceeded {
-                                limit: "message size",
-                                max: MAX_PAYLOAD as u64,
-                                attempted: data.len() as u64,
-                            }));
-                        }
-                        tx.session.has_room(data.len())
-                    }
-                }
-            };
-            if !ready {
-                notified.await;
-                continue;
-            }
+            self.room_for(data.len()).await?;
             let _gate = self.gate.lock().await;
             let (carrier, seq) = {
                 let mut tx = self.tx();
@@ -282,15 +325,11 @@ impl PeerLink {
             };
             self.note_traffic();
             let Some(c) = carrier else { return Ok(()) };
-            let frame = match seq {
-                Some(seq) => encode_data(seq, &data),
-                None => data,
-            };
             let send = async {
-                if queued {
-                    c.conn.send_queued(frame).await
-                } else {
-                    c.conn.send(frame).await
+                match seq {
+                    Some(seq) => c.conn.send_parts(data_header(seq), data, queued).await,
+                    None if queued => c.conn.send_queued(data).await,
+                    None => c.conn.send(data).await,
                 }
             };
             tokio::select! {
@@ -304,6 +343,54 @@ impl PeerLink {
             }
             return Ok(());
         }
+    }
+
+    /// Sends `msgs` in order, exactly once each as [`send`](Self::send) does, handing
+    /// whatever fits in the window to the carrier as one batch (one allocation for the
+    /// encoded frames, one lock of the carrier's queue).
+    pub(crate) async fn send_many(&self, msgs: Vec<Bytes>) -> Result<(), NodeError> {
+        if let Some(m) = msgs.iter().find(|m| m.len() > MAX_PAYLOAD) {
+            return Err(NodeError::from(kizuna::TransportError::LimitExceeded {
+                limit: "message size",
+                max: MAX_PAYLOAD as u64,
+                attempted: m.len() as u64,
+            }));
+        }
+        let mut rest = msgs.into_iter().peekable();
+        while let Some(len) = rest.peek().map(Bytes::len) {
+            self.room_for(len).await?;
+            let _gate = self.gate.lock().await;
+            let (carrier, frames, numbered) = {
+                let mut tx = self.tx();
+                match tx.active.clone() {
+                    Some(c) if !c.session => (Some(c), rest.by_ref().collect::<Vec<_>>(), false),
+                    active => {
+                        let mut taken = Vec::new();
+                        while let Some(m) = rest.next_if(|m| tx.session.has_room(m.len())) {
+                            taken.push((tx.session.push(m.clone()), m));
+                        }
+                        let total = taken.iter().map(|(_, m)| m.len() + DATA_HEADER_LEN).sum();
+                        let mut buf = BytesMut::with_capacity(total);
+                        let frames = taken.iter().map(|(seq, m)| encode_data_in(&mut buf, *seq, m)).collect();
+                        (active, frames, true)
+                    }
+                }
+            };
+            if frames.is_empty() {
+                continue;
+            }
+            self.note_traffic();
+            let Some(c) = carrier else { continue };
+            tokio::select! {
+                r = c.conn.send_many(frames) => match r {
+                    Err(e) if numbered => tracing::debug!(peer = %self.peer, path = %c.id, "send failed: {e}"),
+                    Err(e) => return Err(NodeError::from(e)),
+                    Ok(()) => {}
+                },
+                _ = c.released() => {}
+            }
+        }
+        Ok(())
     }
 
     /// Makes `c` the carrying path: releases a sender stuck on the previous one, then
@@ -326,7 +413,7 @@ impl PeerLink {
         self.room.notify_waiters();
         for (seq, m) in resend {
             let sent = tokio::select! {
-                r = c.conn.send_queued(encode_data(seq, &m)) => r.is_ok(),
+                r = c.conn.send_parts(data_header(seq), m, true) => r.is_ok(),
                 _ = c.released() => false,
             };
             if !sent {
@@ -364,7 +451,7 @@ impl PeerLink {
         }
     }
 
-    /// `DATA` number `seq` of the peer's `epoch` arrived: published once and in order.
+    /// `DATA` number `seq` of the peer's `epoch` arrived at `now`: published once and in order.
     /// Returns an acknowledgement to send now, if one is due, and when the next one is due;
     /// an error for a gap (the peer broke the protocol).
     pub(crate) async fn on_data(
@@ -372,12 +459,13 @@ impl PeerLink {
         epoch: u64,
         seq: u64,
         payload: Bytes,
+        now: Instant,
     ) -> Result<(Option<u64>, Option<Instant>), String> {
         let mut rx = self.rx.lock().await;
-        match rx.on_data(epoch, seq, Instant::now()) {
+        match rx.on_data(epoch, seq, now) {
             Verdict::Deliver => {
                 self.bus.publish(Event::MessageReceived { peer: self.peer, data: payload }).await;
-                Ok((rx.poll_ack(Instant::now()), rx.poll_timeout()))
+                Ok((rx.poll_ack(now), rx.poll_timeout()))
             }
             Verdict::Duplicate => Ok((None, rx.poll_timeout())),
             Verdict::Gap { expected } => Err(format!("message {seq} arrived before {expected}")),

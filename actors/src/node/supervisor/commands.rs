@@ -51,12 +51,19 @@ impl Handler<SendDatagram> for Supervisor {
 }
 
 impl Handler<Send> for Supervisor {
-    type Result = ResponseFuture<Result<(), NodeError>>;
+    type Result = actix::Response<Result<(), NodeError>>;
     fn handle(&mut self, msg: Send, _: &mut Context<Self>) -> Self::Result {
-        let link = self.link(&msg.peer);
-        // Runs on this arbiter but never encrypts here: the frame is handed to the
-        // connection's writer task (`send_queued`).
-        Box::pin(async move { link?.send(msg.data, true).await })
+        let link = match self.link(&msg.peer) {
+            Ok(l) => l,
+            Err(e) => return actix::Response::reply(Err(e)),
+        };
+        // Never encrypts on this arbiter: the frame is handed to the connection's writer
+        // task, at once when nothing has to wait (no task, no reply future), else by a
+        // future that waits for room (`send_queued`).
+        match link.try_send(&msg.data) {
+            Some(r) => actix::Response::reply(r),
+            None => actix::Response::fut(async move { link.send(msg.data, true).await }),
+        }
     }
 }
 
