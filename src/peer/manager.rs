@@ -60,13 +60,22 @@ pub const ACTIVE_SILENCE: Duration = Duration::from_secs(2);
 /// probed. 250 ms: a one-way transfer still gets answers, at most 8 probes per 2 s silence.
 pub const ACTIVE_PROBE: Duration = Duration::from_millis(250);
 
+/// A dead path is probed this often, a new probe replacing one still unanswered. 1 s: a
+/// path that answers again (a lifted blackhole, a NAT that came back) is recovered within
+/// a second plus its round trip, and a transport that backs off its retransmissions while
+/// the path was dark still gets fresh probes; one 9-byte probe a second per dead path,
+/// retired after [`DEAD_LINGER`].
+pub const DEAD_PROBE: Duration = Duration::from_secs(1);
+
 /// When the peer's traffic arrives on another path while the active one has been silent
 /// for [`ACTIVE_PROBE`], the peer has given up on the active path (it saw the same silence
 /// from its side, usually first): the active path is probed at once and is dead unless
-/// heard within this (or 4 round trips, if longer). 500 ms: several round trips of any
-/// path worth keeping, and the side that only answers follows the peer within a second
-/// instead of waiting out its own [`ACTIVE_SILENCE`] after the peer's traffic stopped.
-pub const FOLLOW_GRACE: Duration = Duration::from_millis(500);
+/// heard within this (or 4 round trips, if longer). 150 ms: several round trips of an
+/// interactive path (4 of a longer one are waited for), so the side that only answers
+/// follows the peer a moment after it moved instead of waiting out its own
+/// [`ACTIVE_SILENCE`]. A healthy path whose answer is late only makes this side follow
+/// the peer to the path it chose, which the peer's own hysteresis keeps stable.
+pub const FOLLOW_GRACE: Duration = Duration::from_millis(150);
 
 /// A path must be this much cheaper than the active one of its tier to take over. 20 %: the
 /// median of 8 samples with ±10 % jitter moves by a few percent, so similar paths never
@@ -238,6 +247,8 @@ pub struct PathConfig {
     pub active_silence: Duration,
     /// See [`ACTIVE_PROBE`].
     pub active_probe: Duration,
+    /// See [`DEAD_PROBE`].
+    pub dead_probe: Duration,
     /// See [`SWITCH_MARGIN`].
     pub switch_margin: f64,
     /// See [`PUNCH_RETRY`].
@@ -255,6 +266,7 @@ impl Default for PathConfig {
             probe_timeout: PROBE_TIMEOUT,
             active_silence: ACTIVE_SILENCE,
             active_probe: ACTIVE_PROBE,
+            dead_probe: DEAD_PROBE,
             switch_margin: SWITCH_MARGIN,
             punch_retry: PUNCH_RETRY,
             standby_linger: STANDBY_LINGER,
@@ -489,7 +501,9 @@ impl PathManager {
         if !a.alive || a.suspect_until.is_some() || now < a.last_heard + cfg.active_probe {
             return;
         }
-        let grace = a.health.srtt().map_or(FOLLOW_GRACE, |rtt| (rtt * 4).max(FOLLOW_GRACE));
+        // The median, not the smoothed RTT: one probe answered late after an outage must
+        // not stretch the grace.
+        let grace = a.health.median_rtt().map_or(FOLLOW_GRACE, |rtt| (rtt * 4).max(FOLLOW_GRACE));
         a.suspect_until = Some(now + grace);
         if a.probe.is_none() {
             self.probe(active, now);
@@ -582,6 +596,7 @@ impl PathManager {
         if dies {
             p.alive = false;
             p.dead_since = Some(now);
+            p.next_probe = p.next_probe.min(now + cfg.dead_probe);
             p.awaiting_since = None;
             p.suspect_until = None;
             p.recovered = false;
@@ -597,7 +612,7 @@ impl PathManager {
             && p.probe.is_none()
             && (p.awaiting_since.is_some_and(|s| now >= p.last_heard.max(s) + cfg.active_probe)
                 || p.suspect_until.is_some() && now >= p.last_heard + cfg.active_probe);
-        if (now >= p.next_probe && p.probe.is_none()) || traffic_probe {
+        if (now >= p.next_probe && (p.probe.is_none() || !p.alive)) || traffic_probe {
             self.probe(id, now);
         }
         let standby = self.standby();
@@ -619,7 +634,7 @@ impl PathManager {
         let nonce = self.next_nonce;
         self.next_nonce += 1;
         p.probe = Some((nonce, now));
-        p.next_probe = now + self.cfg.probe_interval;
+        p.next_probe = now + if p.alive { self.cfg.probe_interval } else { self.cfg.dead_probe };
         self.out.push_back(Output::Probe { path: id, nonce });
     }
 

@@ -158,21 +158,27 @@ fn an_idle_path_that_stops_answering_is_dead_within_one_interval_plus_the_probe_
 }
 
 #[test]
-fn a_recovered_direct_path_takes_the_traffic_back_within_one_probe_interval() {
+fn a_recovered_direct_path_takes_the_traffic_back_within_one_dead_probe_interval() {
     let mut s = sim(true);
     let r = s.add(1, relayed(true), Link::new(40));
     let d = s.add(2, direct(Protocol::Quic), Link::new(10));
     s.sending = true;
     s.run_for(secs(10));
     s.links.get_mut(&d).unwrap().blackholed = true;
-    s.run_for(secs(20));
+    s.run_for(secs(10));
     assert_eq!(s.m.active(), Some(r));
+    // Dead, it is probed every DEAD_PROBE (a new probe replacing the unanswered one).
+    let probes = |s: &Sim| s.count(|o| matches!(o, Output::Probe { path, .. } if *path == d));
+    let before = probes(&s);
+    s.run_for(secs(10));
+    let sent = probes(&s) - before;
+    assert!((9..=11).contains(&sent), "{sent} probes in 10 s");
     let lifted = s.elapsed();
     s.links.get_mut(&d).unwrap().blackholed = false;
     s.run_for(secs(10));
     let (at, e) = s.changes().last().cloned().unwrap();
     assert_eq!(changed(&e), Some((Some(r), d, ChangeReason::Recovered)));
-    assert!(at - lifted <= PROBE_INTERVAL + ms(10) * 2 + ms(20), "back after {:?}", at - lifted);
+    assert!(at - lifted <= DEAD_PROBE + ms(10) * 2 + ms(20), "back after {:?}", at - lifted);
 }
 
 #[test]

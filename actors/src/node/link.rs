@@ -92,6 +92,12 @@ pub(crate) struct PeerLink {
     data_path: std::sync::atomic::AtomicU64,
     /// Told when traffic starts on an idle link (so silence is watched from the start).
     waker: std::sync::OnceLock<actix::Recipient<TrafficStarted>>,
+    /// The carrying path, plus one (0: none): compared with each `DATA`'s path.
+    carrier_path: std::sync::atomic::AtomicU64,
+    /// Told when the peer's data arrives on a path that does not carry ours (at most once
+    /// per sample of the peer's actor, which re-arms it).
+    elsewhere: std::sync::OnceLock<actix::Recipient<DataElsewhere>>,
+    elsewhere_told: std::sync::atomic::AtomicBool,
     /// What the peer's actor last reported (read by `GetStats`).
     status: Mutex<PeerStatus>,
     /// Where the peer can be dialed, as its actor learned (kept for an actor restarted
@@ -106,6 +112,12 @@ pub(crate) struct PeerLink {
 #[derive(Debug, actix::Message)]
 #[rtype(result = "()")]
 pub(crate) struct TrafficStarted;
+
+/// The peer's data arrived on a path that does not carry ours (to the peer's actor: the
+/// peer may have given up on the carrying path).
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
+pub(crate) struct DataElsewhere(pub(crate) PathId);
 
 /// A peer's paths as its actor last reported them.
 #[derive(Debug, Clone, Default)]
@@ -132,15 +144,25 @@ impl PeerLink {
             traffic: std::sync::atomic::AtomicBool::new(false),
             data_path: std::sync::atomic::AtomicU64::new(0),
             waker: std::sync::OnceLock::new(),
+            carrier_path: std::sync::atomic::AtomicU64::new(0),
+            elsewhere: std::sync::OnceLock::new(),
+            elsewhere_told: std::sync::atomic::AtomicBool::new(false),
             status: Mutex::new(PeerStatus::default()),
             known: Mutex::new(Vec::new()),
             signal_route: watch::Sender::new(None),
         })
     }
 
-    /// Where to report traffic starting on an idle link (set once, by the peer's actor).
-    pub(crate) fn set_waker(&self, w: actix::Recipient<TrafficStarted>) {
+    /// Where to report traffic starting on an idle link and the peer's data arriving
+    /// elsewhere (set once, by the peer's actor).
+    pub(crate) fn set_wakers(&self, w: actix::Recipient<TrafficStarted>, e: actix::Recipient<DataElsewhere>) {
         let _ = self.waker.set(w);
+        let _ = self.elsewhere.set(e);
+    }
+
+    /// Re-arms the report of data arriving elsewhere (by the peer's actor, per sample).
+    pub(crate) fn rearm_elsewhere(&self) {
+        self.elsewhere_told.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The peer's paths as last reported.
@@ -217,7 +239,14 @@ impl PeerLink {
 
     /// The peer's session data arrived on `path` (one relaxed store per message).
     pub(crate) fn data_on(&self, path: PathId) {
-        self.data_path.store(path.0.saturating_add(1), std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        let id = path.0.saturating_add(1);
+        self.data_path.store(id, Relaxed);
+        if self.carrier_path.load(Relaxed) != id && !self.elsewhere_told.swap(true, Relaxed) {
+            if let Some(e) = self.elsewhere.get() {
+                let _ = e.try_send(DataElsewhere(path));
+            }
+        }
     }
 
     /// The path the peer's data last arrived on since the last call, if any (the peer's
@@ -404,6 +433,7 @@ impl PeerLink {
         let resend: Vec<(u64, Bytes)> = {
             let mut tx = self.tx();
             tx.active = Some(c.clone());
+            self.carrier_path.store(c.id.0.saturating_add(1), std::sync::atomic::Ordering::Relaxed);
             if c.session {
                 tx.session.unacked().map(|(n, m)| (n, m.clone())).collect()
             } else {
@@ -429,6 +459,7 @@ impl PeerLink {
             if let Some(old) = tx.active.take() {
                 old.release.send_replace(true);
             }
+            self.carrier_path.store(0, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

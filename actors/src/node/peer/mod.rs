@@ -59,7 +59,7 @@ use crate::{
             control_writer, CloseConnection, ConnectionActor, Control, PathPorts, PathSignal, ProbeAnswered,
         },
         hole_punch::{HolePunchActor, PunchFinished, PunchPorts, PunchSignal, SendSignal},
-        link::{Carrier, LinkState, PeerLink, PeerStatus, TrafficStarted},
+        link::{Carrier, DataElsewhere, LinkState, PeerLink, PeerStatus, TrafficStarted},
         listener::Inbound,
         negotiator::{Negotiated, NegotiatorActor},
         supervision::{Decision, ExitReason, RestartPolicy, RestartTracker},
@@ -161,6 +161,8 @@ pub(crate) struct PeerActor {
     shutting_down: bool,
     timer: Option<(Instant, SpawnHandle)>,
     sampling: bool,
+    /// When traffic was last sampled (`None` while not sampling).
+    last_sample: Option<Instant>,
     /// The last path that went down, for the event that names it.
     gone: Option<(PathId, ConnectionInfo)>,
     guard: ExitGuard,
@@ -197,6 +199,7 @@ impl PeerActor {
             shutting_down: false,
             timer: None,
             sampling: false,
+            last_sample: None,
             gone: None,
             guard: ExitGuard::new(id, exited),
         }
@@ -279,7 +282,7 @@ impl Actor for PeerActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Commands queue here; beyond 256 senders wait.
         ctx.set_mailbox_capacity(256);
-        self.link.set_waker(ctx.address().recipient());
+        self.link.set_wakers(ctx.address().recipient(), ctx.address().recipient());
         // A restarted actor takes over what its predecessor knew.
         self.learn(self.link.known());
         if self.wanted {

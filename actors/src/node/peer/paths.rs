@@ -337,6 +337,10 @@ impl PeerActor {
     /// Samples the paths' traffic counters, then runs the manager's timers.
     pub(super) fn tick(&mut self, ctx: &mut Context<Self>) {
         let now = Self::now();
+        // What was sent since the last sample may have been sent right after it: silence
+        // counts from then (heard counts from now, the latest it can have been).
+        let since = self.last_sample.replace(now).filter(|t| *t <= now).unwrap_or(now);
+        self.link.rearm_elsewhere();
         let mut moving = self.link.take_traffic();
         for (id, p) in self.paths.iter_mut() {
             let s = p.conn.stats();
@@ -344,7 +348,7 @@ impl PeerActor {
             let (sent, recv) = (cur.0.saturating_sub(p.seen.0), cur.1.saturating_sub(p.seen.1));
             p.seen = cur;
             if sent > 0 {
-                self.manager.handle_sent(now, *id);
+                self.manager.handle_sent(since, *id);
             }
             if recv > 0 {
                 self.manager.handle_heard(now, *id);
@@ -364,6 +368,9 @@ impl PeerActor {
             self.manager.handle_remote_traffic(now, p);
         }
         self.sampling = moving;
+        if !moving {
+            self.last_sample = None;
+        }
         self.manager.handle_timeout(now);
         self.drain(ctx);
     }
@@ -373,6 +380,18 @@ impl Handler<ProbeAnswered> for PeerActor {
     type Result = ();
     fn handle(&mut self, msg: ProbeAnswered, ctx: &mut Context<Self>) {
         self.manager.handle_probe_reply(msg.at, msg.path, msg.nonce);
+        self.drain(ctx);
+    }
+}
+
+impl Handler<DataElsewhere> for PeerActor {
+    type Result = ();
+    fn handle(&mut self, msg: DataElsewhere, ctx: &mut Context<Self>) {
+        // At once rather than at the next sample: the peer may have left the carrying
+        // path because it died (the follow rule of the path manager).
+        let now = Self::now();
+        self.manager.handle_heard(now, msg.0);
+        self.manager.handle_remote_traffic(now, msg.0);
         self.drain(ctx);
     }
 }
