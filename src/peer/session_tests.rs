@@ -44,21 +44,21 @@ fn receiver_delivers_in_order_drops_copies_and_flags_gaps() {
     let mut r = SessionReceiver::new();
     assert!(r.on_hello(5, 1));
     assert!(!r.on_hello(5, 1));
-    assert_eq!(r.on_data(5, 1, now), Verdict::Deliver);
-    assert_eq!(r.on_data(5, 1, now), Verdict::Duplicate);
-    assert_eq!(r.on_data(4, 2, now), Verdict::Duplicate, "another epoch");
-    assert_eq!(r.on_data(5, 3, now), Verdict::Gap { expected: 2 });
-    assert_eq!(r.on_data(5, 2, now), Verdict::Deliver);
+    assert_eq!(r.on_data(5, 1, 1, now), Verdict::Deliver);
+    assert_eq!(r.on_data(5, 1, 1, now), Verdict::Duplicate);
+    assert_eq!(r.on_data(4, 2, 1, now), Verdict::Duplicate, "another epoch");
+    assert_eq!(r.on_data(5, 3, 1, now), Verdict::Gap { expected: 2 });
+    assert_eq!(r.on_data(5, 2, 1, now), Verdict::Deliver);
     assert_eq!(r.state(), (5, 2));
     // A new epoch (the peer restarted) starts over, at its base.
     assert!(r.on_hello(6, 1));
-    assert_eq!(r.on_data(6, 1, now), Verdict::Deliver);
+    assert_eq!(r.on_data(6, 1, 1, now), Verdict::Deliver);
     // A receiver that restarted meets a sender whose first 40 messages were acknowledged
     // to its previous instance: it starts at the sender's base.
     let mut fresh = SessionReceiver::new();
     assert!(fresh.on_hello(6, 41));
-    assert_eq!(fresh.on_data(6, 40, now), Verdict::Duplicate);
-    assert_eq!(fresh.on_data(6, 41, now), Verdict::Deliver);
+    assert_eq!(fresh.on_data(6, 40, 1, now), Verdict::Duplicate);
+    assert_eq!(fresh.on_data(6, 41, 1, now), Verdict::Deliver);
 }
 
 #[test]
@@ -66,15 +66,25 @@ fn acks_come_after_a_count_or_a_delay() {
     let t0 = Instant::now();
     let mut r = SessionReceiver::new();
     r.on_hello(1, 1);
-    r.on_data(1, 1, t0);
+    r.on_data(1, 1, 1, t0);
     assert_eq!(r.poll_ack(t0), None);
     assert_eq!(r.poll_timeout(), Some(t0 + ACK_DELAY));
     assert_eq!(r.poll_ack(t0 + ACK_DELAY), Some(1));
     assert_eq!(r.poll_ack(t0 + ACK_DELAY * 2), None, "nothing new");
     for seq in 2..=ACK_EVERY + 1 {
-        r.on_data(1, seq, t0);
+        r.on_data(1, seq, 1, t0);
     }
     assert_eq!(r.poll_ack(t0), Some(ACK_EVERY + 1), "the count is reached before the delay");
+    // Large messages: acknowledged by bytes long before the count (or a byte window) fills.
+    let per = 64 * 1024;
+    let first = ACK_EVERY + 2;
+    let mut seq = first;
+    while r.poll_ack(t0).is_none() {
+        r.on_data(1, seq, per, t0);
+        seq += 1;
+    }
+    assert_eq!(seq - first, (ACK_BYTES / per) as u64, "acknowledged at {ACK_BYTES} bytes");
+    assert!((ACK_BYTES / per) as u64 * 4 <= (DEFAULT_WINDOW_BYTES / per) as u64, "several acks per window");
 }
 
 /// One path in the simulation: an ordered channel in each direction; it may die, losing
@@ -130,7 +140,7 @@ proptest! {
         let mut next_msg = 0u64;
         let mut got: Vec<u64> = Vec::new();
         let deliver = |rx: &mut SessionReceiver, seq: u64, payload: &Bytes, now: Instant, got: &mut Vec<u64>| {
-            match rx.on_data(42, seq, now) {
+            match rx.on_data(42, seq, 1, now) {
                 Verdict::Deliver => got.push(u64::from_be_bytes(payload[..].try_into().unwrap())),
                 Verdict::Duplicate => {}
                 Verdict::Gap { expected } => panic!("gap: got {seq}, expected {expected}"),

@@ -493,7 +493,7 @@ impl PeerLink {
         now: Instant,
     ) -> Result<(Option<u64>, Option<Instant>), String> {
         let mut rx = self.rx.lock().await;
-        match rx.on_data(epoch, seq, now) {
+        match rx.on_data(epoch, seq, payload.len(), now) {
             Verdict::Deliver => {
                 self.bus.publish(Event::MessageReceived { peer: self.peer, data: payload }).await;
                 Ok((rx.poll_ack(now), rx.poll_timeout()))
