@@ -275,11 +275,7 @@ impl PeerLink {
             Some(c) if !c.session => Ok(true),
             _ => {
                 if len > MAX_PAYLOAD {
-                    return Err(NodeError::from(kizuna::TransportError::LimitExceeded {
-                        limit: "message size",
-                        max: MAX_PAYLOAD as u64,
-                        attempted: len as u64,
-                    }));
+                    return Err(too_large(len));
                 }
                 Ok(tx.session.has_room(len))
             }
@@ -379,11 +375,7 @@ impl PeerLink {
     /// encoded frames, one lock of the carrier's queue).
     pub(crate) async fn send_many(&self, msgs: Vec<Bytes>) -> Result<(), NodeError> {
         if let Some(m) = msgs.iter().find(|m| m.len() > MAX_PAYLOAD) {
-            return Err(NodeError::from(kizuna::TransportError::LimitExceeded {
-                limit: "message size",
-                max: MAX_PAYLOAD as u64,
-                attempted: m.len() as u64,
-            }));
+            return Err(too_large(m.len()));
         }
         let mut rest = msgs.into_iter().peekable();
         while let Some(len) = rest.peek().map(Bytes::len) {
@@ -522,6 +514,15 @@ impl PeerLink {
         let c = self.carrier().ok_or(NodeError::NotConnected(self.peer))?;
         c.conn.send_datagram(data).map_err(NodeError::from)
     }
+}
+
+/// A message of `len` bytes does not fit in one `DATA` frame.
+fn too_large(len: usize) -> NodeError {
+    NodeError::from(kizuna::TransportError::LimitExceeded {
+        limit: "message size",
+        max: MAX_PAYLOAD as u64,
+        attempted: len as u64,
+    })
 }
 
 /// A random, nonzero session epoch (`kizuna::peer::session`).
