@@ -76,6 +76,12 @@ pub struct NodeConfig {
     /// messages: enough to absorb bursts; when full, reading stops and the peer's sends
     /// wait (backpressure).
     pub message_queue: usize,
+    /// Whether the hello announces the per-peer session layer (`docs/protocol.md` §11).
+    /// On by default. Off, a peer's messages on this node's connections are sent as they
+    /// are: not numbered, not kept for resending, so a path change may lose or reorder what
+    /// is in flight (as with a browser page that does not speak the layer). For measuring
+    /// the layer's cost, and for peers that must not depend on it.
+    pub session_layer: bool,
     /// Maximum concurrent inbound handshakes per listener (see
     /// [`admission`](crate::transport::admission)). 256.
     pub max_pending_handshakes: usize,
@@ -103,6 +109,7 @@ impl NodeConfig {
             udp_buffer: 4 * 1024 * 1024,
             stream_window: 1024 * 1024,
             message_queue: 256,
+            session_layer: true,
             max_pending_handshakes: admission::DEFAULT_MAX_PENDING,
             max_pending_handshakes_per_address: admission::DEFAULT_MAX_PENDING_PER_ADDRESS,
             first_byte_timeout: admission::DEFAULT_FIRST_BYTE_TIMEOUT,
@@ -194,7 +201,7 @@ impl LocalNode {
             capabilities: Protocol::ALL.iter().map(|p| (*p, p.capabilities())).collect::<BTreeMap<_, _>>(),
             listen_addrs: self.listen_addrs(),
             observed_addr: observed,
-            session: Some(SESSION_VERSION),
+            session: self.config.session_layer.then_some(SESSION_VERSION),
         }
     }
 }

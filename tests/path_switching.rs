@@ -2,7 +2,8 @@
 //! (`upgrade` is covered by relay_paths.rs and hole_punch.rs): a direct path that dies
 //! silently under traffic fails over to the relayed standby and takes the traffic back
 //! when it recovers; a clearly faster path of the same tier takes over; and messages sent
-//! across every change arrive exactly once and in order.
+//! across every change arrive exactly once and in order. Also: a node without the session
+//! layer still exchanges plain messages with one that has it.
 //!
 //! Paths are made slow or silent by forwarders of the test harness ([`TcpProxy`],
 //! [`UdpProxy`]) between the nodes, and probing is sped up (`PathConfig`) so that the
@@ -178,4 +179,34 @@ async fn a_clearly_faster_path_of_the_same_tier_takes_over_and_similar_ones_do_n
     assert_eq!(stats.connections.len(), 1);
     assert_eq!(stats.connections[0].protocol, Protocol::Tcp);
     assert!(stats.paths.iter().any(|p| p.info.protocol == Protocol::Quic && !p.active));
+}
+
+#[actix_rt::test]
+async fn a_node_without_the_session_layer_exchanges_plain_messages_both_ways() {
+    let mut a = node(122, vec![Protocol::Tcp], None).await;
+    let mut b = TestNode::start_with(123, |c: &mut SupervisorConfig| {
+        c.protocols = vec![Protocol::Tcp];
+        c.node.session_layer = false;
+    })
+    .await
+    .unwrap();
+    a.addr.send(Connect { addr: b.ticket().await.unwrap() }).await.unwrap().unwrap();
+    const N: u32 = 200;
+    let msg = |n: u32| Bytes::from(n.to_be_bytes().to_vec());
+    let handle = a.addr.send(GetSender { peer: b.peer }).await.unwrap().unwrap();
+    for n in 0..N {
+        match n % 3 {
+            0 => a.addr.send(SendMsg { peer: b.peer, data: msg(n) }).await.unwrap().unwrap(),
+            1 => handle.send(msg(n)).await.unwrap(),
+            _ => handle.send_many(vec![msg(n)]).await.unwrap(),
+        }
+        b.addr.send(SendMsg { peer: a.peer, data: msg(n) }).await.unwrap().unwrap();
+    }
+    // Exactly the application's bytes (no session header), in order, both ways.
+    for n in 0..N {
+        let got = number(&b.wait_for(|e| number(e).is_some(), secs(10)).await.unwrap());
+        assert_eq!(got, Some(n));
+        let got = number(&a.wait_for(|e| number(e).is_some(), secs(10)).await.unwrap());
+        assert_eq!(got, Some(n));
+    }
 }

@@ -67,7 +67,13 @@ async fn core_messages(size: usize, count: usize) -> Result<f64, BoxError> {
 
 async fn actor_pair(
     seed: u8,
+    session_layer: bool,
 ) -> Result<(actix::Addr<Supervisor>, actix::Addr<Supervisor>, kizuna::PeerId), BoxError> {
+    let config = |seed| {
+        let mut c = config(seed);
+        c.node.session_layer = session_layer;
+        c
+    };
     let a = Supervisor::start(config(seed))?;
     let b = Supervisor::start(config(seed + 1))?;
     b.send(Listen { addr: TransportAddr::Tcp("127.0.0.1:0".parse()?) }).await??;
@@ -85,11 +91,13 @@ enum Via {
     Handle,
     /// A `GetSender` handle, `send_many` of 256 at a time.
     Batches,
+    /// A `GetSender` handle between nodes without the session layer (its cost).
+    Plain,
 }
 
 /// Through the actor API (see [`Via`]); the receiver counts `MessageReceived` events.
 async fn actor_messages(size: usize, count: usize, via: Via, seed: u8) -> Result<f64, BoxError> {
-    let (a, b, peer) = actor_pair(seed).await?;
+    let (a, b, peer) = actor_pair(seed, !matches!(via, Via::Plain)).await?;
     let mut events = b.send(Subscribe { capacity: 8192 }).await?;
     let reader = actix_rt::spawn(async move {
         let mut n = 0;
@@ -134,7 +142,7 @@ async fn actor_messages(size: usize, count: usize, via: Via, seed: u8) -> Result
 }
 
 async fn actor_stream(bytes: u64, seed: u8) -> Result<f64, BoxError> {
-    let (a, b, peer) = actor_pair(seed).await?;
+    let (a, b, peer) = actor_pair(seed, true).await?;
     let mut events = b.send(Subscribe { capacity: 64 }).await?;
     let reader = actix_rt::spawn(async move {
         loop {
@@ -288,6 +296,7 @@ pub(crate) fn run(opts: &Opts) -> Result<(), BoxError> {
         const CORE64K: &str = "64 KiB msgs: core Connection vs raw TLS";
         const HANDLE64K: &str = "64 KiB msgs: actor GetSender vs raw TLS";
         const SUP64K: &str = "64 KiB msgs: actor Send (supervisor) vs raw";
+        const SESSION64K: &str = "64 KiB msgs: GetSender, session layer on vs off";
         if [CORE64K, HANDLE64K, SUP64K].iter().any(|w| opts.wants(w)) {
             let raw = to_gbps(med(runs, || on_io(raw_messages(64 * 1024, big))).await?);
             if opts.wants(CORE64K) {
@@ -302,6 +311,15 @@ pub(crate) fn run(opts: &Opts) -> Result<(), BoxError> {
                 let sup = to_gbps(med(runs, || actor_messages(64 * 1024, big, Via::Supervisor, 16)).await?);
                 report(&opts, SUP64K, "Gbit/s", sup, raw, true);
             }
+        }
+        if opts.wants(SESSION64K) {
+            // Interleaved, so that both see the same load.
+            let (mut on, mut off) = (Vec::new(), Vec::new());
+            for _ in 0..runs.max(1) {
+                off.push(to_gbps(actor_messages(64 * 1024, big, Via::Plain, 22).await?));
+                on.push(to_gbps(actor_messages(64 * 1024, big, Via::Handle, 24).await?));
+            }
+            report(&opts, SESSION64K, "Gbit/s", median(on), median(off), true);
         }
         const STREAM: &str = "stream handle (OpenStream) vs raw TLS";
         if opts.wants(STREAM) {

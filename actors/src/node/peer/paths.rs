@@ -58,7 +58,8 @@ impl PeerActor {
             }
         }
         self.learn(conn.remote_hello().listen_addrs.clone());
-        let session = conn.remote_hello().session.is_some();
+        // Both ends must speak the session layer on the path.
+        let session = self.ctx.node.config().session_layer && conn.remote_hello().session.is_some();
         let link = self.link.clone();
         let hello_conn = conn.clone();
         // Our hello goes first on a session path, before the path can carry anything.
