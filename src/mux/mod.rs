@@ -9,8 +9,9 @@
 //!   whose violation closes the connection ([`MuxError`]);
 //! * [`Mux`] (`driver.rs`) — the async driver: a reader task, a writer task and a
 //!   keep-alive timer around the core, implementing
-//!   [`ConnectionBackend`](crate::transport::ConnectionBackend); [`MuxStream`] is one
-//!   stream as `AsyncRead + AsyncWrite`.
+//!   [`ConnectionBackend`](crate::transport::ConnectionBackend), with the reader task in
+//!   `driver/read.rs`, the write role and writer task in `driver/write.rs`, and
+//!   [`MuxStream`], one stream as `AsyncRead + AsyncWrite`, in `driver/stream.rs`.
 
 mod driver;
 mod state;

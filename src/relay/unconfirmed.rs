@@ -3,7 +3,7 @@
 //! A circuit is *unconfirmed* from the dial until its two ends have exchanged the three
 //! flights of an end-to-end handshake ([`HandshakeFlights`]: TLS 1.3 is client → server,
 //! server → client, client → server). Anyone holding a key can dial a reserved peer, so
-//! unconfirmed circuits are what throwaway keys can create for free; [`UnconfirmedCircuits`]
+//! unconfirmed circuits are what throwaway keys can create for free; `UnconfirmedCircuits`
 //! bounds them so that they can never take a target's capacity:
 //!
 //! * per initiating key ([`RelayLimits::max_unconfirmed_per_initiator`]) and per initiating
@@ -61,7 +61,7 @@ impl HandshakeFlights {
     }
 }
 
-/// Why a dial was refused by [`UnconfirmedCircuits::admit`].
+/// Why a dial was refused by `UnconfirmedCircuits::admit`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum UnconfirmedRefusal {
     /// The dialer's key already has this many unconfirmed circuits.

@@ -2,7 +2,7 @@
 //!
 //! A connection is a TCP socket (`TCP_NODELAY`, kernel keep-alive), the secure channel
 //! ([`SecureConfig`](crate::secure::SecureConfig)) authenticating the peer, the hello
-//! exchange, and then the stream multiplexer ([`Mux`]) carrying messages and streams.
+//! exchange, and then the stream multiplexer ([`Mux`](crate::mux::Mux)) carrying messages and streams.
 //!
 //! Dialing is bounded as a whole by `NodeConfig::connect_timeout`. Listening uses a
 //! `socket2` socket (`SO_REUSEADDR`, `NodeConfig::tcp_backlog`); inbound handshakes run

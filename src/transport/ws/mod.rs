@@ -13,7 +13,7 @@
 //! 4. [`WsStream`]: bytes in binary messages of at most 64 KiB, ping/pong keep-alive and
 //!    dead-peer detection;
 //! 5. Kizuna's secure channel (TLS 1.3 bound to the expected [`PeerId`]), end to end,
-//!    exactly as over TCP — then the hello, then the stream multiplexer ([`Mux`]).
+//!    exactly as over TCP — then the hello, then the stream multiplexer ([`Mux`](crate::mux::Mux)).
 //!
 //! Dialing is bounded as a whole by `NodeConfig::connect_timeout`. Listening takes a
 //! `ws://` or `wss://` URL whose host is an IP address or a resolvable name (port 0 picks
